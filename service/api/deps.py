@@ -1,0 +1,43 @@
+"""`Annotated` dependencies shared by the routers."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.errors import Unauthorized
+from service.services.search import SearchService
+from service.settings import Settings
+from service.state import RetrieverHolder
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _search_service(request: Request) -> SearchService:
+    return request.app.state.search_service
+
+
+def _retrievers(request: Request) -> RetrieverHolder:
+    return request.app.state.retrievers
+
+
+def require_admin(
+    settings: Annotated[Settings, Depends(_settings)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    expected = settings.admin_api_key.get_secret_value()
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        token.encode(), expected.encode()
+    ):
+        raise Unauthorized("admin endpoints need `Authorization: Bearer <OSPO_ADMIN_API_KEY>`")
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+SearchServiceDep = Annotated[SearchService, Depends(_search_service)]
+RetrieversDep = Annotated[RetrieverHolder, Depends(_retrievers)]
+AdminDep = Depends(require_admin)

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import SearchServiceDep
+from service.api.schemas import ErrorResponse, SearchRequest, SearchResponse
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
+async def search(body: SearchRequest, service: SearchServiceDep) -> SearchResponse:
+    """Rewrite the query with the active policy, retrieve k products, log the search."""
+    return await service.search(body)

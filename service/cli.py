@@ -1,0 +1,163 @@
+"""`ospo` — one command line for the whole product.
+
+Service commands live here; the trainer adds its own (train, eval, worker, replay, …) through the
+`ospo.cli` entry-point group, so `service` never imports `trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from service.catalog.formats import CatalogFormat, FormatError, LabelFormat  # noqa: E402
+from service.settings import get_settings  # noqa: E402
+
+console = Console(stderr=True)
+app = typer.Typer(help="OSPO Search: generative product search that learns from its shoppers.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+catalog_app = typer.Typer(help="Products.", no_args_is_help=True)
+labels_app = typer.Typer(help="Relevance judgments.", no_args_is_help=True)
+index_app = typer.Typer(help="FAISS indexes.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(labels_app, name="labels")
+app.add_typer(index_app, name="index")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = PROJECT_ROOT / "data"
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from service.db.migrate import upgrade
+
+    url = get_settings().resolved_database_url
+    upgrade(url, revision)
+    console.print(f"database at [bold]{revision}[/bold]")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = "base") -> None:
+    """Revert migrations down to REVISION (default: base, i.e. drop everything)."""
+    from service.db.migrate import downgrade
+
+    downgrade(get_settings().resolved_database_url, revision)
+    console.print(f"database at [bold]{revision}[/bold]")
+
+
+@catalog_app.command("ingest")
+def catalog_ingest(
+    path: Path,
+    format: Annotated[str, typer.Option("--format", "-f", help="esci|wands|icecat|jsonl")],
+) -> None:
+    """Upsert products (and their labels, where the format has them) from PATH."""
+    from service.catalog.ingest import ingest_catalog
+
+    if format not in CatalogFormat.__args__:  # type: ignore[attr-defined]
+        raise fail(f"unknown catalog format {format!r}; choose one of esci, wands, icecat, jsonl")
+    try:
+        s = ingest_catalog(get_settings().resolved_database_url, format, path)  # type: ignore[arg-type]
+    except FormatError as e:
+        raise fail(str(e)) from e
+    console.print(f"upserted {s.products} products and {s.labels} labels from {path}")
+
+
+@labels_app.command("ingest")
+def labels_ingest(
+    path: Path,
+    format: Annotated[str, typer.Option("--format", "-f", help="esci|wands|chorus|jsonl")],
+    queries: Annotated[Path | None, typer.Option(help="WANDS query.csv (default: beside PATH)")] = None,
+) -> None:
+    """Upsert relevance judgments from PATH (gain tables in the README)."""
+    from service.catalog.ingest import ingest_labels
+
+    if format not in LabelFormat.__args__:  # type: ignore[attr-defined]
+        raise fail(f"unknown label format {format!r}; choose one of esci, wands, chorus, jsonl")
+    try:
+        s = ingest_labels(get_settings().resolved_database_url, format, path, queries)  # type: ignore[arg-type]
+    except FormatError as e:
+        raise fail(str(e)) from e
+    console.print(f"upserted {s.labels} labels from {path}")
+
+
+@index_app.command("build")
+def index_build(
+    kind: Annotated[str, typer.Option(help="auto|flat|hnsw")] = "auto",
+) -> None:
+    """Embed every product and write a new index version, then make it the serving one."""
+    from service.retrieval.build import build_index_from_db
+    from service.retrieval.embedder import get_embedder
+
+    s = get_settings()
+    if kind not in ("auto", "flat", "hnsw"):
+        raise fail(f"unknown index kind {kind!r}; choose auto, flat or hnsw")
+    try:
+        m = build_index_from_db(
+            s.resolved_database_url,
+            s.index_dir,
+            get_embedder(s.embedder, s.embed_batch_size),
+            kind,
+            s.hnsw_threshold,
+            s.hnsw_m,
+        )
+    except ValueError as e:
+        raise fail(str(e)) from e
+    console.print(f"index {m.version}: {m.count} products, {m.kind}, dim {m.dim}")
+
+
+@app.command("bootstrap")
+def bootstrap() -> None:
+    """Migrate; on an empty catalog ingest the shipped demo data; build the index if missing."""
+    from service.catalog.ingest import ingest_catalog, ingest_labels
+    from service.db.engine import session_scope
+    from service.db.migrate import upgrade
+    from service.repositories.products import count_products
+    from service.retrieval.index import current_version
+
+    s = get_settings()
+    url = s.resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        empty = count_products(session) == 0
+    if empty:
+        console.print("empty catalog: ingesting the demo data (Open Icecat + Chorus, ESCI sample)")
+        ingest_catalog(url, "icecat", DEMO_DATA / "chorus_icecat" / "icecat_products")
+        ingest_labels(url, "chorus", DEMO_DATA / "chorus_icecat" / "Broad_Query_Set_rated.csv")
+        ingest_catalog(url, "esci", DEMO_DATA / "esci" / "sample_2c_full_data.csv")
+    if empty or current_version(s.index_dir) is None:
+        index_build()
+    console.print("ready")
+
+
+@app.command("serve")
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    logging.basicConfig(level=get_settings().log_level)
+    uvicorn.run("service.api.main:app", host=host, port=port, workers=workers, log_level="info")
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="ospo.cli"):
+        ep.load()(app)
+
+
+def main() -> None:
+    _load_plugins()
+    app()

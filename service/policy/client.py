@@ -1,0 +1,212 @@
+"""Async client of the vLLM OpenAI-compatible server: rewrites and runtime LoRA management.
+
+One `httpx.AsyncClient` with a connection pool as large as the concurrency cap, and an
+`asyncio.Semaphore` that bounds in-flight requests without serialising them: vLLM batches
+concurrent requests, which is where its throughput comes from (~7x at 8 concurrent on CPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, parse_rewrite
+from service.policy.protocol import AdapterError, PolicyError, RewriteResult, model_name
+
+
+class VllmPolicyClient:
+    """The `Policy` backed by a running vLLM server (see `service.policy.server`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        prompt: PromptConfig = DEFAULT_PROMPT,
+        max_concurrency: int = 32,
+        timeout_s: float = 30.0,
+        max_tokens: int | None = None,
+        max_chars: int = 256,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.prompt = prompt
+        self.max_tokens = max_tokens if max_tokens is not None else prompt.max_tokens
+        self.max_chars = max_chars
+        self.timeout_s = timeout_s
+        self._max_concurrency = max_concurrency
+        self._semaphore: asyncio.Semaphore | None = None
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+            transport=transport,
+        )
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        # Created lazily so the client can be built outside a running event loop.
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._max_concurrency)
+        return self._semaphore
+
+    async def rewrite(self, query: str, adapter: str | None = None) -> RewriteResult:
+        """Greedy rewrite of `query` by the base model or the named adapter."""
+        results = await self._chat(query, adapter, n=1, overrides={})
+        return results[0]
+
+    async def sample(
+        self,
+        query: str,
+        adapter: str | None = None,
+        *,
+        n: int = 8,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> list[RewriteResult]:
+        """`n` sampled rewrites in one request (online rollouts, exploration)."""
+        overrides: dict[str, Any] = {"temperature": temperature}
+        if seed is not None:
+            overrides["seed"] = seed
+        return await self._chat(query, adapter, n=n, overrides=overrides)
+
+    async def _chat(
+        self, query: str, adapter: str | None, *, n: int, overrides: dict[str, Any]
+    ) -> list[RewriteResult]:
+        body: dict[str, Any] = {
+            "model": model_name(adapter),
+            "messages": self.prompt.build_messages(query),
+            "n": n,
+            **self.prompt.sampling_params(self.max_tokens),
+            **overrides,
+        }
+        async with self.semaphore:
+            started = time.perf_counter()
+            data = await self._post_json("/v1/chat/completions", body)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            choices = data["choices"]
+            usage = data.get("usage") or {}
+        except (KeyError, TypeError) as exc:
+            raise PolicyError(f"malformed completion response: {data!r:.300}") from exc
+        results = []
+        for choice in choices:
+            completion = (choice.get("message") or {}).get("content") or ""
+            finish_reason = choice.get("finish_reason")
+            text, ok = parse_rewrite(
+                completion, query, self.max_chars, truncated=finish_reason == "length"
+            )
+            results.append(
+                RewriteResult(
+                    text=text,
+                    raw_completion=completion,
+                    adapter=adapter,
+                    prompt_version=self.prompt.version,
+                    latency_ms=latency_ms,
+                    ok=ok,
+                    finish_reason=finish_reason,
+                    completion_tokens=usage.get("completion_tokens") if n == 1 else None,
+                )
+            )
+        if not results:
+            raise PolicyError("completion response without choices")
+        return results
+
+    async def health(self) -> bool:
+        """True when the server answers `/health` with 200 (never raises)."""
+        try:
+            response = await self._http.get("/health", timeout=min(5.0, self.timeout_s))
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def list_models(self) -> list[str]:
+        """Served model names: `base` and every loaded adapter."""
+        data = await self._get_json("/v1/models")
+        return [entry["id"] for entry in data.get("data", [])]
+
+    async def load_adapter(self, name: str, path: Path | str, load_inplace: bool = False) -> None:
+        """Load a LoRA adapter folder under `name`.
+
+        `load_inplace=True` replaces an adapter already loaded under `name` (hot-swap). vLLM
+        does not invalidate prefix-cache blocks when reloading from the *same* path, so a new
+        adapter version must live in a new folder.
+        """
+        body = {"lora_name": name, "lora_path": str(Path(path).resolve())}
+        if load_inplace:
+            body["load_inplace"] = True
+        await self._adapter_call("/v1/load_lora_adapter", body)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._adapter_call("/v1/unload_lora_adapter", {"lora_name": name})
+
+    async def _adapter_call(self, path: str, body: dict[str, Any]) -> None:
+        try:
+            response = await self._http.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise AdapterError(f"{path} failed: {exc!r}") from exc
+        if response.status_code != 200:
+            raise AdapterError(f"{path} {body['lora_name']!r}: {_error_message(response)}")
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._http.post(path, json=body)
+        except httpx.TimeoutException as exc:
+            raise PolicyError(f"{path} timed out after {self.timeout_s} s") from exc
+        except httpx.HTTPError as exc:
+            raise PolicyError(f"{path} failed: {exc!r}") from exc
+        return _json_or_raise(path, response)
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        try:
+            response = await self._http.get(path)
+        except httpx.HTTPError as exc:
+            raise PolicyError(f"{path} failed: {exc!r}") from exc
+        return _json_or_raise(path, response)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> VllmPolicyClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _json_or_raise(path: str, response: httpx.Response) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise PolicyError(f"{path} -> HTTP {response.status_code}: {_error_message(response)}")
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise PolicyError(f"{path} returned non-JSON: {response.text[:200]!r}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path} returned {type(data).__name__}, expected an object")
+    return data
+
+
+def _error_message(response: httpx.Response) -> str:
+    """vLLM errors look like {"error": {"message": ...}}; fall back to the raw body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if data.get("message"):
+            return str(data["message"])
+    return str(data)[:300]

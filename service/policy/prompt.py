@@ -1,0 +1,174 @@
+"""The rewrite prompt and the parser that turns a completion back into a search query.
+
+The prompt is versioned: every logged rewrite records `PromptConfig.version`, so training never
+mixes rollouts from different prompts, and changing the wording means bumping the version.
+The model is tiny (135M), so the prompt asks for one plain line and the parser does the rest:
+it accepts tags, labels, quotes and chatter, and falls back to the raw query when the
+completion is unusable, so a bad generation never makes search worse than no rewrite.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+REWRITE_OPEN = "<rewrite>"
+REWRITE_CLOSE = "</rewrite>"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """One version of the rewrite prompt plus the generation parameters used to serve it."""
+
+    version: str = "rewrite-v1"
+    system_prompt: str = (
+        "You rewrite online shop search queries. Expand the shopper's query into a better "
+        "product search query: keep every word of the query, add the product type, key "
+        "attributes and common synonyms. Reply with the rewritten query only, on one line."
+    )
+    user_template: str = "Query: {query}\nRewritten query:"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 48
+    stop: tuple[str, ...] = field(default=("\n", REWRITE_CLOSE))
+
+    def build_messages(self, query: str) -> list[dict[str, str]]:
+        """Chat messages for `query`; the model's chat template turns them into the prompt."""
+        return [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": self.user_template.format(query=query.strip())},
+        ]
+
+    def sampling_params(self, max_tokens: int | None = None) -> dict[str, Any]:
+        """OpenAI-style sampling fields for serving (greedy by default)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": max_tokens if max_tokens is not None else self.max_tokens,
+            "stop": list(self.stop),
+        }
+
+
+DEFAULT_PROMPT = PromptConfig()
+
+
+def build_messages(query: str, config: PromptConfig = DEFAULT_PROMPT) -> list[dict[str, str]]:
+    """Chat messages asking the policy to rewrite `query` (see `PromptConfig`)."""
+    return config.build_messages(query)
+
+
+_OPEN_TAG = re.compile(r"<\s*rewrite\s*>", re.IGNORECASE)
+_CLOSE_TAG = re.compile(r"<\s*/\s*rewrite\s*>", re.IGNORECASE)
+_OTHER_TAG = re.compile(r"<\s*/?\s*[a-z_|][^<>]{0,40}>", re.IGNORECASE)
+_LABEL = re.compile(
+    r"^(?:(?:here\s+is\s+|here's\s+)?(?:the\s+|a\s+|an\s+|my\s+)?"
+    r"(?:(?:expanded|rewritten|improved|better|new|product|search)\s+)*"
+    r"(?:query|rewrite|search|answer|output|result)|rewrite|assistant)"
+    r"\s*(?:\([^)]*\))?\s*(?::|-|–|=)+\s*",
+    re.IGNORECASE,
+)
+_LIST_MARKER = re.compile(r"^(?:[-*•]|\d{1,2}[.)])\s+")
+_QUOTED_AFTER_COLON = re.compile(r":\s*([\"“«])(?P<inner>[^\"”»]+)[\"”»]\s*[.!]?\s*$")
+_QUOTES = "\"'`“”‘’«»"
+_WORD = re.compile(r"\w+", re.UNICODE)
+_CHATTER = re.compile(
+    r"^(?:i\b|i'm\b|i’m\b|i'd\b|sure\b|certainly\b|of course\b|sorry\b|as an ai\b|"
+    r"to (?:create|make|improve)\b|the best (?:way|place)\b|you\b|please\b|hello\b|hi\b)"
+    r"|\b(?:i'm|i’m|i am|i'd|i will|i can|you're|you’re)\b|\?\s*$",
+    re.IGNORECASE,
+)
+_LOOP = re.compile(r"(.{3,}?)\1{2,}", re.DOTALL)
+_CHAR_RUN = re.compile(r"(.)\1{7,}")
+_PROMPT_ECHO = ("you rewrite online shop", "rewritten query only", "keep every word of the query")
+
+
+def parse_rewrite(
+    completion: str, query: str, max_chars: int = 256, *, truncated: bool = False
+) -> tuple[str, bool]:
+    """Extract the rewritten query from `completion`.
+
+    Returns `(rewrite, True)` when a usable rewrite was found, else `(query, False)`: callers
+    always get something searchable, and the flag tells them (and the logs) it was a fallback.
+    A usable rewrite is always a verbatim substring of `completion`, so the trainer can map it
+    back onto the completion's tokens by character offsets. `truncated` (the generation hit
+    `max_tokens`) drops a trailing, probably cut-off, comma-separated item.
+    """
+    text = _tagged_region(completion or "")
+    line = _strip_wrapping(_first_content_line(text))
+    if truncated and "," in line:
+        head = line[: line.rfind(",")].rstrip()
+        if _WORD.search(head):
+            line = head
+    line = line.rstrip(" \t.;,:")
+    if len(line) > max_chars:
+        line = _cap(line, max_chars)
+    if not _usable(line):
+        return query, False
+    return line, True
+
+
+def _tagged_region(text: str) -> str:
+    """The text inside `<rewrite>...</rewrite>` when tagged, cut before any other markup."""
+    opened = _OPEN_TAG.search(text)
+    if opened:
+        text = text[opened.end() :]
+    closed = _CLOSE_TAG.search(text)
+    if closed:
+        text = text[: closed.start()]
+    other = _OTHER_TAG.search(text)
+    if other:
+        text = text[: other.start()]
+    return text
+
+
+def _first_content_line(text: str) -> str:
+    for raw in text.splitlines():
+        line = raw.strip()
+        # A line holding only a label ("Rewritten query:") means the answer is on the next one.
+        if line and _LABEL.sub("", line, count=1).strip(" \t:" + _QUOTES):
+            return line
+    return ""
+
+
+def _strip_wrapping(line: str) -> str:
+    """Remove leading labels, list markers and surrounding quotes, until nothing changes."""
+    previous = None
+    while previous != line and line:
+        previous = line
+        line = _LABEL.sub("", line, count=1)
+        line = _LIST_MARKER.sub("", line).strip()
+        quoted = _QUOTED_AFTER_COLON.search(line)
+        if quoted:
+            line = quoted.group("inner").strip()
+        if len(line) >= 2 and line[0] in _QUOTES and line[-1] in _QUOTES:
+            line = line[1:-1].strip()
+        elif line and line[0] in _QUOTES and line.count(line[0]) == 1:
+            line = line[1:].strip()
+        elif line and line[-1] in _QUOTES and line.count(line[-1]) == 1:
+            line = line[:-1].strip()
+    return line
+
+
+def _cap(line: str, max_chars: int) -> str:
+    """Cut an overlong rewrite at the last separator; one unbroken blob is not a rewrite."""
+    cut = max(line.rfind(",", 0, max_chars + 1), line.rfind(" ", 0, max_chars + 1))
+    if cut < max_chars // 2:
+        return ""
+    return line[:cut].rstrip(" \t.;,:")
+
+
+def _usable(line: str) -> bool:
+    """Reject empty, punctuation-only, chatty, prompt-echoing and degenerate rewrites."""
+    words = [w.lower() for w in _WORD.findall(line)]
+    if not words:
+        return False
+    if _CHATTER.search(line):
+        return False
+    lowered = line.lower()
+    if any(echo in lowered for echo in _PROMPT_ECHO):
+        return False
+    # Degenerate loops: "tv tv tv tv tv tv", "a b, a b, a b", "100000000000".
+    if len(words) >= 6 and len(set(words)) / len(words) < 0.4:
+        return False
+    return not (_LOOP.search(line) or _CHAR_RUN.search(line))

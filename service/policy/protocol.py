@@ -1,0 +1,68 @@
+"""What every policy backend returns and promises: `RewriteResult` and the `Policy` protocol.
+
+Search code depends on this interface only, so the vLLM server, the in-process transformers
+backend and the no-op policy are interchangeable (`make_policy` picks one from settings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+BASE_ADAPTER = "base"
+
+
+class PolicyError(RuntimeError):
+    """The policy could not produce a rewrite (server down, timeout, bad response)."""
+
+
+class AdapterError(PolicyError):
+    """An adapter could not be loaded or unloaded."""
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """One rewrite of a shopper query.
+
+    `text` is what search should embed: the parsed rewrite, or the raw query when the
+    completion was unusable (`ok` is then False). `raw_completion` is kept for logging and
+    training; when `ok`, `text` is a verbatim substring of it.
+    """
+
+    text: str
+    raw_completion: str
+    adapter: str | None
+    prompt_version: str
+    latency_ms: float
+    ok: bool = True
+    finish_reason: str | None = None
+    completion_tokens: int | None = None
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A query-rewriting policy: a base model plus optionally named LoRA adapters."""
+
+    async def rewrite(self, query: str, adapter: str | None = None) -> RewriteResult:
+        """Greedy rewrite of `query` with `adapter` (None: the base model)."""
+        ...
+
+    async def health(self) -> bool: ...
+
+    async def list_models(self) -> list[str]:
+        """`base` plus the names of the loaded adapters."""
+        ...
+
+    async def load_adapter(
+        self, name: str, path: Path | str, load_inplace: bool = False
+    ) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def model_name(adapter: str | None) -> str:
+    """The served model name for `adapter`: vLLM serves the base model as `base`."""
+    return adapter or BASE_ADAPTER

@@ -1,0 +1,307 @@
+"""Running a vLLM OpenAI-compatible server for the policy as a managed subprocess.
+
+`make up`, `ospo policy serve` and the integration tests all start vLLM the same way through
+`VllmServer`, so the flags that matter (LoRA slots and rank, runtime LoRA updating, dtype, a
+small KV cache for CPU) live in one place. The server runs in its own process group: vLLM
+spawns an engine-core and a worker process, and `stop()` must take all of them down.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_MODEL_NAME = "base"
+# fp32 is the default: vLLM's LoRA outputs then match HF PEFT's token for token, so rollouts
+# served by vLLM are exactly the trainer's policy. bf16 is ~1.5x faster on CPU but drifts.
+DEFAULT_DTYPE = "float32"
+DEFAULT_START_TIMEOUT_S = 300.0
+
+
+class VllmServerError(RuntimeError):
+    """The vLLM server failed to start or died; the message carries the log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An ephemeral TCP port that is free right now (for tests and ad-hoc servers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class VllmServer:
+    """One `python -m vllm.entrypoints.openai.api_server` process serving a model folder.
+
+    The base model is served as `base`; LoRA adapters are loaded at runtime through the
+    client (`PolicyClient.load_adapter`). Use as a context manager, or call `start()` and
+    `stop()`; an `atexit` hook stops a server the caller forgot.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        served_model_name: str = BASE_MODEL_NAME,
+        max_loras: int = 4,
+        max_lora_rank: int = 32,
+        dtype: str = DEFAULT_DTYPE,
+        max_model_len: int = 1024,
+        kv_cache_gib: float = 1.0,
+        log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.host = host
+        self.port = port
+        self.served_model_name = served_model_name
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
+        self.log_path = log_path
+        self.extra_args = tuple(extra_args)
+        self.extra_env = dict(env or {})
+        self.python = python
+        self.started_at: float | None = None
+        self.ready_after_s: float | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        # Re-entrant: the SIGTERM handler of serve_forever may call stop() inside start().
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        model_path: Path | str,
+        *,
+        port: int | None = None,
+        **overrides: object,
+    ) -> VllmServer:
+        """A server configured from `Settings` (port, LoRA slots and rank, log under data_dir)."""
+        port = port if port is not None else settings.vllm_port
+        kwargs: dict[str, object] = {
+            "port": port,
+            "max_loras": settings.vllm_max_loras,
+            "max_lora_rank": settings.vllm_max_lora_rank,
+            # Optional settings, honoured once `service/settings.py` defines them.
+            "dtype": getattr(settings, "vllm_dtype", DEFAULT_DTYPE),
+            "log_path": settings.data_dir / "logs" / f"vllm-{port}.log",
+        }
+        kwargs.update(overrides)
+        return cls(model_path, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def command(self) -> list[str]:
+        """The argv that starts the server (the `vllm` console script is broken on CPU)."""
+        return [
+            self.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_path),
+            "--served-model-name",
+            self.served_model_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dtype",
+            self.dtype,
+            "--max-model-len",
+            str(self.max_model_len),
+            "--enable-lora",
+            "--max-loras",
+            str(self.max_loras),
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            # Sampling comes from our requests only, never from the model's generation_config.
+            "--generation-config",
+            "vllm",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        env.update(self.extra_env)
+        return env
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, wait: bool = True, timeout: float = DEFAULT_START_TIMEOUT_S) -> VllmServer:
+        """Spawn the server; with `wait`, block until `/health` answers 200 (or raise)."""
+        with self._lock:
+            if self.is_running():
+                return self
+            if not (self.model_path / "config.json").is_file():
+                raise VllmServerError(f"not a model folder: {self.model_path}")
+            if self.log_path is not None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._log_file = self.log_path.open("ab")
+                self._log_file.write(f"\n=== {time.ctime()} {self.command()}\n".encode())
+                self._log_file.flush()
+            output = self._log_file if self._log_file is not None else subprocess.DEVNULL
+            self.started_at = time.monotonic()
+            self.ready_after_s = None
+            self._process = subprocess.Popen(
+                self.command(),
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            atexit.register(self.stop)
+            log.info("vLLM starting (pid %s) on %s, log %s", self.pid, self.url, self.log_path)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> None:
+        """Poll `/health` until it answers 200; raise if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as http:
+            while True:
+                if not self.is_running():
+                    code = self._process.returncode if self._process else None
+                    self._close_log()
+                    raise VllmServerError(
+                        f"vLLM exited with code {code} before becoming ready\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(f"{self.url}/health").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise VllmServerError(
+                        f"vLLM not ready after {timeout:.0f} s\n{self.log_tail()}"
+                    )
+                time.sleep(0.5)
+        if self.started_at is not None:
+            self.ready_after_s = time.monotonic() - self.started_at
+        log.info("vLLM ready on %s after %.1f s", self.url, self.ready_after_s or 0.0)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the whole process group, SIGKILL what is left after `timeout`."""
+        with self._lock:
+            process = self._process
+            if process is None:
+                return None
+            atexit.unregister(self.stop)
+            pgid = process.pid  # start_new_session: the leader's pid is the group id
+            if process.poll() is None:
+                _signal_group(pgid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning("vLLM (pid %s) ignored SIGTERM; killing it", pgid)
+            # Children (engine core, worker) may outlive the leader: kill the rest of the group.
+            _signal_group(pgid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+            self._close_log()
+            self._process = None
+            return process.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log file)"
+        with self.log_path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64_000))
+            text = fh.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait(self) -> int:
+        """Block until the server process exits; returns its exit code."""
+        if self._process is None:
+            raise VllmServerError("server not started")
+        return self._process.wait()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> VllmServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def serve_forever(settings: Settings, model_path: Path | str | None = None) -> int:
+    """Prepare the policy model if needed, run vLLM until it exits or we get SIGINT/SIGTERM.
+
+    For `ospo policy serve` and `make up`: returns the server's exit code (0 on a clean stop).
+    """
+    from service.policy.models import default_policy_model_path, prepare_policy_model
+
+    if model_path is None:
+        model_path = (
+            default_policy_model_path(settings)
+            if settings.policy_model
+            else prepare_policy_model(settings.models_dir)
+        )
+    server = VllmServer.from_settings(settings, model_path)
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+        server.stop()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start(wait=True)
+        print(f"vLLM serving {model_path} at {server.url} (log: {server.log_path})", flush=True)
+        code = server.wait()
+        return 0 if stopping.is_set() else code
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,41 @@
+"""Queries on the search log and its events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.models import Event, Search, utcnow
+from service.repositories.upsert import upsert
+
+
+def add_search(session: Session, search: Search) -> None:
+    session.add(search)
+
+
+def existing_search_ids(session: Session, ids: Sequence[str]) -> set[str]:
+    if not ids:
+        return set()
+    return set(session.scalars(select(Search.id).where(Search.id.in_(list(set(ids))))))
+
+
+def insert_events(session: Session, events: Sequence[dict[str, Any]]) -> int:
+    """Insert events, skipping any whose `event_id` is already stored. Returns how many were new."""
+    now = utcnow()
+    rows = [{**e, "received_at": now} for e in events]
+    return upsert(session, Event.__table__, rows, ["event_id"], None)
+
+
+def count_events(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Event)) or 0
+
+
+def searches_since(session: Session, since: datetime | None) -> Sequence[Search]:
+    stmt = select(Search).order_by(Search.created_at)
+    if since is not None:
+        stmt = stmt.where(Search.created_at > since)
+    return session.scalars(stmt).all()

@@ -1,0 +1,50 @@
+"""The event-logging use case: validate a batch as a whole, then store it idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.api.schemas import EventIn, EventsResponse
+from service.db.engine import session_scope
+from service.db.models import utcnow
+from service.errors import InvalidInput
+from service.observability import EVENTS
+from service.repositories.searches import existing_search_ids, insert_events
+
+
+def record_events(database_url: str, events: Sequence[EventIn], max_batch: int) -> EventsResponse:
+    if not events:
+        raise InvalidInput("the batch is empty: send 1 to %d events" % max_batch)
+    if len(events) > max_batch:
+        raise InvalidInput(
+            f"{len(events)} events in one batch; at most {max_batch} are accepted",
+            status_code=413,
+            code="batch_too_large",
+        )
+    unique = {e.event_id: e for e in events}  # a batch repeating an event_id stores it once
+    now = utcnow()
+    with session_scope(database_url) as session:
+        known = existing_search_ids(session, [e.search_id for e in unique.values()])
+        unknown = sorted({e.search_id for e in unique.values()} - known)
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            raise InvalidInput(
+                f"unknown search_id(s): {shown}; the batch was not stored",
+                code="unknown_search",
+            )
+        stored = insert_events(
+            session,
+            [
+                {
+                    "event_id": e.event_id,
+                    "search_id": e.search_id,
+                    "product_id": e.product_id,
+                    "type": e.type,
+                    "ts": e.ts or now,
+                }
+                for e in unique.values()
+            ],
+        )
+    EVENTS.labels("stored").inc(stored)
+    EVENTS.labels("duplicate").inc(len(events) - stored)
+    return EventsResponse(received=len(events), stored=stored, duplicates=len(events) - stored)

