@@ -21,8 +21,11 @@ from service.catalog.formats import CatalogFormat, FormatError, LabelFormat  # n
 from service.settings import get_settings  # noqa: E402
 
 console = Console(stderr=True)
-app = typer.Typer(help="OSPO Search: generative product search that learns from its shoppers.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="OSPO Search: generative product search that learns from its shoppers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 catalog_app = typer.Typer(help="Products.", no_args_is_help=True)
 labels_app = typer.Typer(help="Relevance judgments.", no_args_is_help=True)
@@ -81,7 +84,9 @@ def catalog_ingest(
 def labels_ingest(
     path: Path,
     format: Annotated[str, typer.Option("--format", "-f", help="esci|wands|chorus|jsonl")],
-    queries: Annotated[Path | None, typer.Option(help="WANDS query.csv (default: beside PATH)")] = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="WANDS query.csv (default: beside PATH)")
+    ] = None,
 ) -> None:
     """Upsert relevance judgments from PATH (gain tables in the README)."""
     from service.catalog.ingest import ingest_labels

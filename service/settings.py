@@ -1,4 +1,4 @@
-"""Typed settings for every OSPO Search process, read from `OSPO_*` environment variables or `.env`."""
+"""Typed settings for every OSPO Search process, from `OSPO_*` environment variables or `.env`."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     max_events_per_batch: int = Field(1000, ge=1)
 
     policy_backend: Literal["vllm", "local", "none"] = Field(
-        "vllm", description="Who rewrites queries: a vLLM server, in-process transformers, or nobody."
+        "vllm",
+        description="Who rewrites queries: a vLLM server, in-process transformers, or nobody.",
     )
     policy_model: str | None = Field(
         None,

@@ -31,9 +31,7 @@ def require_admin(
 ) -> None:
     expected = settings.admin_api_key.get_secret_value()
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        token.encode(), expected.encode()
-    ):
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), expected.encode()):
         raise Unauthorized("admin endpoints need `Authorization: Bearer <OSPO_ADMIN_API_KEY>`")
 
 

@@ -148,13 +148,17 @@ def _icecat_product(obj: dict[str, Any]) -> ProductRecord:
 
 def parse_icecat_products(path: Path) -> Iterator[tuple[ProductRecord, None]]:
     """Open Icecat product JSON: a `.json` array, a `.zip` of them, or a folder of zips."""
-    files = sorted(path.glob("*.json.zip")) + sorted(path.glob("*.json")) if path.is_dir() else [path]
+    files = (
+        sorted(path.glob("*.json.zip")) + sorted(path.glob("*.json")) if path.is_dir() else [path]
+    )
     if not files:
         raise FormatError(f"{path}: no *.json or *.json.zip files")
     for file in files:
         if file.suffix == ".zip":
             with zipfile.ZipFile(file) as z:
-                arrays = [json.load(z.open(name)) for name in z.namelist() if name.endswith(".json")]
+                arrays = [
+                    json.load(z.open(name)) for name in z.namelist() if name.endswith(".json")
+                ]
         else:
             arrays = [json.loads(file.read_text(encoding="utf-8"))]
         for array in arrays:
@@ -214,7 +218,7 @@ def parse_catalog(fmt: CatalogFormat, path: Path):  # type: ignore[no-untyped-de
 
 
 def parse_esci_labels(path: Path) -> Iterator[LabelRecord]:
-    """ESCI examples (CSV/parquet with `esci_label`) or the OpenSearch judgment JSON (100/10/1/0)."""
+    """ESCI examples (CSV/parquet, `esci_label`) or OpenSearch judgment JSON (100/10/1/0)."""
     if path.suffix == ".json":
         doc = json.loads(path.read_text(encoding="utf-8"))
         if "judgmentRatings" not in doc:
@@ -228,7 +232,9 @@ def parse_esci_labels(path: Path) -> Iterator[LabelRecord]:
         _require(row, ("query", "product_id", "esci_label"), f"{path} row {i + 1}")
         if row["esci_label"] not in ESCI_GAINS:
             raise FormatError(f"{path} row {i + 1}: esci_label {row['esci_label']!r} not E/S/C/I")
-        yield LabelRecord(row["query"], str(row["product_id"]), ESCI_GAINS[row["esci_label"]], "esci")
+        yield LabelRecord(
+            row["query"], str(row["product_id"]), ESCI_GAINS[row["esci_label"]], "esci"
+        )
 
 
 def parse_wands_labels(path: Path, queries: Path | None = None) -> Iterator[LabelRecord]:
@@ -240,7 +246,9 @@ def parse_wands_labels(path: Path, queries: Path | None = None) -> Iterator[Labe
     for i, row in enumerate(_rows(path, "\t")):
         _require(row, ("query_id", "product_id", "label"), f"{path} row {i + 1}")
         if row["label"] not in WANDS_GAINS:
-            raise FormatError(f"{path} row {i + 1}: label {row['label']!r} not Exact/Partial/Irrelevant")
+            raise FormatError(
+                f"{path} row {i + 1}: label {row['label']!r} not Exact/Partial/Irrelevant"
+            )
         q = qtext.get(str(row["query_id"]))
         if q is None:
             continue  # query withheld or unknown: nothing to attach the label to
@@ -261,7 +269,9 @@ def parse_chorus_labels(path: Path) -> Iterator[LabelRecord]:
         yield LabelRecord(row["query"], str(row["docid"]), CHORUS_GAINS[rating], "chorus")
 
 
-def parse_labels(fmt: LabelFormat, path: Path, queries: Path | None = None) -> Iterator[LabelRecord]:
+def parse_labels(
+    fmt: LabelFormat, path: Path, queries: Path | None = None
+) -> Iterator[LabelRecord]:
     if not path.exists():
         raise FormatError(f"{path}: no such file")
     if fmt == "esci":

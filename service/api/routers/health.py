@@ -28,13 +28,18 @@ def _db_ok(url: str) -> str | None:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, settings: SettingsDep, retrievers: RetrieversDep) -> JSONResponse:
+async def readyz(
+    request: Request, settings: SettingsDep, retrievers: RetrieversDep
+) -> JSONResponse:
     """Ready when the index is loaded and the database answers; the policy may be degraded."""
     retriever = retrievers.get()
     db_error = await to_thread.run_sync(_db_ok, settings.resolved_database_url)
     checks: dict[str, object] = {
-        "index": {"ok": retriever is not None, "version": retriever.version if retriever else None,
-                  "error": retrievers.error},
+        "index": {
+            "ok": retriever is not None,
+            "version": retriever.version if retriever else None,
+            "error": retrievers.error,
+        },
         "database": {"ok": db_error is None, "error": db_error},
     }
     policy_status = getattr(request.app.state, "policy_status", None)

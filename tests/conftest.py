@@ -1,0 +1,125 @@
+"""Shared fixtures: databases (SQLite always, the real PostgreSQL when it answers), a small index.
+
+Nothing is mocked: the database tests run once per backend, against real servers; where
+PostgreSQL is absent those cases are skipped with the reason printed in the summary (`-ra`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PG_URL = os.environ.get("OSPO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("OSPO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+pytest_plugins = ["tests.vllm_fixture"] if (ROOT / "tests" / "vllm_fixture.py").exists() else []
+
+
+def _pg_error() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            PG_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3
+        ):
+            return None
+    except Exception as e:  # noqa: BLE001
+        return f"PostgreSQL not reachable at {PG_URL}: {type(e).__name__}"
+
+
+def redis_error() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"Redis not reachable at {REDIS_URL}: {type(e).__name__}"
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> str:
+    err = _pg_error()
+    if err:
+        pytest.skip(err)
+    return PG_URL
+
+
+def _fresh_pg_schema(base: str) -> tuple[str, str]:
+    """A private schema per use, so runs never collide with each other or with real data."""
+    import psycopg
+
+    schema = f"ospo_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{base}?options=-csearch_path%3D{schema}", schema
+
+
+def _drop_pg_schema(base: str, schema: str) -> None:
+    import psycopg
+
+    from service.db.engine import get_engine
+
+    get_engine.cache_clear()
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables yet, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ospo.db'}"
+        return
+    base = request.getfixturevalue("pg_base_url")
+    url, schema = _fresh_pg_schema(base)
+    try:
+        yield url
+    finally:
+        _drop_pg_schema(base, schema)
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """A migrated, empty database on each backend."""
+    from service.db.migrate import upgrade
+
+    upgrade(empty_db_url)
+    return empty_db_url
+
+
+@pytest.fixture(scope="session")
+def esci_records():
+    from service.catalog.formats import parse_esci_products
+
+    return list(parse_esci_products(DATA / "esci" / "sample_2c_full_data.csv"))
+
+
+@pytest.fixture(scope="session")
+def small_index_root(tmp_path_factory: pytest.TempPathFactory, esci_records) -> Path:
+    """An index of the 392 ESCI sample products (real text, real embedder), built once."""
+    from service.retrieval.embedder import get_embedder
+    from service.retrieval.index import write_index
+
+    products = [p for p, _ in esci_records if p is not None]
+    emb = get_embedder()
+    root = tmp_path_factory.mktemp("indexes")
+    write_index(
+        root,
+        [p.id for p in products],
+        [p.title for p in products],
+        emb.encode([p.search_text for p in products]),
+        emb.name,
+        "flat",
+    )
+    return root

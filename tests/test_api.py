@@ -1,0 +1,135 @@
+"""The HTTP API end to end over a real index and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.api.app import create_app
+from service.db.engine import session_scope
+from service.db.models import Event, Search
+from service.settings import Settings
+
+
+@pytest.fixture
+def client(db_url: str, small_index_root: Path, tmp_path: Path):
+    data_dir = tmp_path / "var"
+    shutil.copytree(small_index_root, data_dir / "indexes")
+    settings = Settings(data_dir=data_dir, database_url=db_url, admin_api_key="k")
+    with TestClient(create_app(settings)) as c:
+        c.db_url = db_url  # type: ignore[attr-defined]
+        yield c
+
+
+def _search(client: TestClient, query: str = "wireless earbuds", k: int = 5) -> dict:
+    r = client.post("/v1/search", json={"query": query, "k": k, "user_id": "u1"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_search_returns_k_real_products_and_is_logged(client: TestClient) -> None:
+    body = _search(client, "  6 dining chairs ", 7)
+    assert body["query"] == "6 dining chairs"
+    assert len(body["results"]) == 7
+    assert "chair" in body["results"][0]["title"].lower()
+    assert body["rewrite"] == "6 dining chairs" and body["rewrite_source"] == "none"
+    assert body["adapter"] is None
+    assert set(body["timings"]) >= {"rewrite_ms", "retrieve_ms", "total_ms"}
+    with session_scope(client.db_url) as s:  # type: ignore[attr-defined]
+        row = s.get(Search, body["search_id"])
+        assert row.normalized_query == "6 dining chairs"
+        assert row.product_ids == [r["product_id"] for r in body["results"]]
+        assert row.user_id == "u1" and row.k == 7
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"query": "   "}, "query"),
+        ({"query": "x" * 513}, "query"),
+        ({"query": "mug", "k": 0}, "k"),
+        ({"query": "mug", "k": 101}, "k"),
+        ({"k": 3}, "query"),
+        ({"query": "mug", "unknown": 1}, "unknown"),
+    ],
+)
+def test_search_rejects_bad_input(client: TestClient, payload: dict, fragment: str) -> None:
+    r = client.post("/v1/search", json=payload)
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "invalid_input" and fragment in err["message"]
+
+
+def _events(search_id: str, n: int, prefix: str | None = None) -> list[dict]:
+    prefix = prefix or uuid.uuid4().hex
+    types = ["impression", "click", "add_to_cart", "purchase"]
+    return [
+        {
+            "event_id": f"{prefix}-{i}",
+            "search_id": search_id,
+            "product_id": f"p{i}",
+            "type": types[i % 4],
+            "ts": "2026-11-27T10:00:00Z",
+        }
+        for i in range(n)
+    ]
+
+
+def _count_events(url: str) -> int:
+    with session_scope(url) as s:
+        return s.scalar(select(func.count()).select_from(Event))
+
+
+def test_events_are_idempotent(client: TestClient) -> None:
+    sid = _search(client)["search_id"]
+    batch = _events(sid, 6)
+    r1 = client.post("/v1/events", json=batch)
+    assert r1.status_code == 200 and r1.json() == {"received": 6, "stored": 6, "duplicates": 0}
+    r2 = client.post("/v1/events", json=batch)
+    assert r2.json() == {"received": 6, "stored": 0, "duplicates": 6}
+    r3 = client.post("/v1/events", json=batch[:2] + _events(sid, 1, "new") + batch[:1])
+    assert r3.json() == {"received": 4, "stored": 1, "duplicates": 3}
+    assert _count_events(client.db_url) == 7  # type: ignore[attr-defined]
+
+
+def test_events_reject_bad_batches_atomically(client: TestClient) -> None:
+    sid = _search(client)["search_id"]
+    good = _events(sid, 2)
+    r = client.post("/v1/events", json=good + _events("no-such-search", 1))
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "unknown_search"
+    assert "no-such-search" in r.json()["error"]["message"]
+    bad_type = _events(sid, 1)
+    bad_type[0]["type"] = "like"
+    r = client.post("/v1/events", json=good + bad_type)
+    assert r.status_code == 422 and "type" in r.json()["error"]["message"]
+    r = client.post("/v1/events", json=_events(sid, 1001))
+    assert r.status_code == 413 and "at most 1000" in r.json()["error"]["message"]
+    r = client.post("/v1/events", json=[])
+    assert r.status_code == 422
+    assert _count_events(client.db_url) == 0  # type: ignore[attr-defined]
+
+
+def test_health_ready_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["index"]["ok"] is True
+    _search(client)
+    metrics = client.get("/metrics").text
+    assert "ospo_searches_total" in metrics and "ospo_index_products 392.0" in metrics
+
+
+def test_not_ready_without_index(db_url: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "empty", database_url=db_url)
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["index"]["ok"] is False
+        r = c.post("/v1/search", json={"query": "mug"})
+        assert r.status_code == 503 and "ospo index build" in r.json()["error"]["message"]
+        assert c.get("/nope").json()["error"]["code"] == "not_found"

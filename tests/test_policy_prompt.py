@@ -1,0 +1,114 @@
+"""The rewrite prompt and completion parsing (pure, fast)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, build_messages, parse_rewrite
+
+QUERY = "hdmi cable 2m"
+
+
+def test_prompt_config_is_frozen_and_versioned() -> None:
+    assert DEFAULT_PROMPT.version
+    assert DEFAULT_PROMPT.temperature == 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULT_PROMPT.version = "x"  # type: ignore[misc]
+
+
+def test_build_messages_puts_query_in_user_turn() -> None:
+    messages = build_messages("  wireless mouse ")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "wireless mouse" in messages[1]["content"]
+    assert messages[0]["content"] == DEFAULT_PROMPT.system_prompt
+
+
+def test_sampling_params_follow_config() -> None:
+    config = PromptConfig(version="t", max_tokens=12, stop=("\n",))
+    params = config.sampling_params()
+    assert params == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 12, "stop": ["\n"]}
+    assert config.sampling_params(max_tokens=5)["max_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("hdmi cable 2 meter high speed", "hdmi cable 2 meter high speed"),
+        ("  hdmi cable 2m, high speed hdmi lead  ", "hdmi cable 2m, high speed hdmi lead"),
+        ("<rewrite>hdmi 2.1 cable 2m</rewrite>", "hdmi 2.1 cable 2m"),
+        ("Sure. <rewrite>hdmi 2.1 cable 2m</rewrite> hope it helps", "hdmi 2.1 cable 2m"),
+        ("<rewrite>hdmi 2.1 cable, 2 m", "hdmi 2.1 cable, 2 m"),
+        ("hdmi lead 2m</rewrite>", "hdmi lead 2m"),
+        ('"hdmi cable 2 metre"', "hdmi cable 2 metre"),
+        ("“hdmi cable 2 metre”", "hdmi cable 2 metre"),
+        ("'hdmi cable 2 metre'.", "hdmi cable 2 metre"),
+        ("Rewrite: hdmi cable 2 metre", "hdmi cable 2 metre"),
+        ("Rewritten query: hdmi cable 2 metre", "hdmi cable 2 metre"),
+        ("Expanded search query - hdmi cable 2 metre", "hdmi cable 2 metre"),
+        ('Rewritten query: "hdmi cable 2 metre"', "hdmi cable 2 metre"),
+        ("Rewritten query:\nhdmi cable 2 metre\nmore text", "hdmi cable 2 metre"),
+        ("\n\n  hdmi cable 2 metre  \nsecond line", "hdmi cable 2 metre"),
+        ("1. hdmi cable 2 metre", "hdmi cable 2 metre"),
+        ("- hdmi cable 2 metre", "hdmi cable 2 metre"),
+        ("hdmi cable 2 metre<|im_end|>", "hdmi cable 2 metre"),
+        ("hdmi cable 2 metre.", "hdmi cable 2 metre"),
+        ('Consider rephrasing it to: "hdmi cable 2 metre"', "hdmi cable 2 metre"),
+        ("Gaming Laptop 16GB RAM", "Gaming Laptop 16GB RAM"),
+        ("the best hdmi cable", "the best hdmi cable"),
+        ("hdmi cable 2m", "hdmi cable 2m"),
+    ],
+)
+def test_parse_accepts_usable_rewrites(completion: str, expected: str) -> None:
+    text, ok = parse_rewrite(completion, QUERY)
+    assert (text, ok) == (expected, True)
+    assert text in completion  # the trainer maps the rewrite back onto completion tokens
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "",
+        "   \n\t ",
+        "...",
+        "?!,;:",
+        "<rewrite></rewrite>",
+        "Rewritten query: ",
+        "Rewrite:",
+        '""',
+        "tv tv tv tv tv tv tv tv",
+        "hdmi cable hdmi cable hdmi cable hdmi cable",
+        "Wi-Fi Mouse: Wireless Mouse: Wi-Fi Mouse: Wi-Fi Mouse: Wi-Fi Mouse: Wi-Fi Mouse:",
+        "nvme SSD 1TB 100000000000000000000",
+        "x" * 1000,
+        "I'm ready to assist. What's your product?",
+        "Sorry, I cannot help with that.",
+        "What kind of cable do you need?",
+        "Keep every word of the query, add the product type, key attributes and common synonyms.",
+    ],
+)
+def test_parse_falls_back_to_query_on_junk(completion: str) -> None:
+    assert parse_rewrite(completion, QUERY) == (QUERY, False)
+
+
+def test_parse_caps_length_at_a_word_boundary() -> None:
+    words = " ".join(f"word{i}" for i in range(100))
+    text, ok = parse_rewrite(words, QUERY, max_chars=50)
+    assert ok
+    assert len(text) <= 50
+    assert words.startswith(text)
+    assert not text.endswith(" ")
+
+
+def test_parse_drops_cut_off_item_when_truncated() -> None:
+    completion = "hdmi cable, high speed hdmi lead, gold pla"
+    assert parse_rewrite(completion, QUERY, truncated=True) == (
+        "hdmi cable, high speed hdmi lead",
+        True,
+    )
+    assert parse_rewrite(completion, QUERY)[0] == completion
+
+
+def test_parse_handles_none_like_input() -> None:
+    assert parse_rewrite(None, QUERY) == (QUERY, False)  # type: ignore[arg-type]
