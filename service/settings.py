@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     rewrite_cache_size: int = Field(10_000, ge=0, description="In-process LRU entries.")
     rewrite_cache_ttl_s: int = Field(86_400, ge=1, description="Redis cache TTL.")
 
+    adapter_poll_s: float = Field(
+        2.0, gt=0, description="How often each API process re-reads the active adapter."
+    )
+    adapter_unload_grace_s: float = Field(
+        30.0, ge=0, description="Retired adapters stay loaded at least this long after a swap."
+    )
+
+    train_time_limit_s: int = Field(
+        1800, ge=60, description="Hard time limit of one training task (killed beyond it)."
+    )
+    train_every_s: int = Field(3600, ge=10, description="Beat checks for new labels this often.")
+    train_min_new_queries: int = Field(
+        20, ge=1, description="Labelled queries needed since the last run to start an update."
+    )
+
     log_level: str = "INFO"
 
     @property

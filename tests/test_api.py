@@ -20,7 +20,9 @@ from service.settings import Settings
 def client(db_url: str, small_index_root: Path, tmp_path: Path):
     data_dir = tmp_path / "var"
     shutil.copytree(small_index_root, data_dir / "indexes")
-    settings = Settings(data_dir=data_dir, database_url=db_url, admin_api_key="k")
+    settings = Settings(
+        data_dir=data_dir, database_url=db_url, admin_api_key="k", policy_backend="none"
+    )
     with TestClient(create_app(settings)) as c:
         c.db_url = db_url  # type: ignore[attr-defined]
         yield c
@@ -126,7 +128,7 @@ def test_health_ready_metrics(client: TestClient) -> None:
 
 
 def test_not_ready_without_index(db_url: str, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "empty", database_url=db_url)
+    settings = Settings(data_dir=tmp_path / "empty", database_url=db_url, policy_backend="none")
     with TestClient(create_app(settings)) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["checks"]["index"]["ok"] is False

@@ -12,8 +12,10 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from service.api.errors import install_error_handlers
-from service.api.routers import events, health, search
-from service.services.rewrite import IdentityRewriter, Rewriter
+from service.api.routers import admin, events, health, search
+from service.policy.protocol import Policy
+from service.services.admin import IndexRebuilds
+from service.services.rewrite import IdentityRewriter
 from service.services.search import SearchService
 from service.settings import Settings, get_settings
 from service.state import RetrieverHolder
@@ -33,17 +35,49 @@ async def _watch_index(holder: RetrieverHolder) -> None:
             log.exception("index refresh failed")
 
 
-def create_app(settings: Settings | None = None, rewriter: Rewriter | None = None) -> FastAPI:
+def _make_rewriter(settings: Settings, policy: Policy | None):  # type: ignore[no-untyped-def]
+    """The policy-backed rewriter, or the identity when no policy is configured."""
+    if policy is None and settings.policy_backend == "none":
+        return IdentityRewriter()
+    from service.adapters.swap import ActiveAdapterWatcher
+    from service.policy.factory import make_policy
+    from service.policy.prompt import DEFAULT_PROMPT
+    from service.rewriting.cache import RewriteCache
+    from service.rewriting.rewriter import PolicyRewriter
+
+    policy = policy or make_policy(settings)
+    return PolicyRewriter(
+        policy,
+        RewriteCache(settings.rewrite_cache_size, settings.redis_url, settings.rewrite_cache_ttl_s),
+        ActiveAdapterWatcher(
+            policy,
+            settings.resolved_database_url,
+            settings.adapter_poll_s,
+            settings.adapter_unload_grace_s,
+        ),
+        DEFAULT_PROMPT.version,
+        settings.rewrite_budget_ms,
+        settings.adapter_poll_s,
+    )
+
+
+def create_app(settings: Settings | None = None, policy: Policy | None = None) -> FastAPI:
+    """The API. `policy` overrides the backend chosen by settings (tests, embedding)."""
     settings = settings or get_settings()
     retrievers = RetrieverHolder(settings)
+    rewriter = _make_rewriter(settings, policy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(retrievers.refresh)
         watcher = asyncio.create_task(_watch_index(retrievers))
+        if hasattr(rewriter, "start"):
+            await rewriter.start()
         try:
             yield
         finally:
+            if hasattr(rewriter, "stop"):
+                await rewriter.stop()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -56,11 +90,14 @@ def create_app(settings: Settings | None = None, rewriter: Rewriter | None = Non
     )
     app.state.settings = settings
     app.state.retrievers = retrievers
-    app.state.search_service = SearchService(
-        settings.resolved_database_url, retrievers, rewriter or IdentityRewriter()
-    )
+    app.state.search_service = SearchService(settings.resolved_database_url, retrievers, rewriter)
+    app.state.rewriter = rewriter
+    app.state.index_rebuilds = IndexRebuilds(settings, retrievers)
+    if hasattr(rewriter, "status"):
+        app.state.policy_status = rewriter.status
     install_error_handlers(app)
     app.include_router(search.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     return app

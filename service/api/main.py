@@ -1,5 +1,5 @@
-"""ASGI entry point: `uvicorn service.api.main:app`."""
+"""ASGI entry point: `uvicorn service.api.main:app` (settings from the environment)."""
 
-from service.api.wiring import build_app
+from service.api.app import create_app
 
-app = build_app()
+app = create_app()

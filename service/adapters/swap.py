@@ -1,0 +1,206 @@
+"""Hot-swapping LoRA adapters in the policy server without failing a request.
+
+Activation (`activate`): load the adapter into the policy server under its own unique name,
+check that the server lists it, run a canary rewrite through it, and only then flip the active
+pointer in the database in one transaction. Every API process runs an `ActiveAdapterWatcher`
+that reads the pointer every few seconds, so all of them switch within one poll interval. The
+previous adapter stays loaded for an instant rollback; older ones are unloaded once no request
+of this process is using them and a grace period has passed (other processes switch too).
+After a policy-server restart the watcher finds the active adapter missing and loads it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import to_thread
+
+from service.adapters.registry import verify_files
+from service.db.engine import session_scope
+from service.errors import Conflict, NotFound, Unavailable
+from service.policy.protocol import Policy, PolicyError
+from service.repositories.adapters import (
+    active_adapter,
+    get_adapter,
+    list_adapters,
+    previous_adapter,
+    set_active,
+    set_status,
+)
+
+log = logging.getLogger(__name__)
+
+CANARY_QUERY = "usb c charging cable"
+
+
+@dataclass
+class SwapResult:
+    active: str | None
+    previous: str | None
+    seconds: float
+    canary: dict[str, Any] = field(default_factory=dict)
+
+
+async def ensure_loaded(policy: Policy, name: str, path: str) -> None:
+    if name in await policy.list_models():
+        return
+    await policy.load_adapter(name, path)
+    if name not in await policy.list_models():
+        raise PolicyError(f"adapter {name} was loaded but the policy server does not list it")
+
+
+async def activate(policy: Policy, database_url: str, name: str) -> SwapResult:
+    """Load, verify, canary, flip. Raises (and changes nothing in the database) on failure."""
+    started = time.perf_counter()
+
+    def _row():  # type: ignore[no-untyped-def]
+        with session_scope(database_url) as s:
+            row = get_adapter(s, name)
+            if row is None:
+                raise NotFound(f"no adapter named {name!r}")
+            if row.status == "rejected":
+                raise Conflict(f"adapter {name!r} was rejected by the gate; promote refused")
+            return row
+
+    row = await to_thread.run_sync(_row)
+    path = await to_thread.run_sync(verify_files, row)
+    try:
+        await ensure_loaded(policy, name, str(path))
+        canary = await policy.rewrite(CANARY_QUERY, adapter=name)
+    except PolicyError as e:
+        raise Unavailable(f"adapter {name!r} could not be served: {e}") from e
+    canary_info = {
+        "query": CANARY_QUERY,
+        "rewrite": canary.text,
+        "ok": canary.ok,
+        "latency_ms": round(canary.latency_ms, 1),
+    }
+    log.info("canary for %s: %r", name, canary_info)
+
+    def _flip() -> str | None:
+        with session_scope(database_url) as s:
+            previous = set_active(s, name)
+            set_status(s, name, "active", {"canary": canary_info})
+            return previous
+
+    previous = await to_thread.run_sync(_flip)
+    return SwapResult(name, previous, time.perf_counter() - started, canary_info)
+
+
+async def rollback(policy: Policy, database_url: str) -> SwapResult:
+    """Serve the adapter that served before the current one (or the base model if none)."""
+
+    def _previous() -> str | None:
+        with session_scope(database_url) as s:
+            prev = previous_adapter(s)
+            return prev.name if prev else None
+
+    target = await to_thread.run_sync(_previous)
+    if target is not None:
+        return await activate(policy, database_url, target)
+    started = time.perf_counter()
+
+    def _to_base() -> str | None:
+        with session_scope(database_url) as s:
+            return set_active(s, None)
+
+    previous = await to_thread.run_sync(_to_base)
+    if previous is None:
+        raise Conflict("nothing to roll back: no adapter is active")
+    return SwapResult(None, previous, time.perf_counter() - started)
+
+
+class ActiveAdapterWatcher:
+    """This process's view of the active adapter, and the in-flight requests per adapter."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        database_url: str,
+        interval_s: float = 2.0,
+        unload_grace_s: float = 30.0,
+    ) -> None:
+        self.policy = policy
+        self.database_url = database_url
+        self.interval_s = interval_s
+        self.unload_grace_s = unload_grace_s
+        self.current: str | None = None
+        self.inflight: Counter[str] = Counter()
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def using(self, adapter: str | None):  # type: ignore[no-untyped-def]
+        if adapter is None:
+            yield
+            return
+        self.inflight[adapter] += 1
+        try:
+            yield
+        finally:
+            self.inflight[adapter] -= 1
+
+    def _read(self) -> tuple[tuple[str, str] | None, str | None, list[tuple[str, float | None]]]:
+        with session_scope(self.database_url) as s:
+            act = active_adapter(s)
+            prev = previous_adapter(s)
+            retired = [
+                (a.name, a.retired_at.timestamp() if a.retired_at else None)
+                for a in list_adapters(s)
+                if a.status in ("retired", "rejected")
+            ]
+            return ((act.name, act.path) if act else None), (prev.name if prev else None), retired
+
+    async def sync_once(self) -> None:
+        active, previous, retired = await to_thread.run_sync(self._read)
+        if active is not None:
+            try:
+                # After a policy-server restart nothing is loaded: put the active adapter back.
+                await ensure_loaded(self.policy, *active)
+            except PolicyError as e:
+                self.last_error = f"active adapter {active[0]} not loadable: {e}"
+                log.warning(self.last_error)
+                return  # keep serving the adapter we had; try again next poll
+        self.current = active[0] if active else None
+        self.last_error = None
+        await self._unload_stale(previous, retired)
+
+    async def _unload_stale(
+        self, previous: str | None, retired: list[tuple[str, float | None]]
+    ) -> None:
+        try:
+            loaded = set(await self.policy.list_models())
+        except PolicyError:
+            return
+        now = time.time()
+        for name, retired_at in retired:
+            if name in loaded and name not in (self.current, previous) and not self.inflight[name]:
+                if retired_at is not None and now - retired_at < self.unload_grace_s:
+                    continue
+                with contextlib.suppress(PolicyError):
+                    await self.policy.unload_adapter(name)
+                    log.info("unloaded stale adapter %s", name)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+            except Exception as e:  # noqa: BLE001 - the watcher must survive anything
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("adapter watcher: %s", self.last_error)
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

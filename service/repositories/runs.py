@@ -1,0 +1,130 @@
+"""Queries on training runs, including the lease that keeps one training at a time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from service.db.models import TrainingRun, utcnow
+
+LIVE = ("queued", "running")
+
+
+def create_run(session: Session, algorithm: str, config: dict[str, Any]) -> TrainingRun:
+    run = TrainingRun(
+        id=str(uuid.uuid4()), status="queued", algorithm=algorithm, config=config, metrics={}
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: str) -> TrainingRun | None:
+    return session.get(TrainingRun, run_id)
+
+
+def list_runs(session: Session, limit: int = 50) -> Sequence[TrainingRun]:
+    stmt = select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)
+    return session.scalars(stmt).all()
+
+
+def last_finished_run(session: Session) -> TrainingRun | None:
+    stmt = (
+        select(TrainingRun)
+        .where(TrainingRun.status.in_(("promoted", "rejected")))
+        .order_by(TrainingRun.finished_at.desc())
+    )
+    return session.scalars(stmt).first()
+
+
+def live_run(session: Session) -> TrainingRun | None:
+    stmt = select(TrainingRun).where(TrainingRun.status.in_(LIVE)).order_by(TrainingRun.created_at)
+    return session.scalars(stmt).first()
+
+
+def acquire_lease(session: Session, run_id: str, owner: str, ttl: timedelta) -> bool:
+    """Take the training lease for `run_id`: atomic, and refused while any *other* run holds a
+    live lease. Re-acquiring one's own (or an expired) lease succeeds."""
+    now = utcnow()
+    holder = session.scalars(
+        select(TrainingRun)
+        .where(
+            TrainingRun.id != run_id,
+            TrainingRun.status == "running",
+            TrainingRun.lease_expires_at > now,
+        )
+        .with_for_update()
+    ).first()
+    if holder is not None:
+        return False
+    result = session.execute(
+        update(TrainingRun)
+        .where(
+            TrainingRun.id == run_id,
+            TrainingRun.status.in_(LIVE),
+            or_(
+                TrainingRun.lease_owner.is_(None),
+                TrainingRun.lease_owner == owner,
+                TrainingRun.lease_expires_at < now,
+            ),
+        )
+        .values(lease_owner=owner, lease_expires_at=now + ttl, status="running", started_at=now)
+    )
+    return (result.rowcount or 0) == 1
+
+
+def renew_lease(session: Session, run_id: str, owner: str, ttl: timedelta) -> bool:
+    result = session.execute(
+        update(TrainingRun)
+        .where(
+            TrainingRun.id == run_id,
+            TrainingRun.lease_owner == owner,
+            TrainingRun.status == "running",
+        )
+        .values(lease_expires_at=utcnow() + ttl)
+    )
+    return (result.rowcount or 0) == 1
+
+
+def finish_run(
+    session: Session,
+    run_id: str,
+    status: str,
+    metrics: dict[str, Any] | None = None,
+    error: str | None = None,
+    adapter: str | None = None,
+) -> None:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        return
+    run.status = status
+    if metrics is not None:
+        run.metrics = {**(run.metrics or {}), **metrics}
+    run.error = error
+    if adapter is not None:
+        run.adapter = adapter
+    run.finished_at = utcnow()
+    run.lease_owner = None
+    run.lease_expires_at = None
+
+
+def expire_stale_runs(session: Session, now: datetime | None = None) -> int:
+    """Runs whose worker died (lease expired while running) are marked failed."""
+    now = now or utcnow()
+    result = session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.status == "running", TrainingRun.lease_expires_at < now)
+        .values(
+            status="failed",
+            error="worker lost: lease expired",
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount or 0
