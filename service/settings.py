@@ -77,6 +77,22 @@ class Settings(BaseSettings):
         20, ge=1, description="Labelled queries needed since the last run to start an update."
     )
 
+    label_weight_click: float = Field(0.3, ge=0, description="Gain of a clicked product.")
+    label_weight_add_to_cart: float = Field(0.6, ge=0, description="Gain of an added product.")
+    label_weight_purchase: float = Field(1.0, ge=0, description="Gain of a purchased product.")
+    label_min_support: int = Field(
+        2, ge=1, description="Engaged searches needed before a (query, product) is labelled."
+    )
+    train_steps: int = Field(6, ge=1, description="OSPO steps of one online update.")
+    train_group_size: int = Field(4, ge=2, description="Rollouts per query in online updates.")
+    train_prompts_per_step: int = Field(2, ge=1)
+    train_lr: float = Field(1e-4, gt=0, description="LoRA learning rate of online updates.")
+    train_val_fraction: float = Field(0.3, gt=0, lt=1)
+    train_max_val_queries: int = Field(24, ge=1, description="Validation queries the gate scores.")
+    gate_margin: float = Field(
+        0.0, description="Promote only when candidate NDCG@10 exceeds the active one by more."
+    )
+
     log_level: str = "INFO"
 
     @property

@@ -58,6 +58,9 @@ def test_sampling_params_follow_config() -> None:
         ("Gaming Laptop 16GB RAM", "Gaming Laptop 16GB RAM"),
         ("the best hdmi cable", "the best hdmi cable"),
         ("hdmi cable 2m", "hdmi cable 2m"),
+        ("hi-fi speakers, stereo bookshelf speakers", "hi-fi speakers, stereo bookshelf speakers"),
+        ("search-engine optimisation book", "search-engine optimisation book"),
+        ("i7 laptop 16gb", "i7 laptop 16gb"),
     ],
 )
 def test_parse_accepts_usable_rewrites(completion: str, expected: str) -> None:
@@ -84,6 +87,8 @@ def test_parse_accepts_usable_rewrites(completion: str, expected: str) -> None:
         "x" * 1000,
         "I'm ready to assist. What's your product?",
         "Sorry, I cannot help with that.",
+        "Hi! What are you looking for today",
+        "I need more details about the cable",
         "What kind of cable do you need?",
         "Keep every word of the query, add the product type, key attributes and common synonyms.",
     ],

@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -33,12 +33,15 @@ EstimatorName = Literal["auto", "shapley", "owen", "sampled_owen", "window"]
 
 ValueFn = Callable[[Sequence[frozenset[int]]], np.ndarray]
 TextValueFn = Callable[[list[str]], np.ndarray]
+K = TypeVar("K")  # the context a text is valued in, e.g. the query whose targets score it
+PairValueFn = Callable[[list[tuple[str, K]]], np.ndarray]
 
 __all__ = [
     "Attribution",
     "Segment",
     "TextAttribution",
     "attribute",
+    "attribute_batch",
     "coalition_text",
     "exact_owen",
     "exact_shapley",
@@ -618,3 +621,66 @@ def attribute(
         estimator=estimator,
         groups=groups,
     )
+
+
+def attribute_batch(
+    items: Sequence[tuple[str, K]],
+    value_fn: PairValueFn[K],
+    *,
+    rng: np.random.Generator | None = None,
+    **kwargs: object,
+) -> list[TextAttribution]:
+    """``attribute`` for many texts at once, valuing every coalition of every text in ONE call.
+
+    items:    (text, context) pairs; ``context`` is whatever the value depends on besides the
+              text (for rewards: the query key whose targets score it). It must be hashable.
+    value_fn: called once with the distinct, non-empty (coalition text, context) pairs of all
+              items; returns their values, shape (len(pairs),).
+    rng:      seeds one generator per item (only sampled Owen draws from it); None = unseeded.
+    kwargs:   passed to ``attribute`` (segmentation, estimator, budget, width, ...).
+
+    Two passes over ``attribute``: the first records which coalition texts each item's
+    estimator asks for (answering zeros: no estimator chooses its coalitions by their values),
+    then all distinct pairs are valued together, and the second pass replays each estimator
+    against that table. Each item's generator is re-created from the same seed for the replay,
+    so both passes draw the same permutations. Results equal per-item ``attribute`` calls with
+    generators ``default_rng(seed_i)``.
+    """
+    if "rng" in kwargs:
+        raise TypeError("pass rng to attribute_batch, not through kwargs")
+    parent = rng if rng is not None else np.random.default_rng()
+    seeds = parent.integers(0, 2**63 - 1, size=len(items)).tolist()
+
+    requested: dict[tuple[str, K], None] = {}  # ordered set of (text, context)
+
+    def recorder(context: K) -> TextValueFn:
+        def record(texts: list[str]) -> np.ndarray:
+            requested.update(dict.fromkeys((t, context) for t in texts))
+            return np.zeros(len(texts))
+
+        return record
+
+    for (text, context), seed in zip(items, seeds, strict=True):
+        attribute(text, recorder(context), rng=np.random.default_rng(seed), **kwargs)  # type: ignore[arg-type]
+
+    pairs = list(requested)
+    values = np.asarray(value_fn(pairs), dtype=float) if pairs else np.zeros(0)
+    if values.shape != (len(pairs),):
+        raise ValueError(f"value_fn returned shape {values.shape} for {len(pairs)} pairs")
+    table = dict(zip(pairs, values.tolist(), strict=True))
+
+    def replay(context: K) -> TextValueFn:
+        def lookup(texts: list[str]) -> np.ndarray:
+            try:
+                return np.array([table[(t, context)] for t in texts])
+            except KeyError as e:  # an estimator chose coalitions by value: not replayable
+                raise RuntimeError(
+                    f"coalition {e.args[0]!r} was not requested when recording"
+                ) from e
+
+        return lookup
+
+    return [
+        attribute(text, replay(context), rng=np.random.default_rng(seed), **kwargs)  # type: ignore[arg-type]
+        for (text, context), seed in zip(items, seeds, strict=True)
+    ]

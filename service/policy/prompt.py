@@ -3,8 +3,8 @@
 The prompt is versioned: every logged rewrite records `PromptConfig.version`, so training never
 mixes rollouts from different prompts, and changing the wording means bumping the version.
 The model is tiny (135M), so the prompt asks for one plain line and the parser does the rest:
-it accepts tags, labels, quotes and chatter, and falls back to the raw query when the
-completion is unusable, so a bad generation never makes search worse than no rewrite.
+it strips tags, labels and quotes, and falls back to the raw query when the completion is
+unusable (empty, chatty, looping), so a bad generation never makes search worse than no rewrite.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ _LABEL = re.compile(
     r"^(?:(?:here\s+is\s+|here's\s+)?(?:the\s+|a\s+|an\s+|my\s+)?"
     r"(?:(?:expanded|rewritten|improved|better|new|product|search)\s+)*"
     r"(?:query|rewrite|search|answer|output|result)|rewrite|assistant)"
-    r"\s*(?:\([^)]*\))?\s*(?::|-|–|=)+\s*",
+    r"\s*(?:\([^)]*\))?(?:\s*:+|\s+[-–=]+)\s*",
     re.IGNORECASE,
 )
 _LIST_MARKER = re.compile(r"^(?:[-*•]|\d{1,2}[.)])\s+")
@@ -73,8 +73,8 @@ _QUOTED_AFTER_COLON = re.compile(r":\s*([\"“«])(?P<inner>[^\"”»]+)[\"”»
 _QUOTES = "\"'`“”‘’«»"
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CHATTER = re.compile(
-    r"^(?:i\b|i'm\b|i’m\b|i'd\b|sure\b|certainly\b|of course\b|sorry\b|as an ai\b|"
-    r"to (?:create|make|improve)\b|the best (?:way|place)\b|you\b|please\b|hello\b|hi\b)"
+    r"^(?:i\s|i'm\b|i’m\b|i'd\b|sure\b|certainly\b|of course\b|sorry\b|as an ai\b|"
+    r"to (?:create|make|improve)\b|the best (?:way|place)\b|you\s|please\s|hello\b|hi[,!.])"
     r"|\b(?:i'm|i’m|i am|i'd|i will|i can|you're|you’re)\b|\?\s*$",
     re.IGNORECASE,
 )

@@ -67,7 +67,7 @@ class VllmServer:
         max_lora_rank: int = 32,
         dtype: str = DEFAULT_DTYPE,
         max_model_len: int = 1024,
-        kv_cache_gib: float = 1.0,
+        kv_cache_gib: int = 1,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -155,7 +155,8 @@ class VllmServer:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
+        # vLLM reads this as whole GiB; its default would size the KV cache for a big box.
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(self.kv_cache_gib)))
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.update(self.extra_env)
         return env
@@ -230,13 +231,21 @@ class VllmServer:
                     process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     log.warning("vLLM (pid %s) ignored SIGTERM; killing it", pgid)
-            # Children (engine core, worker) may outlive the leader: kill the rest of the group.
-            _signal_group(pgid, signal.SIGKILL)
+            # Children (engine core, worker) may outlive the leader: give them a moment to
+            # finish their own shutdown, then kill whatever is left of the group.
+            if not _wait_group_gone(pgid, timeout=5.0):
+                _signal_group(pgid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
             self._close_log()
             self._process = None
             return process.returncode
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the process group without waiting (safe in a signal handler)."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            _signal_group(process.pid, signal.SIGTERM)
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.is_file():
@@ -275,6 +284,21 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _wait_group_gone(pgid: int, timeout: float) -> bool:
+    """True once no process of group `pgid` is left (signal 0 probes without signalling)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 def serve_forever(settings: Settings, model_path: Path | str | None = None) -> int:
     """Prepare the policy model if needed, run vLLM until it exits or we get SIGINT/SIGTERM.
 
@@ -292,12 +316,19 @@ def serve_forever(settings: Settings, model_path: Path | str | None = None) -> i
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
+        # Only signal here: the main thread sits in server.wait(), returns once vLLM exits,
+        # and `finally` reaps the group. Waiting inside the handler would block on that wait.
         stopping.set()
-        server.stop()
+        server.terminate()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start(wait=True)
+        try:
+            server.start(wait=True)
+        except VllmServerError:
+            if stopping.is_set():  # interrupted while starting
+                return 0
+            raise
         print(f"vLLM serving {model_path} at {server.url} (log: {server.log_path})", flush=True)
         code = server.wait()
         return 0 if stopping.is_set() else code

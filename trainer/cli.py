@@ -1,0 +1,293 @@
+"""`ospo train` and `ospo eval`, added to the service's typer app via the `ospo.cli` entry point.
+
+Exit codes: 0 success; 2 bad input (unknown option value, unreadable or empty data, nothing to
+evaluate); 3 a resource is missing (no index, no policy model, no catalogue texts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+console = Console(stderr=True)
+
+BAD_INPUT = 2
+MISSING_RESOURCE = 3
+
+DataOpt = Annotated[
+    str, typer.Option("--data", help="'db' (relevance labels in the database) or a label file.")
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="Label file format: chorus|esci|wands|jsonl (default: sniffed)."),
+]
+SourcesOpt = Annotated[
+    str | None, typer.Option(help="With --data db: comma-separated label sources, e.g. chorus.")
+]
+ValFractionOpt = Annotated[float, typer.Option(help="Share of queries held out for validation.")]
+SplitSeedOpt = Annotated[int, typer.Option(help="Seed of the train/validation query split.")]
+ModelOpt = Annotated[
+    Path | None, typer.Option(help="Base model folder (default: the prepared SmolLM2).")
+]
+IndexOpt = Annotated[
+    Path | None, typer.Option(help="Index root with CURRENT (default: settings index_dir).")
+]
+
+
+def _fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _split_csv(value: str | None) -> list[str] | None:
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return items or None
+
+
+def _load_data(data: str, fmt: str | None, sources: str | None, retriever: Any) -> list[Any]:
+    """Examples restricted to products in the index; typer.Exit(2) when there are none."""
+    from service.catalog.formats import FormatError
+    from service.settings import get_settings
+    from trainer.data import load_examples, restrict_to_index
+
+    try:
+        examples = load_examples(
+            data,
+            database_url=get_settings().resolved_database_url,
+            fmt=fmt,
+            sources=_split_csv(sources),
+        )
+    except (FormatError, ValueError, OSError) as e:
+        raise _fail(str(e)) from e
+    kept = restrict_to_index(examples, retriever.row_of)
+    if not kept:
+        raise _fail(
+            f"no usable queries in {data!r}: {len(examples)} queries, none with a relevant "
+            f"product in index {retriever.version}"
+        )
+    if len(kept) < len(examples):
+        console.print(
+            f"{len(examples) - len(kept)} queries without indexed relevant products dropped"
+        )
+    return kept
+
+
+def _resources(model: Path | None, index_dir: Path | None, need_model: bool) -> tuple[Any, Any]:
+    from service.settings import get_settings
+    from trainer.resources import ResourceError, load_retriever, policy_model_path
+
+    settings = get_settings()
+    try:
+        retriever = load_retriever(settings, index_dir)
+        model_path = policy_model_path(settings, model) if need_model else None
+    except ResourceError as e:
+        raise _fail(str(e), MISSING_RESOURCE) from e
+    return retriever, model_path
+
+
+def train_command(
+    algo: Annotated[str, typer.Option(help="ospo|grpo")] = "ospo",
+    data: DataOpt = "db",
+    fmt: FormatOpt = None,
+    sources: SourcesOpt = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 100,
+    group_size: Annotated[int, typer.Option("--group-size", "-G", help="Samples per query.")] = 8,
+    prompts_per_step: Annotated[int, typer.Option(help="Queries per step.")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 5e-6).")] = 5e-6,
+    seed: int = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: data_dir/runs/...).")
+    ] = None,
+    estimator: Annotated[str, typer.Option(help="auto|shapley|owen|sampled_owen|window")] = "auto",
+    segmentation: Annotated[str, typer.Option(help="phrase|word|sentence")] = "phrase",
+    width: Annotated[int, typer.Option(help="Window estimator: widest window.")] = 8,
+    budget: Annotated[
+        int, typer.Option(help="Coalitions per rewrite (window, sampled Owen).")
+    ] = 96,
+    adv_mode: Annotated[str, typer.Option(help="prop|rank token weights.")] = "prop",
+    zero_reward: Annotated[
+        str, typer.Option(help="grpo|zero for rollouts without signal")
+    ] = "grpo",
+    lora_rank: Annotated[int, typer.Option(help="LoRA r.")] = 32,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 16,
+    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names.")] = (
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    ),
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    beta: Annotated[float, typer.Option(help="KL penalty to the base model.")] = 0.0,
+    reward_mode: Annotated[str, typer.Option(help="full|pooled")] = "full",
+    reward_k: int = 10,
+    val_fraction: ValFractionOpt = 0.2,
+    split_seed: SplitSeedOpt = 0,
+    eval_every: Annotated[int, typer.Option(help="Greedy validation every N steps (0: off).")] = 0,
+    warm_start: Annotated[
+        Path | None, typer.Option(help="Adapter folder to continue from.")
+    ] = None,
+    model: ModelOpt = None,
+    index_dir: IndexOpt = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a LoRA adapter of the rewrite policy with OSPO or GRPO."""
+    from service.settings import get_settings
+    from trainer.data import split_examples
+    from trainer.evaluate import resolve_adapter
+    from trainer.train import TrainConfig, train
+
+    try:
+        warm = str(resolve_adapter(warm_start)) if warm_start else None
+        config = TrainConfig(
+            algo=algo,  # type: ignore[arg-type]
+            steps=steps,
+            group_size=group_size,
+            prompts_per_step=prompts_per_step,
+            lr=lr,
+            seed=seed,
+            estimator=estimator,  # type: ignore[arg-type]
+            segmentation=segmentation,  # type: ignore[arg-type]
+            width=width,
+            budget=budget,
+            adv_mode=adv_mode,  # type: ignore[arg-type]
+            zero_reward=zero_reward,  # type: ignore[arg-type]
+            lora_r=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_targets=tuple(_split_csv(lora_targets) or ()),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            beta=beta,
+            reward_mode=reward_mode,  # type: ignore[arg-type]
+            reward_k=reward_k,
+            eval_every=eval_every,
+            warm_start=warm,
+            torch_threads=threads,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from e
+    if not 0.0 <= val_fraction < 1.0:
+        raise _fail("--val-fraction must be in [0, 1)")
+    retriever, model_path = _resources(model, index_dir, need_model=True)
+    examples = _load_data(data, fmt, sources, retriever)
+    train_ex, val_ex = split_examples(examples, val_fraction, split_seed)
+    if not train_ex:
+        raise _fail("the split left no training queries; lower --val-fraction")
+    run_dir = out or get_settings().data_dir / "runs" / f"{algo}-{time.strftime('%Y%m%dT%H%M%S')}"
+    (Path(run_dir)).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "split.json").write_text(
+        json.dumps({"data": data, "val_fraction": val_fraction, "split_seed": split_seed,
+                    "train": [e.key for e in train_ex], "val": [e.key for e in val_ex]}, indent=1)
+    )  # fmt: skip
+    console.print(
+        f"{algo.upper()}: {len(train_ex)} training / {len(val_ex)} validation queries, "
+        f"index {retriever.version}, model {model_path}"
+    )
+    result = train(
+        config, retriever, train_ex, model_path, Path(run_dir), progress=not quiet,
+        val_examples=val_ex,
+    )  # fmt: skip
+    last = next((m for m in reversed(result.metrics) if "reward_mean" in m), {})
+    console.print(
+        f"done in {result.seconds:.0f} s; last reward {last.get('reward_mean', float('nan')):.3f}; "
+        f"adapter: {result.adapter_dir}"
+    )
+
+
+def eval_command(
+    policy: Annotated[
+        list[str], typer.Option("--policy", help="raw | base | ADAPTER_DIR (repeatable).")
+    ] = ["raw"],  # noqa: B006 - typer needs a list default
+    data: DataOpt = "db",
+    fmt: FormatOpt = None,
+    sources: SourcesOpt = None,
+    split: Annotated[str, typer.Option(help="all|train|val queries of the split.")] = "all",
+    val_fraction: ValFractionOpt = 0.2,
+    split_seed: SplitSeedOpt = 0,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N queries only.")] = None,
+    max_new_tokens: int = 48,
+    bm25: Annotated[bool, typer.Option(help="Also score with BM25 (unseen retriever).")] = True,
+    pooled: Annotated[bool, typer.Option(help="Also score inside the judged pool.")] = True,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Catalogue for BM25 texts (default: the database).")
+    ] = None,
+    catalog_format: Annotated[str, typer.Option(help="esci|wands|icecat|jsonl")] = "icecat",
+    model: ModelOpt = None,
+    index_dir: IndexOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Score policies' greedy rewrites: NDCG@10, recall@10/50, MRR with 95% CIs."""
+    from service.catalog.formats import FormatError
+    from service.settings import get_settings
+    from trainer.data import split_examples
+    from trainer.evaluate import bm25_for, evaluate_policies, resolve_adapter
+    from trainer.resources import catalog_texts, db_search_texts
+
+    if split not in ("all", "train", "val"):
+        raise _fail("--split must be all, train or val")
+    for p in policy:
+        if p not in ("raw", "base"):
+            try:
+                resolve_adapter(Path(p))
+            except FileNotFoundError as e:
+                raise _fail(str(e)) from e
+    need_model = any(p != "raw" for p in policy)
+    retriever, model_path = _resources(model, index_dir, need_model)
+    examples = _load_data(data, fmt, sources, retriever)
+    if split != "all":
+        train_ex, val_ex = split_examples(examples, val_fraction, split_seed)
+        examples = train_ex if split == "train" else val_ex
+    examples = examples[:limit] if limit else examples
+    if not examples:
+        raise _fail(f"no queries in split {split!r}")
+
+    bm25_retriever = None
+    if bm25:
+        try:
+            texts = (
+                {pid: t for pid, (_, t) in catalog_texts(catalog, catalog_format).items()}
+                if catalog
+                else db_search_texts(get_settings().resolved_database_url)
+            )
+        except (FormatError, OSError) as e:
+            raise _fail(f"cannot read product texts for BM25: {e}", MISSING_RESOURCE) from e
+        bm25_retriever = bm25_for(retriever, texts)
+    report = evaluate_policies(
+        policy, examples, retriever, model_path, bm25=bm25_retriever, pooled=pooled,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    _print_report(report)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1))
+        console.print(f"report written to {json_out}")
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    table = Table(title=f"{report['n_queries']} queries, index {report['index_version']}")
+    for col in ("policy", "retriever", "NDCG@10", "recall@10", "recall@50", "MRR", "parsed"):
+        table.add_column(col)
+    for name, summary in report["policies"].items():
+        for retriever in ("dense", "dense_pooled", "bm25"):
+            if retriever not in summary:
+                continue
+            m = summary[retriever]
+            cells = [
+                f"{m[k]['mean']:.3f} [{m[k]['lo']:.3f}, {m[k]['hi']:.3f}]"
+                for k in ("ndcg@10", "recall@10", "recall@50", "mrr")
+            ]
+            table.add_row(name, retriever, *cells, f"{summary['parse_rate']:.2f}")
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Entry point of the `ospo.cli` group: add `train` and `eval` to the `ospo` app."""
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)

@@ -1,0 +1,158 @@
+"""Training examples: a shopper query and its judged products, from the database or from files.
+
+An ``Example`` is one prompt of OSPO/GRPO: the query the policy rewrites and its targets
+{product id: gain} that the reward scores retrieval against. Labels for the same normalised
+query are merged (the highest gain of a product wins, as in ``targets_by_query``).
+
+The train/validation split hashes ``seed`` and the *normalised* query, so it is deterministic,
+independent of the order and number of examples, and a query never lands on both sides
+whatever its casing or spacing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.catalog.formats import FormatError, LabelFormat, parse_labels
+from service.catalog.records import LabelRecord
+from service.normalize import normalize_query
+
+LABEL_FORMATS: tuple[str, ...] = ("chorus", "esci", "wands", "jsonl")
+
+
+@dataclass(frozen=True)
+class Example:
+    """query: text shown to the policy; key: its normalised form; targets: {product id: gain}."""
+
+    query: str
+    key: str
+    targets: dict[str, float]
+
+    @property
+    def n_relevant(self) -> int:
+        return sum(1 for g in self.targets.values() if g > 0)
+
+
+def examples_from_targets(
+    targets: Mapping[str, Mapping[str, float]], texts: Mapping[str, str] | None = None
+) -> list[Example]:
+    """Examples from {query key: {product id: gain}}, sorted by key; ``texts``: display text."""
+    texts = texts or {}
+    return [
+        Example(query=texts.get(key, key), key=key, targets=dict(t))
+        for key, t in sorted(targets.items())
+    ]
+
+
+def examples_from_labels(labels: Iterable[LabelRecord]) -> list[Example]:
+    """Merge label records by normalised query; the first spelling seen is the display text."""
+    targets: dict[str, dict[str, float]] = {}
+    texts: dict[str, str] = {}
+    for lab in labels:
+        key = normalize_query(lab.query)
+        if not key:
+            continue
+        texts.setdefault(key, " ".join(lab.query.split()))
+        t = targets.setdefault(key, {})
+        t[lab.product_id] = max(lab.gain, t.get(lab.product_id, 0.0))
+    return examples_from_targets(targets, texts)
+
+
+def sniff_label_format(path: Path) -> str:
+    """Guess the label format of ``path`` from its suffix and CSV header."""
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            header = f.readline()
+        delim = "\t" if header.count("\t") > header.count(",") else ","
+        cols = {c.strip() for c in next(csv.reader([header], delimiter=delim), [])}
+        if "docid" in cols:
+            return "chorus"
+        if "esci_label" in cols:
+            return "esci"
+        if {"query_id", "label"} <= cols:
+            return "wands"
+    if path.suffix == ".parquet":
+        return "esci"
+    raise FormatError(
+        f"{path}: cannot tell the label format; pass one of {', '.join(LABEL_FORMATS)}"
+    )
+
+
+def load_file_examples(path: Path, fmt: str | None = None) -> list[Example]:
+    """Examples from a judgment file (Chorus CSV, ESCI CSV/parquet, WANDS label.csv, JSONL)."""
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file")
+    fmt = fmt or sniff_label_format(path)
+    if fmt not in LABEL_FORMATS:
+        raise FormatError(f"unknown label format {fmt!r}; choose one of {', '.join(LABEL_FORMATS)}")
+    fmt_: LabelFormat = fmt  # type: ignore[assignment]
+    return examples_from_labels(parse_labels(fmt_, path))
+
+
+def load_db_examples(database_url: str, sources: Sequence[str] | None = None) -> list[Example]:
+    """Examples from the relevance labels in the database (``targets_by_query``)."""
+    from sqlalchemy import func, select
+
+    from service.db.engine import session_scope
+    from service.db.models import RelevanceLabel
+    from service.repositories.labels import targets_by_query
+
+    with session_scope(database_url) as session:
+        targets = targets_by_query(session, sources)
+        stmt = select(RelevanceLabel.normalized_query, func.min(RelevanceLabel.query)).group_by(
+            RelevanceLabel.normalized_query
+        )
+        if sources:
+            stmt = stmt.where(RelevanceLabel.source.in_(list(sources)))
+        texts = {nq: " ".join(q.split()) for nq, q in session.execute(stmt)}
+    return examples_from_targets(targets, texts)
+
+
+def load_examples(
+    source: str,
+    *,
+    database_url: str | None = None,
+    fmt: str | None = None,
+    sources: Sequence[str] | None = None,
+) -> list[Example]:
+    """``"db"`` (needs ``database_url``) or a path to a judgment file."""
+    if source == "db":
+        if database_url is None:
+            raise ValueError("database_url is required for source 'db'")
+        return load_db_examples(database_url, sources)
+    return load_file_examples(Path(source), fmt)
+
+
+def restrict_to_index(examples: Iterable[Example], known_ids: Collection[str]) -> list[Example]:
+    """Drop targets that are not in the index, then examples left without a positive gain."""
+    out = []
+    for ex in examples:
+        targets = {pid: g for pid, g in ex.targets.items() if pid in known_ids}
+        if any(g > 0 for g in targets.values()):
+            out.append(Example(ex.query, ex.key, targets))
+    return out
+
+
+def split_fraction(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) determined by (seed, normalised query)."""
+    digest = hashlib.sha256(f"{seed}\x00{normalize_query(key)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_examples(
+    examples: Sequence[Example], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """(train, validation), deterministic per query; input order is kept on both sides."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError("val_fraction must be in [0, 1)")
+    train, val = [], []
+    for ex in examples:
+        (val if split_fraction(ex.key, seed) < val_fraction else train).append(ex)
+    return train, val

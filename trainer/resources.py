@@ -1,0 +1,93 @@
+"""Finding what training and evaluation run on: the policy model, the index, product texts.
+
+Defaults come from ``service.settings`` (the same folders serving uses). Benchmarks that must
+not depend on a configured deployment can build a private index straight from catalogue files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.retrieval.embedder import get_embedder
+from service.retrieval.index import IndexNotFoundError, Retriever, current_version, write_index
+from service.settings import Settings
+
+
+class ResourceError(RuntimeError):
+    """A model, index or catalogue the command needs is missing."""
+
+
+def policy_model_path(settings: Settings, model: str | Path | None = None) -> Path:
+    """``model`` if given (must be an HF folder); else the default SmolLM2, prepared if needed."""
+    from service.policy.models import PolicyModelError, default_policy_model_path, is_prepared
+
+    if model is not None:
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise ResourceError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return path.resolve()
+    path = default_policy_model_path(settings)
+    if settings.policy_model or is_prepared(path):
+        return path.resolve()
+    from service.policy.models import prepare_policy_model
+
+    try:
+        return prepare_policy_model(settings.models_dir).resolve()
+    except PolicyModelError as e:
+        raise ResourceError(str(e)) from e
+
+
+def load_retriever(settings: Settings, index_dir: Path | None = None) -> Retriever:
+    """The serving index (``CURRENT`` under ``index_dir``, default settings.index_dir)."""
+    root = Path(index_dir) if index_dir is not None else settings.index_dir
+    try:
+        return Retriever.load_current(
+            root,
+            get_embedder(settings.embedder, settings.embed_batch_size),
+            settings.hnsw_ef_search,
+        )
+    except IndexNotFoundError as e:
+        raise ResourceError(f"{e} (or pass --index-dir)") from e
+
+
+def catalog_texts(path: Path, fmt: str) -> dict[str, tuple[str, str]]:
+    """{product id: (title, search_text)} from a catalogue file or folder."""
+    from service.catalog.formats import parse_catalog
+
+    out: dict[str, tuple[str, str]] = {}
+    for product, _ in parse_catalog(fmt, Path(path)):  # type: ignore[arg-type]
+        if product is not None:
+            out[product.id] = (product.title, product.search_text)
+    return out
+
+
+def db_search_texts(database_url: str) -> dict[str, str]:
+    """{product id: search_text} of every product in the database."""
+    from service.db.engine import session_scope
+    from service.repositories.products import iter_search_texts
+
+    with session_scope(database_url) as session:
+        return {pid: text for pid, _, text in iter_search_texts(session)}
+
+
+def build_catalog_index(
+    root: Path, catalogs: Sequence[tuple[Path, str]], settings: Settings
+) -> tuple[Retriever, dict[str, str]]:
+    """An index of the given catalogues under ``root`` (reused if already built there).
+
+    Returns the retriever and {product id: search_text} (for BM25). Products are in id order,
+    like ``ospo index build``.
+    """
+    texts: dict[str, tuple[str, str]] = {}
+    for path, fmt in catalogs:
+        texts.update(catalog_texts(path, fmt))
+    ids = sorted(texts)
+    embedder = get_embedder(settings.embedder, settings.embed_batch_size)
+    if current_version(root) is not None:
+        retriever = Retriever.load_current(root, embedder)
+        if retriever.ids == ids:
+            return retriever, {pid: texts[pid][1] for pid in ids}
+    vectors = embedder.encode([texts[pid][1] for pid in ids])
+    write_index(root, ids, [texts[pid][0] for pid in ids], vectors, embedder.name, "flat")
+    return Retriever.load_current(root, embedder), {pid: texts[pid][1] for pid in ids}

@@ -1,0 +1,205 @@
+"""The retrieval reward: NDCG@k of a text's search results against a query's judged products.
+
+OSPO values a rewrite *and* every coalition of its phrases by a real retrieval (DESIGN §1), so
+one training step asks for thousands of rankings. ``RewardModel.score`` takes all of them at
+once as ``(text, query_key)`` pairs and does ONE embedder call for the distinct texts it has not
+seen and ONE FAISS search for them; rankings are cached by text (per step: the trainer calls
+``clear_cache`` between steps), so duplicate coalition texts cost nothing.
+
+Two modes:
+* ``"full"``   — search the whole index (``Retriever.search_vectors``), as serving does.
+* ``"pooled"`` — rank only the query's candidate pool: its judged products that are in the
+  index (any gain, including 0) plus ``pool_negatives`` random catalogue products drawn with a
+  generator seeded by (seed, query key). Scores are dot products with
+  ``retriever.embeddings[pool_rows]`` (the paper's pooled setting).
+
+An empty text retrieves nothing and scores 0, which is the convention v(∅) = 0 of attribution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from service.retrieval.index import Retriever
+from service.retrieval.metrics import ndcg_at_k
+from trainer.attribution import TextValueFn
+
+RewardMode = Literal["full", "pooled"]
+Pair = tuple[str, str]  # (text to search with, query key whose targets score it)
+
+
+@dataclass
+class RewardStats:
+    """Counters since construction (or ``reset_stats``)."""
+
+    requests: int = 0  # (text, query) pairs asked for
+    cache_hits: int = 0  # pairs answered from the ranking cache (incl. duplicates in a call)
+    texts_embedded: int = 0  # distinct texts sent to the embedder
+    embed_calls: int = 0  # embedder calls (one per ``score`` call with something new)
+    search_calls: int = 0  # FAISS searches (full mode)
+    seconds: float = 0.0  # wall time inside ``score``/``rankings``
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class RewardModel:
+    """Batched, cached NDCG@k rewards over a frozen retriever.
+
+    retriever: the embedder + FAISS index that serving uses.
+    targets:   {query key: {product id: gain}}; ids missing from the index are kept (they
+               count in the ideal DCG, so an unreachable target lowers the reward ceiling;
+               ``trainer.data.restrict_to_index`` drops them beforehand if unwanted).
+    k:         NDCG cut-off.
+    depth:     how many results each ranking keeps (>= k; evaluation asks for more).
+    mode:      "full" or "pooled" (module docstring).
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        targets: Mapping[str, Mapping[str, float]],
+        *,
+        k: int = 10,
+        depth: int | None = None,
+        mode: RewardMode = "full",
+        pool_negatives: int = 0,
+        seed: int = 0,
+        max_cache: int = 500_000,
+    ) -> None:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if mode not in ("full", "pooled"):
+            raise ValueError(f"mode must be 'full' or 'pooled', got {mode!r}")
+        self.retriever = retriever
+        self.targets = {key: dict(t) for key, t in targets.items()}
+        self.k = k
+        self.depth = max(k, depth or k)
+        self.mode: RewardMode = mode
+        self.max_cache = max_cache
+        self.stats = RewardStats()
+        self._rankings: dict[str, list[str]] | dict[Pair, list[str]] = {}
+        self._vectors: dict[str, np.ndarray] = {}  # pooled mode: text -> (dim,) embedding
+        self._pools: dict[str, np.ndarray] = {}
+        if mode == "pooled":
+            self._pools = {
+                key: self._pool_rows(key, t, pool_negatives, seed)
+                for key, t in self.targets.items()
+            }
+
+    # -- public -------------------------------------------------------------------------------
+
+    def score(self, pairs: Sequence[Pair]) -> np.ndarray:
+        """NDCG@k of each (text, query key) pair, shape (len(pairs),) float64."""
+        ranked = self.rankings(pairs)
+        return np.array(
+            [
+                ndcg_at_k(r, self.targets[key], self.k)
+                for r, (_, key) in zip(ranked, pairs, strict=True)
+            ],
+            dtype=np.float64,
+        )
+
+    def rankings(self, pairs: Sequence[Pair]) -> list[list[str]]:
+        """Ranked product ids (up to ``depth``) for each pair; one embed + one search in all."""
+        started = time.perf_counter()
+        for _, key in pairs:
+            if key not in self.targets:
+                raise KeyError(f"no targets for query {key!r}")
+        cache_keys = [self._cache_key(text, key) for text, key in pairs]
+        missing = [c for c in dict.fromkeys(cache_keys) if c not in self._rankings]
+        self.stats.requests += len(pairs)
+        self.stats.cache_hits += len(pairs) - len(missing)
+        if len(self._rankings) + len(missing) > self.max_cache:
+            self.clear_cache()
+        if missing:
+            if self.mode == "full":
+                self._search_full(missing)  # type: ignore[arg-type]
+            else:
+                self._search_pooled(missing)  # type: ignore[arg-type]
+        self.stats.seconds += time.perf_counter() - started
+        return [self._rankings[c] for c in cache_keys]  # type: ignore[index]
+
+    def value_fn(self, query_key: str) -> TextValueFn:
+        """``attribute``'s value function for one query: texts -> NDCG@k (one batch per call)."""
+        return lambda texts: self.score([(t, query_key) for t in texts])
+
+    def clear_cache(self) -> None:
+        self._rankings.clear()
+        self._vectors.clear()
+
+    def reset_stats(self) -> None:
+        self.stats = RewardStats()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _cache_key(self, text: str, key: str) -> str | Pair:
+        # A full-index ranking depends on the text only; a pooled one also on the query's pool.
+        return text if self.mode == "full" else (text, key)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) in one embedder call; empty texts are never sent."""
+        self.stats.texts_embedded += len(texts)
+        self.stats.embed_calls += 1
+        return self.retriever.embedder.encode(texts)
+
+    def _search_full(self, texts: list[str]) -> None:
+        nonempty = [t for t in texts if t.strip()]
+        for t in texts:
+            if not t.strip():
+                self._rankings[t] = []  # type: ignore[index]
+        if not nonempty:
+            return
+        vectors = self._embed(nonempty)  # (B, dim)
+        self.stats.search_calls += 1
+        _, rows = self.retriever.search_vectors(vectors, self.depth)  # (B, depth)
+        ids = self.retriever.ids
+        for text, row in zip(nonempty, rows, strict=True):
+            self._rankings[text] = [ids[r] for r in row.tolist() if r >= 0]  # type: ignore[index]
+
+    def _search_pooled(self, pairs: list[Pair]) -> None:
+        new_texts = [t for t in dict.fromkeys(t for t, _ in pairs) if t.strip()]
+        new_texts = [t for t in new_texts if t not in self._vectors]
+        if new_texts:
+            self._vectors.update(zip(new_texts, self._embed(new_texts), strict=True))
+        ids = self.retriever.ids
+        embeddings = self.retriever.embeddings
+        by_key: dict[str, list[str]] = {}
+        for text, key in pairs:
+            if not text.strip():
+                self._rankings[(text, key)] = []  # type: ignore[index]
+            else:
+                by_key.setdefault(key, []).append(text)
+        for key, texts in by_key.items():
+            pool = self._pools[key]  # (m,) rows
+            if pool.size == 0:
+                for t in texts:
+                    self._rankings[(t, key)] = []  # type: ignore[index]
+                continue
+            pool_vectors = np.asarray(embeddings[pool], dtype=np.float32)  # (m, dim)
+            query_vectors = np.stack([self._vectors[t] for t in texts])  # (b, dim)
+            scores = query_vectors @ pool_vectors.T  # (b, m)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, : self.depth]  # (b, depth)
+            for t, row in zip(texts, order, strict=True):
+                self._rankings[(t, key)] = [ids[pool[j]] for j in row.tolist()]  # type: ignore[index]
+
+    def _pool_rows(
+        self, key: str, targets: Mapping[str, float], negatives: int, seed: int
+    ) -> np.ndarray:
+        """Rows of the query's judged products in the index, plus seeded random negatives."""
+        row_of = self.retriever.row_of
+        rows = sorted({row_of[pid] for pid in targets if pid in row_of})
+        n = len(self.retriever.ids)
+        if negatives > 0 and n > len(rows):
+            digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            taken = set(rows)
+            extra = [int(r) for r in rng.permutation(n)[: negatives + len(rows)] if r not in taken]
+            rows = rows + sorted(extra[:negatives])
+        return np.asarray(rows, dtype=np.int64)

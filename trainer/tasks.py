@@ -1,0 +1,63 @@
+"""Celery tasks, registered under the names the API sends (`service.queue`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import OperationalError
+
+from service.db.engine import session_scope
+from service.queue import EXPLAIN_TASK, SCHEDULED_TASK, TRAIN_TASK
+from service.repositories.runs import create_run, expire_stale_runs, live_run
+from service.settings import get_settings
+from trainer.celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+@app.task(
+    name=TRAIN_TASK,
+    bind=True,
+    acks_late=True,
+    autoretry_for=(OperationalError, ConnectionError),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=5,
+)
+def train_update(self: Task, run_id: str) -> dict[str, Any]:
+    """Train a candidate from the logs, gate it, promote it or not. See trainer.update."""
+    from trainer.update import run_update
+
+    owner = f"{self.request.hostname}:{self.request.id}"
+    return run_update(get_settings(), run_id, owner)
+
+
+@app.task(name=SCHEDULED_TASK)
+def maybe_train() -> dict[str, Any]:
+    """Beat: refresh interaction labels; start an update when enough new labelled queries came."""
+    from trainer.update import labelled_query_count, last_labelled_count, refresh_labels
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    refresh_labels(settings)
+    with session_scope(url) as s:
+        expired = expire_stale_runs(s)
+        if live_run(s) is not None:
+            return {"started": False, "reason": "a run is live", "expired": expired}
+        now = labelled_query_count(s)
+        new = now - last_labelled_count(s)
+        if new < settings.train_min_new_queries:
+            return {"started": False, "reason": f"{new} new labelled queries", "expired": expired}
+        run = create_run(s, "ospo", {"trigger": "schedule", "new_labelled_queries": new})
+        run_id = run.id
+    train_update.delay(run_id)
+    return {"started": True, "run_id": run_id}
+
+
+@app.task(name=EXPLAIN_TASK)
+def explain(query: str) -> dict[str, Any]:
+    from trainer.explain import explain_query
+
+    return explain_query(get_settings(), query)

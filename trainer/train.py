@@ -1,0 +1,623 @@
+"""OSPO / GRPO training of the query-rewrite policy's LoRA adapter, top to bottom in one file.
+
+One step (DESIGN §1), for P prompts (shopper queries with judged products) and G samples each:
+
+    1. sample        B = P·G completions at temperature τ          rollout.sample_rollouts
+    2. reward        R_b = NDCG@k(retrieve(rewrite_b), targets)     reward.RewardModel.score
+    3. attribute     φ per phrase of every rewrite (OSPO only)      attribution.attribute_batch
+                     — every coalition text of the whole step is valued in ONE batch
+    4. advantages    GRPO: A_g on every token of rollout g          ospo.grpo_advantages
+                     OSPO: Â_{g,t} = A_g · L_g · w_t                ospo.group_token_advantages
+    5. update        clipped surrogate (ε), "dapo" token normalisation, optional KL (β) to
+                     the base model (= the policy with its adapter disabled); AdamW on the
+                     LoRA weights only, gradients accumulated over micro-batches of rows.
+
+Documented decisions
+--------------------
+* Unusable completions (``parse_rewrite`` finds no rewrite): serving would fall back to the raw
+  query. ``unparsed_reward="zero"`` (default) gives them reward 0 so the policy learns to
+  produce parseable rewrites; "query" scores the raw query instead (what serving would show).
+  Either way they have no phrases, so their advantage is the plain A_g (or 0 under
+  ``zero_reward="zero"``, see trainer/ospo.py).
+* Rows whose token advantages are all zero (a group whose G rewards are equal, or a rollout
+  zeroed by ``zero_reward="zero"``) are skipped in the forward/backward when β = 0: their
+  gradient is exactly zero. Their tokens still count in the loss normalisation, so the update
+  equals the one computed over all rows. A step where every row is skipped makes no optimiser
+  step (Adam's momentum would otherwise still move the weights).
+* Old log-probs come from the logits ``generate`` returned (same weights, KV-cached); with one
+  update per batch (``updates_per_step=1``) the ratio is 1 up to float error, as in GRPO.
+* ``kl`` in the metrics is k3(base ‖ sampling policy) averaged over all completion tokens
+  (one no-grad forward with the adapter disabled), logged even when β = 0 (``kl_metric``).
+* Learning rate: 5e-6 is the paper's value for a 7B model over 2000 steps. Short CPU runs on
+  SmolLM2-135M barely move at that rate; use ~1e-4 there (the benchmarks pass it explicitly).
+* Reproducibility: ``seed`` fixes the LoRA initialisation, the prompt order, the sampling
+  (torch's global generator is reseeded before each step's ``generate``) and the sampled
+  estimators. torch CPU kernels are deterministic for a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
+from service.retrieval.index import Retriever
+from trainer.attribution import EstimatorName, SegmentMode, UnionMode, attribute_batch
+from trainer.data import Example
+from trainer.ospo import (
+    AdvantageConfig,
+    clipped_surrogate_loss,
+    group_token_advantages,
+    grpo_advantages,
+    pad_advantages,
+)
+from trainer.plots import plot_metrics
+from trainer.reward import RewardMode, RewardModel
+from trainer.rollout import (
+    Rollout,
+    RolloutBatch,
+    completion_logprobs,
+    greedy_rollouts,
+    sample_rollouts,
+)
+
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_DIRNAME = "adapter"
+TRAINING_INFO = "ospo-training.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved next to the adapter as ``ospo-training.json``."""
+
+    # algorithm and schedule
+    algo: Literal["ospo", "grpo"] = "ospo"
+    steps: int = 100
+    group_size: int = 8  # G: completions sampled per prompt
+    prompts_per_step: int = 4  # P: prompts per step, so B = P·G rollouts
+    updates_per_step: int = 1  # μ: optimiser steps on each batch of rollouts
+    micro_batch_size: int = 8  # rows per forward/backward; gradients accumulate over them
+    # optimisation
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clip_eps: float = 0.2
+    beta: float = 0.0  # KL penalty weight (k3 estimator to the base model)
+    loss_norm: Literal["dapo", "seq"] = "dapo"
+    # LoRA (only these weights train)
+    lora_r: int = 32
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LLAMA_LINEAR
+    warm_start: str | None = None  # continue from this peft adapter folder
+    # sampling
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    # reward
+    reward_k: int = 10
+    reward_mode: RewardMode = "full"  # "full" index or the query's "pooled" candidates
+    pool_negatives: int = 0  # random negatives added to each pool (pooled mode)
+    unparsed_reward: Literal["zero", "query"] = "zero"
+    # attribution (OSPO)
+    estimator: EstimatorName = "auto"
+    segmentation: SegmentMode = "phrase"
+    max_exact_players: int = 8  # auto: exact Shapley up to this many players (2^n coalitions)
+    union_mode: UnionMode = "sentence"
+    block_size: int = 4
+    width: int = 8  # window estimator: widest window
+    budget: int = 96  # window / sampled Owen: coalitions per rewrite
+    # token advantages (see trainer/ospo.py)
+    adv_mode: Literal["prop", "rank"] = "prop"
+    zero_reward: Literal["grpo", "zero"] = "grpo"
+    outside: Literal["sequence", "zero"] = "sequence"
+    negative_mode: Literal["same", "inverse"] = "same"
+    adv_clip: float | None = None
+    # bookkeeping
+    seed: int = 0
+    kl_metric: bool = True
+    eval_every: int = 0  # greedy validation NDCG every N steps (0: off); needs val examples
+    eval_max_queries: int = 32
+    torch_threads: int | None = None  # torch.set_num_threads for the run (None: leave as is)
+
+    def __post_init__(self) -> None:
+        self.lora_targets = tuple(self.lora_targets)
+        choices = {
+            "algo": ("ospo", "grpo"),
+            "reward_mode": ("full", "pooled"),
+            "unparsed_reward": ("zero", "query"),
+            "estimator": ("auto", "shapley", "owen", "sampled_owen", "window"),
+            "segmentation": ("phrase", "word", "sentence"),
+            "union_mode": ("sentence", "blocks"),
+            "loss_norm": ("dapo", "seq"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        positive = ("steps", "group_size", "prompts_per_step", "updates_per_step")
+        positive += ("micro_batch_size", "lora_r", "max_new_tokens", "reward_k", "width", "budget")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lr <= 0 or self.temperature <= 0 or self.clip_eps <= 0:
+            raise ValueError("lr, temperature and clip_eps must be positive")
+        if self.beta < 0:
+            raise ValueError("beta must be >= 0")
+        if not self.lora_targets:
+            raise ValueError("lora_targets must name at least one module")
+        self.advantage_config()  # validates the advantage fields
+
+    def advantage_config(self) -> AdvantageConfig:
+        return AdvantageConfig(
+            mode=self.adv_mode,
+            clip_c=self.adv_clip,
+            zero_reward=self.zero_reward,
+            outside=self.outside,
+            negative_mode=self.negative_mode,
+        )
+
+    def attribution_kwargs(self) -> dict[str, Any]:
+        return {
+            "segmentation": self.segmentation,
+            "estimator": self.estimator,
+            "max_exact_players": self.max_exact_players,
+            "union_mode": self.union_mode,
+            "block_size": self.block_size,
+            "budget": self.budget,
+            "width": self.width,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    adapter_dir: Path
+    metrics: list[dict[str, Any]]
+    seconds: float
+    config: TrainConfig
+    reward_stats: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy: base model + LoRA
+# ---------------------------------------------------------------------------------------------
+
+
+def load_policy(model_path: Path, config: TrainConfig) -> tuple[Any, Any]:
+    """(tokenizer, peft model in fp32) with fresh LoRA weights or the warm-start adapter."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
+    if config.warm_start:
+        model = PeftModel.from_pretrained(base, config.warm_start, is_trainable=True)
+    else:
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_targets),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, lora)
+    return tokenizer, model
+
+
+def lora_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) parameters by name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+class PromptSampler:
+    """Prompts in epochs: a seeded shuffle, ``k`` at a time, reshuffled when exhausted."""
+
+    def __init__(self, n: int, rng: np.random.Generator) -> None:
+        self.n, self.rng, self.order = n, rng, np.zeros(0, dtype=np.int64)
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k:
+            if self.order.size == 0:
+                self.order = self.rng.permutation(self.n)
+            need = min(k - len(out), self.order.size)
+            out += self.order[:need].tolist()
+            self.order = self.order[need:]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps 2-4: rewards, attributions, token advantages
+# ---------------------------------------------------------------------------------------------
+
+
+def rollout_rewards(
+    rollouts: Sequence[Rollout], keys: Sequence[str], reward: RewardModel, unparsed: str
+) -> np.ndarray:
+    """(B,) NDCG@k of each rollout's rewrite; unusable completions per ``unparsed``."""
+    R = reward.score([(r.search_text, key) for r, key in zip(rollouts, keys, strict=True)])
+    if unparsed == "zero":
+        R[[r.rewrite is None for r in rollouts]] = 0.0
+    return R
+
+
+def token_advantages_for_step(
+    batch: RolloutBatch,
+    keys: Sequence[str],
+    R: np.ndarray,
+    config: TrainConfig,
+    reward: RewardModel,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(B, T) token advantages of the step, and attribution stats."""
+    G, rollouts = config.group_size, batch.rollouts
+    stats = {"coalition_evals": 0.0, "attribution_s": 0.0, "players_mean": 0.0}
+    if config.algo == "grpo":
+        A = np.concatenate([grpo_advantages(R[i : i + G]) for i in range(0, len(R), G)])
+        advs = [np.full(len(r.token_ids), a) for r, a in zip(rollouts, A, strict=True)]
+    else:
+        started = time.perf_counter()
+        usable = [b for b, r in enumerate(rollouts) if r.rewrite is not None]
+        requested_before = reward.stats.requests
+        attributions = attribute_batch(
+            [(rollouts[b].rewrite, keys[b]) for b in usable],  # type: ignore[misc]
+            reward.score,
+            rng=rng,
+            **config.attribution_kwargs(),
+        )
+        by_row = dict(zip(usable, attributions, strict=True))
+        stats["coalition_evals"] = float(reward.stats.requests - requested_before)
+        stats["attribution_s"] = time.perf_counter() - started
+        stats["players_mean"] = float(np.mean([len(a.segments) for a in attributions] or [0]))
+        advs = []
+        for i in range(0, len(rollouts), G):
+            group = range(i, i + G)
+            advs += group_token_advantages(
+                R[i : i + G],
+                [rollouts[b].completion for b in group],
+                [rollouts[b].rewrite for b in group],
+                [rollouts[b].offsets for b in group],
+                [
+                    [(s.start, s.end) for s in by_row[b].segments] if b in by_row else None
+                    for b in group
+                ],
+                [by_row[b].phi if b in by_row else None for b in group],
+                config.advantage_config(),
+            )
+    adv, _ = pad_advantages(advs, batch.completion_mask.shape[1])  # (B, T)
+    return torch.from_numpy(adv), stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 5: the update
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reference_logprobs(model: Any, batch: RolloutBatch, config: TrainConfig) -> torch.Tensor:
+    """(B, T) completion log-probs under the base model (the adapter disabled)."""
+    out = torch.zeros_like(batch.logp_old)
+    with model.disable_adapter():
+        for rows in _chunks(range(len(batch.rollouts)), config.micro_batch_size):
+            out[rows] = completion_logprobs(
+                model,
+                batch.sequences[rows],
+                batch.attention_mask[rows],
+                batch.prompt_length,
+                config.temperature,
+            )
+    return out * batch.completion_mask
+
+
+def policy_update(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: RolloutBatch,
+    adv: torch.Tensor,
+    logp_ref: torch.Tensor | None,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """``updates_per_step`` optimiser steps of the clipped surrogate; returns loss stats."""
+    mask = batch.completion_mask  # (B, T)
+    total_tokens = float(mask.sum())
+    total_seqs = float((mask.sum(-1) > 0).sum())
+    active = [b for b in range(len(batch.rollouts)) if config.beta > 0 or bool(adv[b].any())]
+    stats = {"loss": 0.0, "clip_frac": 0.0, "ratio_mean": 1.0, "grad_norm": 0.0}
+    stats["active_rows"] = float(len(active))
+    if not active:
+        return stats
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(config.updates_per_step):
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, clipped, ratio_sum, counted = 0.0, 0.0, 0.0, 0.0
+        for rows in _chunks(active, config.micro_batch_size):
+            logp_new = completion_logprobs(
+                model,
+                batch.sequences[rows],
+                batch.attention_mask[rows],
+                batch.prompt_length,
+                config.temperature,
+            )  # (b, T)
+            loss, s = clipped_surrogate_loss(
+                logp_new,
+                batch.logp_old[rows],
+                adv[rows],
+                mask[rows],
+                eps_clip=config.clip_eps,
+                norm=config.loss_norm,
+                logp_ref=None if logp_ref is None else logp_ref[rows],
+                beta=config.beta,
+            )
+            # The chunk loss is normalised over its own tokens (or sequences); rescale so the
+            # sum over chunks is normalised over the whole batch, skipped rows included.
+            if config.loss_norm == "dapo":
+                weight = float(mask[rows].sum()) / max(total_tokens, 1.0)
+            else:
+                weight = float((mask[rows].sum(-1) > 0).sum()) / max(total_seqs, 1.0)
+            (loss * weight).backward()
+            loss_sum += float(loss.detach()) * weight
+            clipped += s["clip_frac"] * s["n_tokens"]
+            ratio_sum += s["ratio_mean"] * s["n_tokens"]
+            counted += s["n_tokens"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+    stats.update(
+        loss=loss_sum,
+        clip_frac=clipped / max(counted, 1.0),
+        ratio_mean=ratio_sum / max(counted, 1.0),
+        grad_norm=float(grad_norm),
+    )
+    return stats
+
+
+def _chunks(rows: Sequence[int] | range, size: int) -> list[list[int]]:
+    rows = list(rows)
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation, saving
+# ---------------------------------------------------------------------------------------------
+
+
+def greedy_ndcg(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    reward: RewardModel,
+    config: TrainConfig,
+    prompt: PromptConfig,
+) -> float:
+    """Mean NDCG@k of greedy rewrites (raw query when unusable, as serving falls back)."""
+    rollouts = greedy_rollouts(
+        model, tokenizer, [ex.query for ex in examples], max_new_tokens=config.max_new_tokens,
+        prompt=prompt,
+    )  # fmt: skip
+    pairs = [(r.search_text, ex.key) for r, ex in zip(rollouts, examples, strict=True)]
+    return float(reward.score(pairs).mean())
+
+
+def save_adapter(model: Any, out_dir: Path, info: dict[str, Any]) -> Path:
+    """peft ``save_pretrained`` into a temp dir, then an atomic rename to ``out_dir/adapter``."""
+    final = out_dir / ADAPTER_DIRNAME
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ADAPTER_DIRNAME}.", dir=out_dir))
+    try:
+        model.save_pretrained(tmp)
+        (tmp / TRAINING_INFO).write_text(json.dumps(info, indent=2, default=str))
+        tmp.chmod(0o755)
+        if final.exists():
+            stale = out_dir / f".{ADAPTER_DIRNAME}.stale-{time.time_ns()}"
+            final.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    retriever: Retriever,
+    examples: Sequence[Example],
+    model_path: Path,
+    out_dir: Path,
+    progress: bool = True,
+    *,
+    val_examples: Sequence[Example] = (),
+    prompt: PromptConfig = DEFAULT_PROMPT,
+) -> TrainResult:
+    """Train a LoRA adapter with OSPO or GRPO; write metrics, plots and ``out_dir/adapter``.
+
+    examples:     training prompts with their targets (see trainer/data.py).
+    val_examples: scored with greedy rewrites every ``config.eval_every`` steps, if any.
+    """
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise ValueError("no training examples")
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    rng = np.random.default_rng(config.seed)
+    sampler = PromptSampler(len(examples), rng)
+    (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+
+    tokenizer, model = load_policy(Path(model_path), config)
+    optimizer = torch.optim.AdamW(
+        list(lora_parameters(model).values()), lr=config.lr, weight_decay=config.weight_decay
+    )
+    all_targets = {ex.key: ex.targets for ex in [*examples, *val_examples]}
+    reward = RewardModel(
+        retriever,
+        all_targets,
+        k=config.reward_k,
+        mode=config.reward_mode,
+        pool_negatives=config.pool_negatives,
+        seed=config.seed,
+    )
+    full_reward = (
+        reward
+        if config.reward_mode == "full"
+        else RewardModel(retriever, all_targets, k=config.reward_k, mode="full")
+    )
+    val = list(val_examples)[: config.eval_max_queries]
+    metrics: list[dict[str, Any]] = []
+    log = (out_dir / "metrics.jsonl").open("w")
+
+    def record(row: dict[str, Any]) -> None:
+        metrics.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+
+    if val and config.eval_every:
+        record(
+            {"step": 0, "val_ndcg": greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)}
+        )
+
+    bar = tqdm(range(1, config.steps + 1), disable=not progress, desc=config.algo, unit="step")
+    for step in bar:
+        t0 = time.perf_counter()
+        reward.clear_cache()
+        # 1. sample B = P·G completions
+        chosen = [examples[i] for i in sampler.take(config.prompts_per_step)]
+        batch = sample_rollouts(
+            model,
+            tokenizer,
+            [ex.query for ex in chosen],
+            group_size=config.group_size,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            prompt=prompt,
+            seed=config.seed * 1_000_003 + step,
+        )
+        keys = [chosen[r.prompt_index].key for r in batch.rollouts]  # (B,)
+
+        # 2. rewards
+        t_reward = time.perf_counter()
+        R = rollout_rewards(batch.rollouts, keys, reward, config.unparsed_reward)  # (B,)
+        reward_s = time.perf_counter() - t_reward
+
+        # 3-4. attributions (OSPO) and token advantages
+        hits_before = reward.stats.cache_hits
+        adv, adv_stats = token_advantages_for_step(batch, keys, R, config, reward, rng)  # (B, T)
+
+        # 5. update
+        t_update = time.perf_counter()
+        logp_ref = (
+            reference_logprobs(model, batch, config)
+            if config.beta > 0 or config.kl_metric
+            else None
+        )
+        upd = policy_update(
+            model, optimizer, batch, adv, logp_ref if config.beta > 0 else None, config
+        )
+        update_s = time.perf_counter() - t_update
+
+        # metrics
+        G = config.group_size
+        equal_groups = [np.all(R[i : i + G] == R[i]) for i in range(0, len(R), G)]
+        # what serving would show: the rewrite, or the raw query when unusable; full index
+        pairs = [(r.search_text, k) for r, k in zip(batch.rollouts, keys, strict=True)]
+        ndcg = float(full_reward.score(pairs).mean())
+        row: dict[str, Any] = {
+            "step": step,
+            "reward_mean": float(R.mean()),
+            "reward_std": float(R.std()),
+            "ndcg": ndcg,
+            "parse_rate": float(np.mean([r.rewrite is not None for r in batch.rollouts])),
+            "completion_tokens_mean": batch.n_tokens / len(batch.rollouts),
+            "loss": upd["loss"],
+            "kl": _k3(logp_ref, batch) if logp_ref is not None else 0.0,
+            "clip_frac": upd["clip_frac"],
+            "ratio_mean": upd["ratio_mean"],
+            "grad_norm": upd["grad_norm"],
+            "active_rows": upd["active_rows"],
+            "equal_reward_groups": float(np.mean(equal_groups)),
+            "tokens_per_s": batch.n_tokens / max(batch.seconds, 1e-9),
+            "coalition_evals": adv_stats["coalition_evals"],
+            "reward_cache_hits": float(reward.stats.cache_hits - hits_before),
+            "players_mean": adv_stats["players_mean"],
+            "offsets_exact_rate": float(np.mean([r.offsets_exact for r in batch.rollouts])),
+            "generate_s": batch.seconds,
+            "reward_s": reward_s,
+            "attribution_s": adv_stats["attribution_s"],
+            "update_s": update_s,
+        }
+        if val and config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+            row["val_ndcg"] = greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)
+        row["step_s"] = time.perf_counter() - t0
+        record(row)
+        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
+    bar.close()
+    log.close()
+
+    info = {
+        "algo": config.algo,
+        "config": asdict(config),
+        "base_model": str(model_path),
+        "prompt_version": prompt.version,
+        "index_version": retriever.version,
+        "train_queries": len(examples),
+        "final": metrics[-1] if metrics else {},
+    }
+    adapter_dir = save_adapter(model, out_dir, info)
+    plot_metrics(metrics, out_dir / "metrics.png", title=f"{config.algo.upper()} on {model_path}")
+    return TrainResult(
+        out_dir=out_dir,
+        adapter_dir=adapter_dir,
+        metrics=metrics,
+        seconds=time.perf_counter() - started,
+        config=config,
+        reward_stats=reward.stats.as_dict(),
+    )
+
+
+def _k3(logp_ref: torch.Tensor, batch: RolloutBatch) -> float:
+    """Mean k3 estimate of KL(sampling policy ‖ base) over all completion tokens."""
+    d = (logp_ref - batch.logp_old)[batch.completion_mask]
+    return float((torch.exp(d) - d - 1.0).mean()) if d.numel() else 0.0
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl``."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "load_policy",
+    "lora_parameters",
+    "read_metrics",
+    "save_adapter",
+    "train",
+]

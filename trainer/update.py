@@ -1,0 +1,271 @@
+"""One online update, as the Celery task runs it: labels → OSPO → gate → promote (or not).
+
+The order of events is what keeps serving safe:
+1. take the run's database lease (a redelivered or concurrent task cannot train twice);
+2. train into `<data_dir>/runs/<run_id>/` — never servable: only registered adapters are;
+3. score candidate and active adapter with greedy rewrites on held-out labelled queries;
+4. register the candidate (files copied, checksum, row) and promote it only when it beats the
+   active adapter by `OSPO_GATE_MARGIN`; a failed promotion leaves the previous adapter serving;
+5. record everything on the run: config, per-step metrics, gate numbers, outcome.
+A worker killed mid-training stops renewing the lease; the next task or beat marks the run
+failed, and nothing it half-wrote was ever registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import Session
+
+from service.adapters.registry import register_adapter, verify_files
+from service.db.engine import session_scope
+from service.db.models import RelevanceLabel
+from service.policy.models import default_policy_model_path, prepare_policy_model
+from service.repositories.adapters import active_adapter, get_adapter, set_active, set_status
+from service.repositories.runs import (
+    acquire_lease,
+    expire_stale_runs,
+    finish_run,
+    get_run,
+    last_finished_run,
+    renew_lease,
+)
+from service.retrieval.embedder import get_embedder
+from service.retrieval.index import Retriever
+from service.settings import Settings
+from trainer.data import load_db_examples, restrict_to_index, split_examples
+from trainer.interaction_labels import EventWeights, refresh_interaction_labels
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL = timedelta(seconds=120)
+FINISHED = ("promoted", "rejected", "failed")
+
+
+def refresh_labels(settings: Settings) -> int:
+    weights = EventWeights(
+        settings.label_weight_click, settings.label_weight_add_to_cart,
+        settings.label_weight_purchase,
+    )  # fmt: skip
+    with session_scope(settings.resolved_database_url) as s:
+        return refresh_interaction_labels(s, weights, settings.label_min_support)
+
+
+def labelled_query_count(session: Session) -> int:
+    stmt = select(func.count(distinct(RelevanceLabel.normalized_query)))
+    return session.scalar(stmt) or 0
+
+
+def last_labelled_count(session: Session) -> int:
+    run = last_finished_run(session)
+    return int((run.metrics or {}).get("labelled_queries", 0)) if run else 0
+
+
+class LeaseKeeper:
+    """Renews the run's lease in the background; `lost` is set if renewal ever fails."""
+
+    def __init__(self, url: str, run_id: str, owner: str) -> None:
+        self.url, self.run_id, self.owner = url, run_id, owner
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(LEASE_TTL.total_seconds() / 4):
+            try:
+                with session_scope(self.url) as s:
+                    if not renew_lease(s, self.run_id, self.owner, LEASE_TTL):
+                        self.lost.set()
+                        return
+            except Exception as e:  # noqa: BLE001 - a DB blip: try again next tick
+                log.warning("lease renewal failed: %s", e)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _gate(
+    model_path: Path,
+    retriever: Retriever,
+    val: list,
+    candidate: Path,
+    active: Path | None,
+    config: Any,
+) -> dict[str, Any]:
+    """Greedy NDCG@10 of candidate and active adapter (None: the base model) on `val`."""
+    import dataclasses
+
+    from service.policy.prompt import DEFAULT_PROMPT
+    from trainer.reward import RewardModel
+    from trainer.train import greedy_ndcg, load_policy
+
+    reward = RewardModel(retriever, {ex.key: ex.targets for ex in val}, k=10)
+    scores = {}
+    for label, path in (("candidate", candidate), ("active", active)):
+        cfg = dataclasses.replace(config, warm_start=str(path) if path else None)
+        tokenizer, model = load_policy(model_path, cfg)
+        scores[label] = greedy_ndcg(model, tokenizer, val, reward, cfg, DEFAULT_PROMPT)
+        del model
+    raw = float(reward.score([(ex.query, ex.key) for ex in val]).mean())
+    return {
+        "validation_queries": len(val),
+        "candidate_ndcg@10": scores["candidate"],
+        "active_ndcg@10": scores["active"],
+        "raw_query_ndcg@10": raw,
+    }
+
+
+def _promote(settings: Settings, name: str) -> dict[str, Any]:
+    url = settings.resolved_database_url
+    if settings.policy_backend == "vllm":
+        from service.adapters.swap import activate
+        from service.policy.factory import make_policy
+
+        async def _go() -> dict[str, Any]:
+            policy = make_policy(settings)
+            try:
+                return asdict(await activate(policy, url, name))
+            finally:
+                await policy.aclose()
+
+        return asyncio.run(_go())
+    # In-process policies load the adapter themselves when their watcher sees the new pointer.
+    with session_scope(url) as s:
+        row = get_adapter(s, name)
+        verify_files(row)
+        previous = set_active(s, name)
+    return {"active": name, "previous": previous}
+
+
+def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        expire_stale_runs(s)
+        run = get_run(s, run_id)
+        if run is None:
+            return {"skipped": f"unknown run {run_id}"}
+        if run.status in FINISHED:
+            return {"skipped": f"run already {run.status}"}
+        algorithm, overrides = run.algorithm, dict((run.config or {}).get("overrides", {}))
+    with session_scope(url) as s:
+        acquired = acquire_lease(s, run_id, owner, LEASE_TTL)
+    if not acquired:
+        with session_scope(url) as s:
+            run = get_run(s, run_id)
+            if run is not None and run.status == "running":
+                return {"skipped": "this run is being trained by another worker"}
+            finish_run(s, run_id, "failed", error="another training run holds the lease")
+        return {"skipped": "another training run holds the lease"}
+
+    workdir = settings.data_dir / "runs" / run_id
+    started = time.perf_counter()
+    try:
+        with LeaseKeeper(url, run_id, owner) as lease:
+            outcome = _train_gate_promote(settings, run_id, algorithm, overrides, workdir)
+            if lease.lost.is_set():
+                raise RuntimeError("lost the training lease mid-run")
+        outcome["seconds"] = time.perf_counter() - started
+        with session_scope(url) as s:
+            finish_run(
+                s, run_id, outcome.pop("status"), metrics=outcome, adapter=outcome.get("adapter")
+            )
+        return outcome
+    except BaseException as e:
+        with session_scope(url) as s:
+            finish_run(
+                s,
+                run_id,
+                "failed",
+                error=f"{type(e).__name__}: {e}"[:2000],
+                metrics={"seconds": time.perf_counter() - started},
+            )
+        raise
+    finally:
+        # The working copy is never served; the registry holds its own copy.
+        shutil.rmtree(workdir / "adapter", ignore_errors=True)
+
+
+def _train_gate_promote(
+    settings: Settings, run_id: str, algorithm: str, overrides: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
+    from trainer.train import TrainConfig, train
+
+    url = settings.resolved_database_url
+    retriever = Retriever.load_current(settings.index_dir, get_embedder(settings.embedder))
+    examples = restrict_to_index(load_db_examples(url), retriever.row_of)
+    train_ex, val_ex = split_examples(examples, settings.train_val_fraction, seed=0)
+    if len(train_ex) < 1 or len(val_ex) < 1:
+        raise ValueError(f"not enough labelled queries to train and validate ({len(examples)})")
+    val_ex = val_ex[: settings.train_max_val_queries]
+    with session_scope(url) as s:
+        act = active_adapter(s)
+        active_name, active_path = (act.name, Path(act.path)) if act else (None, None)
+        labelled = labelled_query_count(s)
+    model_path = (
+        default_policy_model_path(settings)
+        if settings.policy_model
+        else prepare_policy_model(settings.models_dir)
+    )
+    config = TrainConfig(
+        algo=algorithm,  # type: ignore[arg-type]
+        steps=int(overrides.get("steps", settings.train_steps)),
+        group_size=int(overrides.get("group_size", settings.train_group_size)),
+        prompts_per_step=settings.train_prompts_per_step,
+        lr=settings.train_lr,
+        lora_r=8,
+        lora_alpha=16,
+        warm_start=str(active_path) if active_path else None,
+        seed=int(overrides.get("seed", 0)),
+        torch_threads=None,
+    )
+    result = train(config, retriever, train_ex, model_path, workdir, progress=False)
+    gate = _gate(model_path, retriever, val_ex, result.adapter_dir, active_path, config)
+    gate["margin"] = settings.gate_margin
+    gate["passed"] = gate["candidate_ndcg@10"] > gate["active_ndcg@10"] + settings.gate_margin
+    name = f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}"
+    register_adapter(
+        url,
+        settings.adapters_dir,
+        name,
+        result.adapter_dir,
+        str(model_path),
+        parent=active_name,
+        metrics={"gate": gate, "run_id": run_id},
+    )
+    summary: dict[str, Any] = {
+        "adapter": name,
+        "parent": active_name,
+        "labelled_queries": labelled,
+        "train_queries": len(train_ex),
+        "gate": gate,
+        "steps": result.metrics,
+        "train_seconds": result.seconds,
+        "config": asdict(config),
+        "plots": sorted(str(p) for p in workdir.glob("*.png")),
+    }
+    if not gate["passed"]:
+        with session_scope(url) as s:
+            set_status(s, name, "rejected")
+        return {**summary, "status": "rejected"}
+    try:
+        summary["promotion"] = _promote(settings, name)
+    except Exception as e:  # noqa: BLE001 - previous adapter keeps serving
+        summary["promotion_error"] = str(e)
+        raise RuntimeError(
+            f"promotion of {name} failed; the previous adapter keeps serving: {e}"
+        ) from e
+    return {**summary, "status": "promoted"}
