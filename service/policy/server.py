@@ -108,8 +108,8 @@ class VllmServer:
             "port": port,
             "max_loras": settings.vllm_max_loras,
             "max_lora_rank": settings.vllm_max_lora_rank,
-            # Optional settings, honoured once `service/settings.py` defines them.
-            "dtype": getattr(settings, "vllm_dtype", DEFAULT_DTYPE),
+            "dtype": settings.vllm_dtype,
+            "kv_cache_gib": settings.vllm_kv_cache_gib,
             "log_path": settings.data_dir / "logs" / f"vllm-{port}.log",
         }
         kwargs.update(overrides)
@@ -324,7 +324,7 @@ def serve_forever(settings: Settings, model_path: Path | str | None = None) -> i
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            server.start(wait=True)
+            server.start(wait=True, timeout=settings.vllm_start_timeout_s)
         except VllmServerError:
             if stopping.is_set():  # interrupted while starting
                 return 0

@@ -1,0 +1,84 @@
+"""`GET /admin/explain`: the active policy's rewrite of a labelled query, segment by segment.
+
+Runs on a worker (attribution lives in the trainer): greedy rewrite with the active adapter,
+its reward (NDCG@10 against the query's labels over the serving index), and each segment's
+exact Shapley value (sampled Owen for long rewrites) — the same credit OSPO trains with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.db.engine import session_scope
+from service.normalize import normalize_query
+from service.policy.models import default_policy_model_path, prepare_policy_model
+from service.repositories.adapters import active_adapter
+from service.repositories.labels import targets_by_query
+from service.retrieval.embedder import get_embedder
+from service.retrieval.index import Retriever
+from service.settings import Settings
+from trainer.attribution import attribute
+
+_models: dict[tuple[str, str | None], tuple[Any, Any]] = {}
+_lock = threading.Lock()
+
+
+def _policy(model_path: Path, adapter: str | None) -> tuple[Any, Any]:
+    from trainer.train import TrainConfig, load_policy
+
+    key = (str(model_path), adapter)
+    with _lock:
+        if key not in _models:
+            _models.clear()  # one model in memory per worker process
+            cfg = dataclasses.replace(TrainConfig(), warm_start=adapter)
+            _models[key] = load_policy(model_path, cfg)
+        return _models[key]
+
+
+def explain_query(settings: Settings, query: str) -> dict[str, Any]:
+    from service.policy.prompt import DEFAULT_PROMPT
+    from trainer.reward import RewardModel
+    from trainer.rollout import greedy_rollouts
+
+    url = settings.resolved_database_url
+    key = normalize_query(query)
+    with session_scope(url) as s:
+        targets = targets_by_query(s).get(key)
+        act = active_adapter(s)
+        adapter_name, adapter_path = (act.name, act.path) if act else (None, None)
+    if not targets:
+        raise ValueError(f"no labels for query {query!r}: explain needs judged products")
+    model_path = (
+        default_policy_model_path(settings)
+        if settings.policy_model
+        else prepare_policy_model(settings.models_dir)
+    )
+    retriever = Retriever.load_current(settings.index_dir, get_embedder(settings.embedder))
+    tokenizer, model = _policy(model_path, adapter_path)
+    [rollout] = greedy_rollouts(
+        model, tokenizer, [query], max_new_tokens=settings.rewrite_max_tokens,
+        prompt=DEFAULT_PROMPT,
+    )  # fmt: skip
+    reward = RewardModel(retriever, {key: targets}, k=10)
+    text = rollout.search_text
+    att = attribute(text, reward.value_fn(key), rng=np.random.default_rng(0))
+    return {
+        "query": query,
+        "adapter": adapter_name,
+        "rewrite": text,
+        "parsed": rollout.rewrite is not None,
+        "reward_ndcg@10": float(reward.score([(text, key)])[0]),
+        "raw_query_ndcg@10": float(reward.score([(query, key)])[0]),
+        "estimator": att.estimator,
+        "coalitions_evaluated": att.n_evaluations,
+        "segments": [
+            {"text": seg.text, "start": seg.start, "end": seg.end, "attribution": float(phi)}
+            for seg, phi in zip(att.segments, att.phi, strict=True)
+        ],
+        "efficiency_gap": float(att.full_value - float(np.sum(att.phi))),
+    }
