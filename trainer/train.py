@@ -463,7 +463,7 @@ def train(
     if not examples:
         raise ValueError("no training examples")
     started = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir, model_path = Path(out_dir), Path(model_path).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -471,7 +471,7 @@ def train(
     sampler = PromptSampler(len(examples), rng)
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
 
-    tokenizer, model = load_policy(Path(model_path), config)
+    tokenizer, model = load_policy(model_path, config)
     optimizer = torch.optim.AdamW(
         list(lora_parameters(model).values()), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -572,9 +572,11 @@ def train(
             "attribution_s": adv_stats["attribution_s"],
             "update_s": update_s,
         }
+        row["step_s"] = time.perf_counter() - t0  # validation below is not part of the step
         if val and config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+            t_eval = time.perf_counter()
             row["val_ndcg"] = greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)
-        row["step_s"] = time.perf_counter() - t0
+            row["eval_s"] = time.perf_counter() - t_eval
         record(row)
         bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
     bar.close()
@@ -590,7 +592,9 @@ def train(
         "final": metrics[-1] if metrics else {},
     }
     adapter_dir = save_adapter(model, out_dir, info)
-    plot_metrics(metrics, out_dir / "metrics.png", title=f"{config.algo.upper()} on {model_path}")
+    plot_metrics(
+        metrics, out_dir / "metrics.png", title=f"{config.algo.upper()} on {model_path.name}"
+    )
     return TrainResult(
         out_dir=out_dir,
         adapter_dir=adapter_dir,

@@ -67,7 +67,8 @@ class PolicyRewriter:
         except PolicyError:
             return Rewrite(query, "fallback", None, self.prompt_version)
         if not result.ok:
-            return Rewrite(query, "fallback", None, self.prompt_version)
+            # The adapter answered but with nothing usable: name it, search with the raw query.
+            return Rewrite(query, "fallback", result.adapter, self.prompt_version)
         return Rewrite(result.text, "policy", result.adapter, self.prompt_version)
 
     async def _generate(self, query: str, adapter: str | None, key: str) -> RewriteResult:

@@ -1,0 +1,188 @@
+"""Training cost benchmark → bench/results/training_cost.json.
+
+Measures, on this machine and the real SmolLM2-135M policy with Chorus queries over the Icecat
+catalogue:
+1. seconds per training step, GRPO vs OSPO, same seed and settings (G=8 by default), with the
+   split into generation / reward / attribution / update, and the share of OSPO's step spent
+   in attribution (all coalition retrievals included);
+2. the coalition value function v(S) of one step's worth of rollouts (P prompts × G samples
+   from the base policy): every coalition text of the whole step valued in ONE embedder call
+   and ONE FAISS search with the per-step text cache (what the trainer does), against valuing
+   each coalition one by one (one embed + one search per coalition, no cache, as a naive
+   per-rollout implementation would). One-by-one is timed on a sample of coalitions and
+   extrapolated to all of them (``--one-by-one-sample``).
+
+Run: `.venv/bin/python bench/training_cost.py` (small budget: `--steps 2 --prompts-per-step 1`).
+The first run embeds the Icecat catalogue into bench/results/tmp/icecat-index (reused later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from service.settings import get_settings  # noqa: E402
+from trainer.attribution import attribute_batch  # noqa: E402
+from trainer.data import load_examples, restrict_to_index, split_examples  # noqa: E402
+from trainer.resources import build_catalog_index, load_retriever, policy_model_path  # noqa: E402
+from trainer.reward import RewardModel  # noqa: E402
+from trainer.rollout import sample_rollouts  # noqa: E402
+from trainer.train import TrainConfig, load_policy, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "chorus_icecat"
+OUT = ROOT / "bench" / "results"
+
+
+def bench_retriever(index_dir: Path | None):  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    if index_dir is not None:
+        return load_retriever(settings, index_dir)
+    root = OUT / "tmp" / "icecat-index"
+    retriever, _ = build_catalog_index(root, [(DATA / "icecat_products", "icecat")], settings)
+    return retriever
+
+
+def step_costs(rows: list[dict]) -> dict[str, float]:
+    keys = ("step_s", "generate_s", "reward_s", "attribution_s", "update_s", "coalition_evals")
+    out = {f"{k}_mean": float(np.mean([r[k] for r in rows])) for k in keys}
+    out["tokens_per_s_mean"] = float(np.mean([r["tokens_per_s"] for r in rows]))
+    out["completion_tokens_mean"] = float(np.mean([r["completion_tokens_mean"] for r in rows]))
+    out["attribution_share"] = out["attribution_s_mean"] / out["step_s_mean"]
+    out["steps"] = len(rows)
+    return out
+
+
+def coalition_speedup(
+    model_path: Path, retriever, examples, args: argparse.Namespace
+) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Batched + cached v(S) for one step's rollouts vs one embed + search per coalition."""
+    config = TrainConfig(seed=args.seed, max_new_tokens=args.max_new_tokens)
+    tokenizer, model = load_policy(model_path, config)
+    chosen = examples[: args.prompts_per_step]
+    batch = sample_rollouts(
+        model, tokenizer, [e.query for e in chosen], group_size=args.group_size,
+        max_new_tokens=args.max_new_tokens, seed=args.seed,
+    )  # fmt: skip
+    items = [
+        (r.rewrite, chosen[r.prompt_index].key) for r in batch.rollouts if r.rewrite is not None
+    ]
+    targets = {e.key: e.targets for e in chosen}
+
+    # What each rollout's estimator asks for (distinct texts per rollout, as attribute() dedupes).
+    per_rollout: list[tuple[str, str]] = []
+
+    def record(pairs: list[tuple[str, str]]) -> np.ndarray:
+        per_rollout.extend(pairs)
+        return np.zeros(len(pairs))
+
+    kwargs = config.attribution_kwargs()
+    for item in items:  # one recording call per rollout: the pairs a per-rollout loop would value
+        attribute_batch([item], record, rng=np.random.default_rng(0), **kwargs)
+    reward = RewardModel(retriever, targets, k=config.reward_k)
+    t = time.perf_counter()
+    attribute_batch(items, reward.score, rng=np.random.default_rng(0), **kwargs)
+    batched_s = time.perf_counter() - t
+    distinct = reward.stats.texts_embedded
+
+    rng = np.random.default_rng(1)
+    sample_idx = rng.permutation(len(per_rollout))[: args.one_by_one_sample]
+    t = time.perf_counter()
+    for i in sample_idx:
+        text, key = per_rollout[i]
+        fresh = RewardModel(retriever, {key: targets[key]}, k=config.reward_k)  # no cache
+        fresh.score([(text, key)])
+    sample_s = time.perf_counter() - t
+    one_by_one_s = sample_s / max(len(sample_idx), 1) * len(per_rollout)
+    return {
+        "rollouts": len(batch.rollouts),
+        "rollouts_with_rewrite": len(items),
+        "coalition_requests": len(per_rollout),
+        "distinct_texts_embedded": distinct,
+        "embed_calls_batched": reward.stats.embed_calls,
+        "batched_cached_s": batched_s,
+        "one_by_one_sampled": len(sample_idx),
+        "one_by_one_sample_s": sample_s,
+        "one_by_one_s_extrapolated": one_by_one_s,
+        "speedup": one_by_one_s / max(batched_s, 1e-9),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3, help="steps per algorithm")
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--prompts-per-step", type=int, default=1)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--estimator", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--one-by-one-sample", type=int, default=300)
+    ap.add_argument("--index-dir", type=Path, default=None, help="default: private Icecat index")
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=OUT / "training_cost.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
+    retriever = bench_retriever(args.index_dir)
+    model_path = policy_model_path(get_settings(), args.model)
+    examples = restrict_to_index(
+        load_examples(str(DATA / "Broad_Query_Set_rated.csv")), retriever.row_of
+    )
+    train_ex, _ = split_examples(examples, 0.3, 0)
+
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(dir=OUT / "tmp") as tmp:
+        for algo in ("grpo", "ospo"):
+            config = TrainConfig(
+                algo=algo,  # type: ignore[arg-type]
+                steps=args.steps,
+                group_size=args.group_size,
+                prompts_per_step=args.prompts_per_step,
+                max_new_tokens=args.max_new_tokens,
+                lr=args.lr,
+                seed=args.seed,
+                estimator=args.estimator,
+            )
+            result = train(config, retriever, train_ex, model_path, Path(tmp) / algo)
+            results[algo] = step_costs([m for m in result.metrics if "step_s" in m])
+    grpo, ospo = results["grpo"], results["ospo"]
+    results["ospo_over_grpo_step_time"] = ospo["step_s_mean"] / grpo["step_s_mean"]  # type: ignore[index]
+    results["coalitions"] = coalition_speedup(model_path, retriever, train_ex, args)
+    results["setup"] = {
+        "model": str(model_path),
+        "index_version": retriever.version,
+        "products": len(retriever.ids),
+        "group_size": args.group_size,
+        "prompts_per_step": args.prompts_per_step,
+        "max_new_tokens": args.max_new_tokens,
+        "estimator": args.estimator,
+        "steps_per_algo": args.steps,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "device": "cpu",
+        "note": "shared 2-core machine; other processes compete for the cores",
+        "total_s": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""`ospo train` / `ospo eval` wiring, error exit codes, and raw-query evaluation end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from service.retrieval.embedder import get_embedder
+from service.retrieval.index import Retriever, write_index
+from trainer.cli import BAD_INPUT, MISSING_RESOURCE, register
+from trainer.evaluate import BM25Retriever, resolve_adapter
+
+TITLES = {
+    "4148063": "Philips Wireless notebook mouse SPM6800/10",
+    "1575802": "Philips Meeting microphone LFH9172/00",
+    "1659340": "C2G 3ft Cat6 550MHz Snagless Patch Cable Orange networking cable 0.9 m",
+    "713212": "Equip Cat.5e SF/UTP Patch Cable, 10m , Green",
+    "254421": "HP Inkjet 250-sheet Paper Tray 250 sheets",
+}
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    embedder = get_embedder()
+    root = tmp_path_factory.mktemp("index")
+    ids = list(TITLES)
+    vectors = embedder.encode([TITLES[i] for i in ids])
+    write_index(root, ids, [TITLES[i] for i in ids], vectors, embedder.name, "flat")
+    return root
+
+
+def test_bad_options_exit_2(app: typer.Typer, tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--algo", "ppo"]).exit_code == BAD_INPUT
+    assert runner.invoke(app, ["train", "--estimator", "magic"]).exit_code == BAD_INPUT
+    assert runner.invoke(app, ["train", "--steps", "0"]).exit_code == BAD_INPUT
+    assert runner.invoke(app, ["eval", "--policy", str(tmp_path)]).exit_code == BAD_INPUT
+    assert runner.invoke(app, ["eval", "--split", "test"]).exit_code == BAD_INPUT
+
+
+def test_missing_index_exits_3(app: typer.Typer, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "--index-dir", str(tmp_path)])
+    assert result.exit_code == MISSING_RESOURCE
+
+
+def test_missing_or_unusable_data_exits_2(
+    app: typer.Typer, index_root: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    args = ["eval", "--index-dir", str(index_root), "--no-bm25"]
+    assert runner.invoke(app, [*args, "--data", str(tmp_path / "no.csv")]).exit_code == BAD_INPUT
+    other = tmp_path / "other.csv"
+    other.write_text("query,docid,rating\nlaptop,999,3\n")  # product not in the index
+    assert runner.invoke(app, [*args, "--data", str(other)]).exit_code == BAD_INPUT
+
+
+def test_eval_raw_queries_end_to_end(app: typer.Typer, index_root: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "query,docid,rating\nwireless mouse,4148063,3\nwireless mouse,1575802,0\n"
+        "network cable,1659340,3\nnetwork cable,713212,2\n"
+    )
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps({"id": k, "title": v}) + "\n" for k, v in TITLES.items()))
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval", "--policy", "raw", "--data", str(labels), "--index-dir", str(index_root),
+            "--catalog", str(catalog), "--catalog-format", "jsonl", "--json", str(report_path),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["n_queries"] == 2
+    raw = report["policies"]["raw"]
+    for retriever in ("dense", "dense_pooled", "bm25"):
+        m = raw[retriever]["ndcg@10"]
+        assert 0.0 <= m["lo"] <= m["mean"] <= m["hi"] <= 1.0
+    assert raw["dense"]["ndcg@10"]["mean"] > 0.5  # the raw queries already find their products
+
+
+def test_bm25_and_adapter_resolution(tmp_path: Path) -> None:
+    bm25 = BM25Retriever(list(TITLES), list(TITLES.values()))
+    (hits,) = bm25.search_ids_many(["patch cable"], 10)
+    assert set(hits) == {"1659340", "713212"}
+    assert bm25.search_ids_many(["zzz"], 5) == [[]]
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    assert resolve_adapter(run) == run / "adapter"
+    assert resolve_adapter(run / "adapter") == run / "adapter"
+    with pytest.raises(FileNotFoundError):
+        resolve_adapter(tmp_path)
+
+
+def test_retriever_fixture_sanity(index_root: Path) -> None:
+    r = Retriever.load_current(index_root, get_embedder())
+    assert r.ids == list(TITLES)
