@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,10 +34,8 @@ class Child:
         return self.proc.poll() is None
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.alive():
