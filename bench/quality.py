@@ -114,7 +114,10 @@ def plot(summary: dict[str, Any], curves: dict[str, list[list[float]]], path: Pa
         if runs:
             n = min(len(r) for r in runs)
             mean = np.mean([r[:n] for r in runs], axis=0)
-            ax2.plot(np.arange(1, n + 1), mean, label=f"{algo} (mean of {len(runs)} seeds)")
+            ax2.plot(
+                np.arange(1, n + 1), mean, marker="o" if n < 30 else None,
+                label=f"{algo} (mean of {len(runs)} seeds)",
+            )  # fmt: skip
     ax2.set_xlabel("step")
     ax2.set_ylabel("training reward (NDCG@10 of samples)")
     ax2.set_title("Training reward")

@@ -87,11 +87,12 @@ def coalition_speedup(
         return np.zeros(len(pairs))
 
     kwargs = config.attribution_kwargs()
-    for item in items:  # one recording call per rollout: the pairs a per-rollout loop would value
-        attribute_batch([item], record, rng=np.random.default_rng(0), **kwargs)
+    seeds = list(range(len(items)))  # the same sampled-estimator draws in both measurements
+    for item, seed in zip(items, seeds, strict=True):  # what a per-rollout loop would value
+        attribute_batch([item], record, seeds=[seed], **kwargs)
     reward = RewardModel(retriever, targets, k=config.reward_k)
     t = time.perf_counter()
-    attribute_batch(items, reward.score, rng=np.random.default_rng(0), **kwargs)
+    attribute_batch(items, reward.score, seeds=seeds, **kwargs)
     batched_s = time.perf_counter() - t
     distinct = reward.stats.texts_embedded
 
@@ -108,7 +109,7 @@ def coalition_speedup(
         "rollouts": len(batch.rollouts),
         "rollouts_with_rewrite": len(items),
         "coalition_requests": len(per_rollout),
-        "distinct_texts_embedded": distinct,
+        "distinct_texts_embedded": distinct,  # after the step-wide dedupe / cache
         "embed_calls_batched": reward.stats.embed_calls,
         "batched_cached_s": batched_s,
         "one_by_one_sampled": len(sample_idx),

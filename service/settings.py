@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     train_time_limit_s: int = Field(
         1800, ge=60, description="Hard time limit of one training task (killed beyond it)."
     )
+    train_lease_ttl_s: int = Field(
+        120, ge=5, description="A training run whose worker stops renewing this long is failed."
+    )
+    train_torch_threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch threads of a training task; 1 on CPU hosts shared with vLLM and the "
+        "API (oversubscribed OpenMP threads were 3-10x slower here); unset = torch's default.",
+    )
     train_every_s: int = Field(3600, ge=10, description="Beat checks for new labels this often.")
     train_min_new_queries: int = Field(
         20, ge=1, description="Labelled queries needed since the last run to start an update."

@@ -150,3 +150,14 @@ def test_attribute_batch_sampled_owen_is_reproducible(retriever: Retriever) -> N
     b = attribute_batch(items, reward.score, rng=np.random.default_rng(3), **kw)
     np.testing.assert_allclose(a[0].phi, b[0].phi)
     assert a[0].phi.sum() == pytest.approx(a[0].full_value)
+
+
+def test_attribute_batch_explicit_seeds_replay_attribute(retriever: Retriever) -> None:
+    reward = RewardModel(retriever, TARGETS, k=3)
+    text, key = "snagless orange cat6 patch cable for networking, 3ft", "network cable"
+    kw = {"estimator": "sampled_owen", "budget": 10, "segmentation": "word"}
+    (got,) = attribute_batch([(text, key)], reward.score, seeds=[5], **kw)
+    want = attribute(text, reward.value_fn(key), rng=np.random.default_rng(5), **kw)
+    np.testing.assert_allclose(got.phi, want.phi)
+    with pytest.raises(ValueError):
+        attribute_batch([(text, key)], reward.score, seeds=[1, 2], **kw)

@@ -628,6 +628,7 @@ def attribute_batch(
     value_fn: PairValueFn[K],
     *,
     rng: np.random.Generator | None = None,
+    seeds: Sequence[int] | None = None,
     **kwargs: object,
 ) -> list[TextAttribution]:
     """``attribute`` for many texts at once, valuing every coalition of every text in ONE call.
@@ -637,6 +638,7 @@ def attribute_batch(
     value_fn: called once with the distinct, non-empty (coalition text, context) pairs of all
               items; returns their values, shape (len(pairs),).
     rng:      seeds one generator per item (only sampled Owen draws from it); None = unseeded.
+    seeds:    explicit per-item seeds instead of ``rng`` (to replay the same draws elsewhere).
     kwargs:   passed to ``attribute`` (segmentation, estimator, budget, width, ...).
 
     Two passes over ``attribute``: the first records which coalition texts each item's
@@ -648,8 +650,11 @@ def attribute_batch(
     """
     if "rng" in kwargs:
         raise TypeError("pass rng to attribute_batch, not through kwargs")
-    parent = rng if rng is not None else np.random.default_rng()
-    seeds = parent.integers(0, 2**63 - 1, size=len(items)).tolist()
+    if seeds is None:
+        parent = rng if rng is not None else np.random.default_rng()
+        seeds = parent.integers(0, 2**63 - 1, size=len(items)).tolist()
+    elif len(seeds) != len(items):
+        raise ValueError(f"{len(seeds)} seeds for {len(items)} items")
 
     requested: dict[tuple[str, K], None] = {}  # ordered set of (text, context)
 

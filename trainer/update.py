@@ -47,7 +47,6 @@ from trainer.interaction_labels import EventWeights, refresh_interaction_labels
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL = timedelta(seconds=120)
 FINISHED = ("promoted", "rejected", "failed")
 
 
@@ -73,17 +72,17 @@ def last_labelled_count(session: Session) -> int:
 class LeaseKeeper:
     """Renews the run's lease in the background; `lost` is set if renewal ever fails."""
 
-    def __init__(self, url: str, run_id: str, owner: str) -> None:
-        self.url, self.run_id, self.owner = url, run_id, owner
+    def __init__(self, url: str, run_id: str, owner: str, ttl: timedelta) -> None:
+        self.url, self.run_id, self.owner, self.ttl = url, run_id, owner, ttl
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
-        while not self._stop.wait(LEASE_TTL.total_seconds() / 4):
+        while not self._stop.wait(self.ttl.total_seconds() / 4):
             try:
                 with session_scope(self.url) as s:
-                    if not renew_lease(s, self.run_id, self.owner, LEASE_TTL):
+                    if not renew_lease(s, self.run_id, self.owner, self.ttl):
                         self.lost.set()
                         return
             except Exception as e:  # noqa: BLE001 - a DB blip: try again next tick
@@ -153,6 +152,7 @@ def _promote(settings: Settings, name: str) -> dict[str, Any]:
 
 def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
     url = settings.resolved_database_url
+    ttl = timedelta(seconds=settings.train_lease_ttl_s)
     with session_scope(url) as s:
         expire_stale_runs(s)
         run = get_run(s, run_id)
@@ -162,7 +162,7 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
             return {"skipped": f"run already {run.status}"}
         algorithm, overrides = run.algorithm, dict((run.config or {}).get("overrides", {}))
     with session_scope(url) as s:
-        acquired = acquire_lease(s, run_id, owner, LEASE_TTL)
+        acquired = acquire_lease(s, run_id, owner, ttl)
     if not acquired:
         with session_scope(url) as s:
             run = get_run(s, run_id)
@@ -174,7 +174,7 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
     workdir = settings.data_dir / "runs" / run_id
     started = time.perf_counter()
     try:
-        with LeaseKeeper(url, run_id, owner) as lease:
+        with LeaseKeeper(url, run_id, owner, ttl) as lease:
             outcome = _train_gate_promote(settings, run_id, algorithm, overrides, workdir)
             if lease.lost.is_set():
                 raise RuntimeError("lost the training lease mid-run")
@@ -230,7 +230,7 @@ def _train_gate_promote(
         lora_alpha=16,
         warm_start=str(active_path) if active_path else None,
         seed=int(overrides.get("seed", 0)),
-        torch_threads=None,
+        torch_threads=settings.train_torch_threads,
     )
     result = train(config, retriever, train_ex, model_path, workdir, progress=False)
     gate = _gate(model_path, retriever, val_ex, result.adapter_dir, active_path, config)

@@ -15,7 +15,13 @@ from service.errors import Conflict, NotFound, Unavailable
 from service.queue import EXPLAIN_TASK, TRAIN_TASK, celery_client
 from service.repositories.adapters import list_adapters
 from service.repositories.products import upsert_products
-from service.repositories.runs import create_run, get_run, list_runs, live_run
+from service.repositories.runs import (
+    create_run,
+    expire_stale_runs,
+    get_run,
+    list_runs,
+    live_run,
+)
 from service.settings import Settings
 from service.state import RetrieverHolder
 
@@ -59,10 +65,14 @@ def get_adapters(url: str) -> list[dict[str, Any]]:
 
 def get_runs(url: str, limit: int) -> list[dict[str, Any]]:
     with session_scope(url) as s:
+        expire_stale_runs(s)  # a run whose worker died reads as failed, not running forever
+    with session_scope(url) as s:
         return [run_dict(r) for r in list_runs(s, limit)]
 
 
 def get_one_run(url: str, run_id: str) -> dict[str, Any]:
+    with session_scope(url) as s:
+        expire_stale_runs(s)
     with session_scope(url) as s:
         run = get_run(s, run_id)
         if run is None:
@@ -73,6 +83,8 @@ def get_one_run(url: str, run_id: str) -> dict[str, Any]:
 def enqueue_training(settings: Settings, algorithm: str, overrides: dict[str, Any]) -> str:
     """Record a queued run and hand it to a worker by task name. One live run at a time."""
     url = settings.resolved_database_url
+    with session_scope(url) as s:
+        expire_stale_runs(s)
     with session_scope(url) as s:
         live = live_run(s)
         if live is not None:

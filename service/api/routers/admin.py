@@ -78,7 +78,9 @@ async def rollback(request: Request, settings: SettingsDep) -> dict[str, Any]:
 
 
 @router.post("/train", status_code=202)
-async def train(body: TrainRequest, settings: SettingsDep) -> dict[str, str]:
+async def train(settings: SettingsDep, body: TrainRequest | None = None) -> dict[str, str]:
+    """Queue an update (default settings; overrides optional). One live run at a time: 409."""
+    body = body or TrainRequest()
     overrides = body.model_dump(exclude_none=True, exclude={"algorithm"})
     run_id = await to_thread.run_sync(admin.enqueue_training, settings, body.algorithm, overrides)
     return {"run_id": run_id, "status": "queued"}
