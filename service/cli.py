@@ -205,8 +205,13 @@ def adapters_list() -> None:
     table = Table("name", "status", "parent", "created", "metrics")
     for a in get_adapters(get_settings().resolved_database_url):
         ndcg = a["metrics"].get("gate", {}).get("candidate_ndcg@10")
-        table.add_row(a["name"], a["status"], a["parent"] or "-", str(a["created_at"])[:19],
-                      f"ndcg@10={ndcg:.4f}" if isinstance(ndcg, float) else "")
+        table.add_row(
+            a["name"],
+            a["status"],
+            a["parent"] or "-",
+            str(a["created_at"])[:19],
+            f"ndcg@10={ndcg:.4f}" if isinstance(ndcg, float) else "",
+        )
     Console().print(table)
 
 
@@ -219,8 +224,14 @@ def adapters_register(name: str, path: Path, parent: str | None = None) -> None:
 
     s = get_settings()
     try:
-        row = register_adapter(s.resolved_database_url, s.adapters_dir, name, path,
-                               str(default_policy_model_path(s)), parent)
+        row = register_adapter(
+            s.resolved_database_url,
+            s.adapters_dir,
+            name,
+            path,
+            str(default_policy_model_path(s)),
+            parent,
+        )
     except ServiceError as e:
         raise fail(e.message) from e
     console.print(f"registered {row.name} ({row.checksum[:12]})")
@@ -246,8 +257,10 @@ def adapters_activate(name: str) -> None:
         r = _run_async(_with_policy(activate, get_settings().resolved_database_url, name))
     except ServiceError as e:
         raise fail(e.message) from e
-    console.print(f"active: {r.active} (previous: {r.previous}) in {r.seconds:.2f}s; "
-                  f"canary: {r.canary.get('rewrite')!r}")
+    console.print(
+        f"active: {r.active} (previous: {r.previous}) in {r.seconds:.2f}s; "
+        f"canary: {r.canary.get('rewrite')!r}"
+    )
 
 
 @adapters_app.command("rollback")

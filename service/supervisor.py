@@ -41,8 +41,9 @@ class Supervisor:
             self.procs[name] = subprocess.Popen(
                 self._argv(argv), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-            console.print(f"started {name} (pid {self.procs[name].pid}), log: "
-                          f"{self.log_dir / f'{name}.log'}")
+            console.print(
+                f"started {name} (pid {self.procs[name].pid}), log: {self.log_dir / f'{name}.log'}"
+            )
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping = True
@@ -72,8 +73,10 @@ class Supervisor:
                 for name, proc in self.procs.items():
                     rc = proc.poll()
                     if rc is not None:
-                        console.print(f"[red]{name} exited with {rc}[/red]; stopping the others "
-                                      f"(see {self.log_dir / f'{name}.log'})")
+                        console.print(
+                            f"[red]{name} exited with {rc}[/red]; stopping the others "
+                            f"(see {self.log_dir / f'{name}.log'})"
+                        )
                         code = rc or 1
                         raise KeyboardInterrupt
                 time.sleep(1.0)
@@ -82,4 +85,3 @@ class Supervisor:
         finally:
             self.stop()
         return code
-

@@ -30,16 +30,25 @@ from trainer.interaction_labels import EventWeights, mine_labels, refresh_intera
 
 def _search(s, query: str, pids: list[str]) -> str:
     sid = str(uuid.uuid4())
-    s.add(Search(id=sid, query=query, normalized_query=query.lower(), rewrite=query,
-                 rewrite_source="none", k=len(pids), product_ids=pids, scores=[0.0] * len(pids),
-                 latency_ms=1.0))
+    s.add(
+        Search(
+            id=sid,
+            query=query,
+            normalized_query=query.lower(),
+            rewrite=query,
+            rewrite_source="none",
+            k=len(pids),
+            product_ids=pids,
+            scores=[0.0] * len(pids),
+            latency_ms=1.0,
+        )
+    )
     s.flush()
     return sid
 
 
 def _event(s, sid: str, pid: str, etype: str) -> None:
-    s.add(Event(event_id=str(uuid.uuid4()), search_id=sid, product_id=pid, type=etype,
-                ts=utcnow()))
+    s.add(Event(event_id=str(uuid.uuid4()), search_id=sid, product_id=pid, type=etype, ts=utcnow()))
 
 
 def test_interaction_labels(db_url: str) -> None:
@@ -119,8 +128,9 @@ def test_registry_and_pointer(db_url: str, tmp_path: Path) -> None:
 def admin_client(db_url: str, small_index_root: Path, tmp_path: Path):
     data_dir = tmp_path / "var"
     shutil.copytree(small_index_root, data_dir / "indexes")
-    settings = Settings(data_dir=data_dir, database_url=db_url, admin_api_key="s3cret",
-                        policy_backend="none")
+    settings = Settings(
+        data_dir=data_dir, database_url=db_url, admin_api_key="s3cret", policy_backend="none"
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
