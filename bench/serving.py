@@ -24,7 +24,7 @@ Data: an index of the 392 products of the ESCI sample (data/esci/sample_2c_full_
 MiniLM embeddings, flat FAISS) built into a temporary data dir with a fresh SQLite database; the
 query pool is the distinct (normalised) queries of the Chorus judgments
 (data/chorus_icecat/Broad_Query_Set_rated.csv) and of the ESCI sample, shuffled with a fixed seed.
-The policy is SmolLM2-135M-Instruct (fp32) prepared under var/test-models, served by
+The policy is SmolLM2-135M-Instruct (fp32) prepared under var/models, served by
 `service.policy.server.VllmServer` (4 LoRA slots, rank 8). The rewrite cache is the in-process
 LRU (no Redis) unless --redis-url is given.
 
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policy-timeout-s", type=float, default=120.0, help="OSPO_POLICY_TIMEOUT_S")
     p.add_argument("--redis-url", default=None, help="OSPO_REDIS_URL (default: in-process LRU)")
     p.add_argument("--seed", type=int, default=0, help="query-pool shuffle seed")
-    p.add_argument("--models-dir", type=Path, default=ROOT / "var" / "test-models")
+    p.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     p.add_argument("--vllm-start-timeout", type=float, default=480.0)
     p.add_argument("--out", type=Path, default=OUT / "serving.json")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (logs, db)")

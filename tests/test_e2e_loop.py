@@ -170,6 +170,16 @@ def test_train_gate_promote_rollback_and_worker_kill(stack) -> None:  # type: ig
         what="base model serving after rollback",
     )
 
+    # Explain: the active policy's rewrite of a labelled query, attributed segment by segment.
+    ex = http.get("/admin/explain", params={"query": "6 dining chairs"}, headers=KEY)
+    assert ex.status_code == 200, ex.text
+    exp = ex.json()
+    assert exp["segments"] and "".join(s["text"] for s in exp["segments"]) == exp["rewrite"]
+    assert exp["efficiency_gap"] == pytest.approx(0.0, abs=1e-9)
+    assert 0.0 <= exp["reward_ndcg@10"] <= 1.0
+    nolabel = http.get("/admin/explain", params={"query": "no such query xyz"}, headers=KEY)
+    assert nolabel.status_code == 404 and "no labels" in nolabel.json()["error"]["message"]
+
     # A worker killed mid-training: the run ends failed, nothing half-written is registered.
     adapters_before = {a["name"] for a in http.get("/admin/adapters", headers=KEY).json()}
     r = http.post("/admin/train", json={"algorithm": "grpo"}, headers=KEY)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-MODELS = Path(__file__).resolve().parents[1] / "var" / "test-models"
+MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever, write_index
 from trainer.data import Example
 
-MODELS = Path(__file__).resolve().parents[1] / "var" / "test-models"
+MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
 TITLES = {
     "4148063": "Philips Wireless notebook mouse SPM6800/10",
     "1575802": "Philips Meeting microphone LFH9172/00",

@@ -2,7 +2,7 @@
 
 Import the fixtures into a test module (`from vllm_fixture import vllm_server, ...`) or list
 this module in the root conftest's `pytest_plugins`. The converted model is cached in
-`OSPO_TEST_MODELS_DIR` (default `./var/test-models`) and reused across runs; the server
+`OSPO_TEST_MODELS_DIR` (default `./var/models`, shared with `make install`) and reused across runs; the server
 starts once per session on a free port and is stopped at the end. `OSPO_TEST_VLLM_URL`
 points the tests at an already running server (started on the same model folder) instead.
 """
@@ -25,7 +25,7 @@ START_TIMEOUT_S = float(os.environ.get("OSPO_TEST_VLLM_START_TIMEOUT", "480"))
 
 def models_cache_dir() -> Path:
     """Where the converted model is cached between test sessions."""
-    return Path(os.environ.get("OSPO_TEST_MODELS_DIR") or REPO_ROOT / "var" / "test-models")
+    return Path(os.environ.get("OSPO_TEST_MODELS_DIR") or REPO_ROOT / "var" / "models")
 
 
 @pytest.fixture(scope="session")
