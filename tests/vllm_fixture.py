@@ -4,7 +4,8 @@ Import the fixtures into a test module (`from vllm_fixture import vllm_server, .
 this module in the root conftest's `pytest_plugins`. The converted model is cached in
 `OSPO_TEST_MODELS_DIR` (default `./var/models`, shared with `make install`) and reused across
 runs; the server starts once per session on a free port and is stopped at the end.
-`OSPO_TEST_VLLM_URL` points the tests at an already running server (started on the same model folder) instead.
+`OSPO_TEST_VLLM_URL` points the tests at an already running server (started on the same model
+folder) instead.
 """
 
 from __future__ import annotations
