@@ -69,6 +69,7 @@ ADAPTERS = ("bench-a", "bench-b")
 REQUEST_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 0.1  # adapter-swap probes are sent this often, open loop
 POLL_CONNECTIONS = 256
+SETTLE_S = 30.0  # how long in-flight probes may still land after the first naming response
 PACKAGES = (
     "ospo-search",
     "fastapi",
@@ -393,8 +394,10 @@ def measure_levels(base: str, mode: str, queries_for, levels: list[int], k: int)
     """One summarized level per concurrency; `queries_for(i)` gives level i's request list."""
     out = []
     for i, concurrency in enumerate(levels):
+        before = loadavg()
         samples, wall = run_level(base, queries_for(i), concurrency, k, f"{mode} c={concurrency}")
         level = summarize(samples, wall, concurrency)
+        level["loadavg_before"] = before
         out.append(level)
         lat = level["latency_ms"]
         tqdm.write(
@@ -507,6 +510,10 @@ async def _poll(
         polls += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(found.wait(), POLL_INTERVAL_S)
+    # Probes sent earlier may still wait on the same generation: let them land, so the earliest
+    # one that names the adapter is known, then drop whatever is left.
+    if inflight:
+        await asyncio.wait(set(inflight), timeout=SETTLE_S)
     for task in list(inflight):
         task.cancel()
     await asyncio.gather(*inflight, return_exceptions=True)

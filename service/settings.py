@@ -40,6 +40,11 @@ class Settings(BaseSettings):
 
     max_events_per_batch: int = Field(1000, ge=1)
 
+    search_max_batch: int = Field(64, ge=1, description="Concurrent searches embedded together.")
+    search_window_ms: float = Field(
+        2.0, ge=0, description="How long a search waits for others to share its encoder call."
+    )
+
     policy_backend: Literal["vllm", "local", "none"] = Field(
         "vllm",
         description="Who rewrites queries: a vLLM server, in-process transformers, or nobody.",

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from service.api.errors import install_error_handlers
 from service.api.routers import admin, events, health, search
 from service.policy.protocol import Policy
+from service.retrieval.batcher import SearchBatcher
 from service.services.admin import IndexRebuilds
 from service.services.rewrite import IdentityRewriter
 from service.services.search import SearchService
@@ -66,11 +67,13 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     settings = settings or get_settings()
     retrievers = RetrieverHolder(settings)
     rewriter = _make_rewriter(settings, policy)
+    batcher = SearchBatcher(retrievers.get, settings.search_max_batch, settings.search_window_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(retrievers.refresh)
         watcher = asyncio.create_task(_watch_index(retrievers))
+        batcher.start()
         if hasattr(rewriter, "start"):
             await rewriter.start()
         try:
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
         finally:
             if hasattr(rewriter, "stop"):
                 await rewriter.stop()
+            await batcher.stop()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -90,7 +94,9 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     )
     app.state.settings = settings
     app.state.retrievers = retrievers
-    app.state.search_service = SearchService(settings.resolved_database_url, retrievers, rewriter)
+    app.state.search_service = SearchService(
+        settings.resolved_database_url, retrievers, rewriter, batcher
+    )
     app.state.rewriter = rewriter
     app.state.index_rebuilds = IndexRebuilds(settings, retrievers)
     if hasattr(rewriter, "status"):

@@ -15,6 +15,7 @@ from service.errors import Unavailable
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.repositories.searches import add_search
+from service.retrieval.batcher import SearchBatcher
 from service.services.rewrite import Rewriter
 from service.state import RetrieverHolder
 
@@ -24,6 +25,7 @@ class SearchService:
     database_url: str
     retrievers: RetrieverHolder
     rewriter: Rewriter
+    batcher: SearchBatcher
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
@@ -33,7 +35,8 @@ class SearchService:
         normalized = normalize_query(req.query)
         rewrite = await self.rewriter.rewrite(req.query, normalized)
         t1 = time.perf_counter()
-        hits = (await to_thread.run_sync(retriever.search_many, [rewrite.text], req.k))[0]
+        # The batch may run on a newer index than the one checked above: log the one used.
+        hits, retriever = await self.batcher.search(rewrite.text, req.k)
         t2 = time.perf_counter()
         search_id = str(uuid.uuid4())
         latency_ms = (t2 - t0) * 1000
