@@ -123,3 +123,15 @@ def small_index_root(tmp_path_factory: pytest.TempPathFactory, esci_records) -> 
         "flat",
     )
     return root
+
+
+def write_title_index(root: Path, titles: dict[str, str]) -> Path:
+    """A flat index of {product id: title} under `root` (real embedder), for small unit tests."""
+    from service.retrieval.embedder import get_embedder
+    from service.retrieval.index import write_index
+
+    embedder = get_embedder()
+    ids = list(titles)
+    vectors = embedder.encode([titles[i] for i in ids])
+    write_index(root, ids, [titles[i] for i in ids], vectors, embedder.name, "flat")
+    return root

@@ -10,7 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from service.retrieval.embedder import get_embedder
-from service.retrieval.index import Retriever, write_index
+from service.retrieval.index import Retriever
+from tests.conftest import write_title_index
 from trainer.cli import BAD_INPUT, MISSING_RESOURCE, register
 from trainer.evaluate import BM25Retriever, resolve_adapter
 
@@ -32,11 +33,7 @@ def app() -> typer.Typer:
 
 @pytest.fixture(scope="module")
 def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    embedder = get_embedder()
-    root = tmp_path_factory.mktemp("index")
-    ids = list(TITLES)
-    vectors = embedder.encode([TITLES[i] for i in ids])
-    write_index(root, ids, [TITLES[i] for i in ids], vectors, embedder.name, "flat")
+    root = write_title_index(tmp_path_factory.mktemp("index"), TITLES)
     return root
 
 

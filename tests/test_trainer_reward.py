@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from service.retrieval.embedder import get_embedder
-from service.retrieval.index import Retriever, write_index
+from service.retrieval.index import Retriever
 from service.retrieval.metrics import ndcg_at_k
+from tests.conftest import write_title_index
 from trainer.attribution import attribute, attribute_batch
 from trainer.reward import RewardModel
 
@@ -47,11 +48,7 @@ class CountingEmbedder:
 
 @pytest.fixture(scope="module")
 def index_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    embedder = get_embedder()
-    root = tmp_path_factory.mktemp("index")
-    ids = list(PRODUCTS)
-    vectors = embedder.encode([PRODUCTS[i] for i in ids])
-    write_index(root, ids, [PRODUCTS[i] for i in ids], vectors, embedder.name, "flat")
+    root = write_title_index(tmp_path_factory.mktemp("index"), PRODUCTS)
     return root
 
 

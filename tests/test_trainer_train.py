@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.retrieval.embedder import get_embedder
-from service.retrieval.index import Retriever, write_index
+from service.retrieval.index import Retriever
+from tests.conftest import write_title_index
 from trainer.data import Example
 
 MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
@@ -42,12 +43,8 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
-    embedder = get_embedder()
-    root = tmp_path_factory.mktemp("index")
-    ids = list(TITLES)
-    vectors = embedder.encode([TITLES[i] for i in ids])
-    write_index(root, ids, [TITLES[i] for i in ids], vectors, embedder.name, "flat")
-    return Retriever.load_current(root, embedder)
+    root = write_title_index(tmp_path_factory.mktemp("index"), TITLES)
+    return Retriever.load_current(root, get_embedder())
 
 
 @pytest.fixture(scope="module")
