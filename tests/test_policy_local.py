@@ -42,7 +42,13 @@ def test_local_policy_switches_and_unloads_adapters(
         a = await policy.rewrite(QUERY, "rand-a")
         b = await policy.rewrite(QUERY, "rand-b")
         assert a.adapter == "rand-a"
-        assert a.raw_completion != b.raw_completion
+        # Two random adapters may agree on one short query; they must not agree on all.
+        pairs = [(a.raw_completion, b.raw_completion)] + [
+            ((await policy.rewrite(q, "rand-a")).raw_completion,
+             (await policy.rewrite(q, "rand-b")).raw_completion)
+            for q in ("usb c charging cable", "noise cancelling headphones")
+        ]  # fmt: skip
+        assert any(x != y for x, y in pairs), pairs
         # Switching back to the base model must not leave an adapter active.
         assert (await policy.rewrite(QUERY)).raw_completion == base.raw_completion
 

@@ -140,12 +140,15 @@ def test_sampling_returns_n_rewrites(vllm_server: str) -> None:
 def test_hot_swap_in_place_and_unload(
     vllm_server: str, random_adapters: dict[str, Path], loaded_adapters: dict[str, Path]
 ) -> None:
-    query = QUERIES[0]
 
     async def run() -> None:
         async with VllmPolicyClient(vllm_server) as client:
-            expected_a = (await client.rewrite(query, "rand-a")).raw_completion
-            expected_b = (await client.rewrite(query, "rand-b")).raw_completion
+            # A query on which the two adapters disagree (they must on at least one).
+            for query in QUERIES:
+                expected_a = (await client.rewrite(query, "rand-a")).raw_completion
+                expected_b = (await client.rewrite(query, "rand-b")).raw_completion
+                if expected_a != expected_b:
+                    break
             assert expected_a != expected_b
 
             await client.load_adapter("live", random_adapters["rand-a"])

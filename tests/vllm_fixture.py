@@ -84,6 +84,7 @@ def make_random_lora(base_dir: Path, out_dir: Path, seed: int, std: float = 0.05
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)  # peft draws the A matrices from the global generator
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
     model = get_peft_model(base, config)
     generator = torch.Generator().manual_seed(seed)
