@@ -43,6 +43,7 @@ from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from service.settings import Settings
 from trainer.data import load_db_examples, restrict_to_index, split_examples
+from trainer.interaction_labels import SOURCE as INTERACTIONS
 from trainer.interaction_labels import EventWeights, refresh_interaction_labels
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,11 @@ def refresh_labels(settings: Settings) -> int:
 
 
 def labelled_query_count(session: Session) -> int:
-    stmt = select(func.count(distinct(RelevanceLabel.normalized_query)))
+    """Queries with interaction labels: the online signal the schedule waits for. Dataset
+    judgments are ingested by hand, and an operator trains on them with POST /admin/train."""
+    stmt = select(func.count(distinct(RelevanceLabel.normalized_query))).where(
+        RelevanceLabel.source == INTERACTIONS
+    )
     return session.scalar(stmt) or 0
 
 
