@@ -92,6 +92,11 @@ def test_training_lease(db_url: str) -> None:
         run = get_run(s, r1)
         assert run.status == "failed" and "lease expired" in run.error
         assert acquire_lease(s, r2, "w2", ttl)
+    with session_scope(db_url) as s:
+        r3 = create_run(s, "ospo", {}).id
+    with session_scope(db_url) as s:
+        assert expire_stale_runs(s, utcnow() + timedelta(hours=3)) == 2  # r2 lost, r3 orphaned
+        assert get_run(s, r3).error == "never picked up by a worker"
 
 
 def _fake_adapter(tmp_path: Path, name: str) -> Path:

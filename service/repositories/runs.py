@@ -113,10 +113,13 @@ def finish_run(
     run.lease_expires_at = None
 
 
-def expire_stale_runs(session: Session, now: datetime | None = None) -> int:
-    """Runs whose worker died (lease expired while running) are marked failed."""
+def expire_stale_runs(
+    session: Session, now: datetime | None = None, queued_timeout: timedelta = timedelta(hours=2)
+) -> int:
+    """Runs whose worker died (lease expired while running) are marked failed, and so are runs
+    no worker picked up within `queued_timeout` (otherwise they would block every new run)."""
     now = now or utcnow()
-    result = session.execute(
+    lost = session.execute(
         update(TrainingRun)
         .where(TrainingRun.status == "running", TrainingRun.lease_expires_at < now)
         .values(
@@ -127,4 +130,9 @@ def expire_stale_runs(session: Session, now: datetime | None = None) -> int:
             lease_expires_at=None,
         )
     )
-    return result.rowcount or 0
+    orphaned = session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.status == "queued", TrainingRun.created_at < now - queued_timeout)
+        .values(status="failed", error="never picked up by a worker", finished_at=now)
+    )
+    return (lost.rowcount or 0) + (orphaned.rowcount or 0)
