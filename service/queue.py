@@ -36,15 +36,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # The visibility timeout (redelivery of unacknowledged tasks) must exceed the task's hard
     # time limit, or a long training would be handed to a second worker while still running.
     visibility = int(settings.train_time_limit_s * 2 + 600)
+    url = broker_url(settings)
+    # Only Redis/SQS-style brokers redeliver by visibility timeout; kombu's SQLAlchemy
+    # transport hands transport options to create_engine, which rejects unknown keys.
+    transport_options = (
+        {"visibility_timeout": visibility} if url.startswith(("redis://", "rediss://")) else {}
+    )
     return {
-        "broker_url": broker_url(settings),
+        "broker_url": url,
         "result_backend": result_backend(settings),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": settings.train_time_limit_s,
         "task_soft_time_limit": max(60, settings.train_time_limit_s - 60),
-        "broker_transport_options": {"visibility_timeout": visibility},
+        "broker_transport_options": transport_options,
         "result_expires": 86_400,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
