@@ -52,6 +52,8 @@ class RetrieverHolder:
                 retriever = Retriever(
                     self.root / version, self.embedder(), self._settings.hnsw_ef_search
                 )
+                # The first encode pays one-off costs (~1 s); pay them before taking traffic.
+                retriever.search_many(["warm up"], 1)
             except (IndexNotFoundError, ValueError, RuntimeError, OSError) as e:
                 self.error = f"index {version} failed to load: {e}"
                 log.error(self.error)
