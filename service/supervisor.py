@@ -65,7 +65,10 @@ class Supervisor:
         def _on_signal(signum: int, _frame: object) -> None:
             raise KeyboardInterrupt
 
-        signal.signal(signal.SIGTERM, _on_signal)
+        # SIGINT explicitly too: a shell starting `make up` in the background leaves SIGINT
+        # ignored, and Python then never raises KeyboardInterrupt on its own.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
         self.start()
         code = 0
         try:
