@@ -135,3 +135,24 @@ def write_title_index(root: Path, titles: dict[str, str]) -> Path:
     vectors = embedder.encode([titles[i] for i in ids])
     write_index(root, ids, [titles[i] for i in ids], vectors, embedder.name, "flat")
     return root
+
+
+@pytest.fixture
+def api_client(db_url: str, small_index_root: Path, tmp_path: Path):
+    """An in-process API (no policy) over the small index and a migrated database; admin key
+    `s3cret`. The client carries the database URL as `client.db_url`."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.settings import Settings
+
+    data_dir = tmp_path / "var"
+    shutil.copytree(small_index_root, data_dir / "indexes")
+    settings = Settings(
+        data_dir=data_dir, database_url=db_url, admin_api_key="s3cret", policy_backend="none"
+    )
+    with TestClient(create_app(settings)) as c:
+        c.db_url = db_url  # type: ignore[attr-defined]
+        yield c

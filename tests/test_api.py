@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -17,15 +16,8 @@ from service.settings import Settings
 
 
 @pytest.fixture
-def client(db_url: str, small_index_root: Path, tmp_path: Path):
-    data_dir = tmp_path / "var"
-    shutil.copytree(small_index_root, data_dir / "indexes")
-    settings = Settings(
-        data_dir=data_dir, database_url=db_url, admin_api_key="k", policy_backend="none"
-    )
-    with TestClient(create_app(settings)) as c:
-        c.db_url = db_url  # type: ignore[attr-defined]
-        yield c
+def client(api_client: TestClient) -> TestClient:
+    return api_client
 
 
 def _search(client: TestClient, query: str = "wireless earbuds", k: int = 5) -> dict:

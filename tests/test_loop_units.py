@@ -3,7 +3,6 @@ the adapter pointer, and the admin API's authentication and validation."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.adapters.registry import register_adapter
-from service.api.app import create_app
 from service.db.engine import session_scope
 from service.db.models import Event, Search, utcnow
 from service.errors import Conflict, InvalidInput
@@ -24,7 +22,6 @@ from service.repositories.runs import (
     get_run,
     renew_lease,
 )
-from service.settings import Settings
 from trainer.interaction_labels import EventWeights, mine_labels, refresh_interaction_labels
 
 
@@ -130,14 +127,8 @@ def test_registry_and_pointer(db_url: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def admin_client(db_url: str, small_index_root: Path, tmp_path: Path):
-    data_dir = tmp_path / "var"
-    shutil.copytree(small_index_root, data_dir / "indexes")
-    settings = Settings(
-        data_dir=data_dir, database_url=db_url, admin_api_key="s3cret", policy_backend="none"
-    )
-    with TestClient(create_app(settings)) as c:
-        yield c
+def admin_client(api_client: TestClient) -> TestClient:
+    return api_client
 
 
 def test_admin_requires_key(admin_client: TestClient) -> None:
