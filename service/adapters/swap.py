@@ -47,12 +47,16 @@ class SwapResult:
     canary: dict[str, Any] = field(default_factory=dict)
 
 
-async def ensure_loaded(policy: Policy, name: str, path: str) -> None:
-    if name in await policy.list_models():
-        return
+async def ensure_loaded(policy: Policy, name: str, path: str) -> set[str]:
+    """Load `name` unless the server lists it already; returns what the server has loaded."""
+    loaded = set(await policy.list_models())
+    if name in loaded:
+        return loaded
     await policy.load_adapter(name, path)
-    if name not in await policy.list_models():
+    loaded = set(await policy.list_models())
+    if name not in loaded:
         raise PolicyError(f"adapter {name} was loaded but the policy server does not list it")
+    return loaded
 
 
 async def activate(policy: Policy, database_url: str, name: str) -> SwapResult:
@@ -159,25 +163,26 @@ class ActiveAdapterWatcher:
 
     async def sync_once(self) -> None:
         active, previous, retired = await to_thread.run_sync(self._read)
-        if active is not None:
-            try:
-                # After a policy-server restart nothing is loaded: put the active adapter back.
+        try:
+            # After a policy-server restart nothing is loaded: put the active adapter back.
+            loaded = (
                 await ensure_loaded(self.policy, *active)
-            except PolicyError as e:
-                self.last_error = f"active adapter {active[0]} not loadable: {e}"
-                log.warning(self.last_error)
+                if active is not None
+                else set(await self.policy.list_models())
+            )
+        except PolicyError as e:
+            self.last_error = f"policy server: {e}"
+            log.warning(self.last_error)
+            if active is not None:
                 return  # keep serving the adapter we had; try again next poll
+            loaded = set()
         self.current = active[0] if active else None
         self.last_error = None
-        await self._unload_stale(previous, retired)
+        await self._unload_stale(previous, retired, loaded)
 
     async def _unload_stale(
-        self, previous: str | None, retired: list[tuple[str, float | None]]
+        self, previous: str | None, retired: list[tuple[str, float | None]], loaded: set[str]
     ) -> None:
-        try:
-            loaded = set(await self.policy.list_models())
-        except PolicyError:
-            return
         now = time.time()
         for name, retired_at in retired:
             if name in loaded and name not in (self.current, previous) and not self.inflight[name]:
