@@ -203,7 +203,13 @@ def build_index(index_root: Path) -> dict[str, Any]:
     started = time.perf_counter()
     vectors = emb.encode([p.search_text for p in products])
     manifest = write_index(
-        index_root, [p.id for p in products], [p.title for p in products], vectors, emb.name, "flat"
+        index_root,
+        [p.id for p in products],
+        [p.title for p in products],
+        vectors,
+        emb.name,
+        "flat",
+        lexical_texts=[p.search_text for p in products],
     )
     return {
         "catalogue": str(esci.relative_to(ROOT)),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.retrieval.fusion import FusionConfig, FusionMethod, RetrievalMode
 
 
 class Settings(BaseSettings):
@@ -37,6 +39,19 @@ class Settings(BaseSettings):
     )
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(128, ge=8)
+
+    retrieval_mode: RetrievalMode = Field(
+        RetrievalMode.hybrid,
+        description="Default arms of a search: dense (embeddings + FAISS), lexical (BM25) or "
+        "hybrid (both, fused); a request may choose another.",
+    )
+    fusion_method: FusionMethod = Field(
+        FusionMethod.rrf, description="Hybrid fusion: reciprocal rank (rrf) or min-max score."
+    )
+    rrf_k: float = Field(60.0, ge=0, description="RRF constant k in w / (k + rank).")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense arm in fusion.")
+    lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical arm in fusion.")
+    fusion_depth: int = Field(100, ge=1, description="Candidates each arm brings to fusion.")
 
     max_events_per_batch: int = Field(1000, ge=1)
 
@@ -107,17 +122,36 @@ class Settings(BaseSettings):
     label_min_support: int = Field(
         2, ge=1, description="Engaged searches needed before a (query, product) is labelled."
     )
-    train_steps: int = Field(6, ge=1, description="OSPO steps of one online update.")
-    train_group_size: int = Field(4, ge=2, description="Rollouts per query in online updates.")
-    train_prompts_per_step: int = Field(2, ge=1)
-    train_lr: float = Field(1e-4, gt=0, description="LoRA learning rate of online updates.")
+    train_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TrainConfig fields (trainer/train.py) this deployment's online updates "
+        'change, as JSON, e.g. {"steps": 200, "lr": 5e-6} on a GPU; the rest keep the '
+        "defaults measured for the CPU recipe.",
+    )
     train_val_fraction: float = Field(0.3, gt=0, lt=1)
     train_max_val_queries: int = Field(24, ge=1, description="Validation queries the gate scores.")
     gate_margin: float = Field(
-        0.0, description="Promote only when candidate NDCG@10 exceeds the active one by more."
+        0.0,
+        description="Promote only when the paired bootstrap lower bound of candidate minus "
+        "the better of (active policy, raw query) NDCG@10 is above this.",
+    )
+    serve_base_policy: bool = Field(
+        False,
+        description="With no adapter active: false searches the raw query (the policy is not "
+        "called); true serves the base model's rewrites.",
     )
 
     log_level: str = "INFO"
+
+    @property
+    def fusion(self) -> FusionConfig:
+        return FusionConfig(
+            method=self.fusion_method,
+            rrf_k=self.rrf_k,
+            dense_weight=self.dense_weight,
+            lexical_weight=self.lexical_weight,
+            depth=self.fusion_depth,
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from service.observability import INDEX_SIZE
 from service.retrieval.embedder import Embedder, get_embedder
 from service.retrieval.index import IndexNotFoundError, Retriever, current_version
+from service.retrieval.open import open_retriever
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,7 @@ class RetrieverHolder:
             return False
         with self._lock:
             try:
-                retriever = Retriever(
-                    self.root / version, self.embedder(), self._settings.hnsw_ef_search
-                )
+                retriever = open_retriever(self._settings, version)
                 # The first encode pays one-off costs (~1 s); pay them before taking traffic.
                 retriever.search_many(["warm up"], 1)
             except (IndexNotFoundError, ValueError, RuntimeError, OSError) as e:

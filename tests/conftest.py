@@ -121,6 +121,7 @@ def small_index_root(tmp_path_factory: pytest.TempPathFactory, esci_records) -> 
         emb.encode([p.search_text for p in products]),
         emb.name,
         "flat",
+        lexical_texts=[p.search_text for p in products],
     )
     return root
 
@@ -133,7 +134,8 @@ def write_title_index(root: Path, titles: dict[str, str]) -> Path:
     embedder = get_embedder()
     ids = list(titles)
     vectors = embedder.encode([titles[i] for i in ids])
-    write_index(root, ids, [titles[i] for i in ids], vectors, embedder.name, "flat")
+    texts = [titles[i] for i in ids]
+    write_index(root, ids, texts, vectors, embedder.name, "flat", lexical_texts=texts)
     return root
 
 

@@ -16,9 +16,12 @@ class CountingRetriever:
     def __init__(self, inner: Retriever) -> None:
         self.inner, self.calls = inner, []
 
-    def search_many(self, texts, k):  # type: ignore[no-untyped-def]
-        self.calls.append(len(texts))
-        return self.inner.search_many(texts, k)
+    def resolve_mode(self, mode):  # type: ignore[no-untyped-def]
+        return self.inner.resolve_mode(mode)
+
+    def search_many(self, texts, k, mode=None, timings=None):  # type: ignore[no-untyped-def]
+        self.calls.append((len(texts), mode))
+        return self.inner.search_many(texts, k, mode, timings)
 
 
 def test_batched_results_equal_single_searches(small_index_root: Path) -> None:
@@ -35,16 +38,42 @@ def test_batched_results_equal_single_searches(small_index_root: Path) -> None:
             await batcher.stop()
 
     results = asyncio.run(burst())
-    for i, (q, (hits, used)) in enumerate(zip(QUERIES, results, strict=True)):
+    for i, (q, (hits, used, mode, timings)) in enumerate(zip(QUERIES, results, strict=True)):
         assert used is counting
+        assert mode == "hybrid" and set(timings) == {"dense_ms", "lexical_ms", "fusion_ms"}
         assert [h.product_id for h in hits] == expected[q][: 3 + i]  # each its own k
-    assert sum(counting.calls) == len(QUERIES)
+    assert sum(n for n, _ in counting.calls) == len(QUERIES)
     assert len(counting.calls) < len(QUERIES)  # the burst shared encoder calls
+
+
+def test_modes_in_one_burst_are_searched_separately(small_index_root: Path) -> None:
+    retriever = Retriever.load_current(small_index_root, get_embedder())
+    counting = CountingRetriever(retriever)
+    modes = ["dense", "lexical", "hybrid"] * 2
+
+    async def burst() -> list:
+        batcher = SearchBatcher(lambda: counting, max_batch=64, window_ms=50)
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.search(q, 5, m) for q, m in zip(QUERIES, modes, strict=True))
+            )
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(burst())
+    for q, m, (hits, _, mode, _) in zip(QUERIES, modes, results, strict=True):
+        assert mode == m
+        assert [h.product_id for h in hits] == retriever.search_ids_many([q], 5, m)[0]
+    assert sorted(m for _, m in counting.calls) == ["dense", "hybrid", "lexical"]
 
 
 def test_errors_reach_every_waiter(small_index_root: Path) -> None:
     class Broken:
-        def search_many(self, texts, k):  # type: ignore[no-untyped-def]
+        def resolve_mode(self, mode):  # type: ignore[no-untyped-def]
+            return mode
+
+        def search_many(self, texts, k, mode=None, timings=None):  # type: ignore[no-untyped-def]
             raise RuntimeError("index unavailable")
 
     async def go() -> list:

@@ -9,6 +9,7 @@ adapter registered or servable.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -66,9 +67,9 @@ def stack(vllm_server: str, policy_model_dir: Path, small_index_root: Path, tmp_
         "OSPO_ADAPTER_POLL_S": "0.5",
         # A tiny budget keeps the test short; a negative margin promotes whatever trains, so
         # the promotion path is exercised every time (the gate's numbers are still recorded).
-        "OSPO_TRAIN_STEPS": "2",
-        "OSPO_TRAIN_GROUP_SIZE": "2",
-        "OSPO_TRAIN_PROMPTS_PER_STEP": "1",
+        "OSPO_TRAIN_OVERRIDES": json.dumps(
+            {"steps": 2, "group_size": 2, "prompts_per_step": 1, "rs_samples": 2}
+        ),
         "OSPO_TRAIN_MAX_VAL_QUERIES": "4",
         "OSPO_GATE_MARGIN": "-1.0",
         "OSPO_TRAIN_LEASE_TTL_S": "8",

@@ -100,7 +100,7 @@ def test_hand_example_with_real_fast_tokenizer():
     assert "[UNK]" not in hf.convert_ids_to_tokens(enc["input_ids"])
     assert pieces[3:9] == ["wireless", "earbuds", ",", "noise", "cancelling", "</"]
 
-    cfg = AdvantageConfig(outside="zero")
+    cfg = AdvantageConfig(mode="prop", outside="zero")
     adv = token_advantages(-2.0, 0.3, offsets, (9, 43), SEGMENTS, np.array([0.3, 0.0]), cfg)
     by_piece = dict(zip(pieces[3:8], adv[3:8], strict=True))
     # L = 5 rewrite tokens, player 0 (16 chars) -> "wireless" 8/16, "earbuds" 7/16 overlap.
@@ -147,7 +147,7 @@ def test_group_with_fuzzy_match_and_parse_failure():
         offsets,
         [SEGMENTS, SEGMENTS, None],
         [np.array([0.0, 0.6]), np.array([0.9, 0.0]), None],
-        AdvantageConfig(outside="zero"),
+        AdvantageConfig(mode="prop", outside="zero"),
     )
     A = grpo_advantages(rewards)
     assert [len(a) for a in adv] == [8, 5, 1]
@@ -178,17 +178,20 @@ def test_zero_reward_rule_both_ways():
 
 @pytest.mark.parametrize("zero_reward", ["grpo", "zero"])
 def test_all_credit_non_positive_falls_back(zero_reward):
-    cfg = AdvantageConfig(zero_reward=zero_reward, outside="zero")
+    cfg = AdvantageConfig(mode="prop", zero_reward=zero_reward, outside="zero")
     phi = np.array([-0.1, 0.0])
     adv = token_advantages(0.7, 0.4, HAND_OFFSETS, (9, 43), SEGMENTS, phi, cfg)
-    assert np.all(adv == (0.7 if zero_reward == "grpo" else 0.0))
+    # No positive credit is "no signal" (plain A); the zero-reward rule needs R <= 0 itself.
+    assert np.all(adv == 0.7)
     psi = shaped_rewards(0.4, HAND_OFFSETS, (9, 43), SEGMENTS, phi)
     np.testing.assert_allclose(psi, np.where(IN_REWRITE, 0.4 / 5, 0.0))
 
 
 def test_negative_phi_is_clipped():
     phi = np.array([-0.5, 0.6])
-    adv = token_advantages(1.0, 0.1, HAND_OFFSETS, (9, 43), SEGMENTS, phi, AdvantageConfig())
+    adv = token_advantages(
+        1.0, 0.1, HAND_OFFSETS, (9, 43), SEGMENTS, phi, AdvantageConfig(mode="prop")
+    )
     assert adv[1] == adv[2] == 0.0
     np.testing.assert_allclose(adv[4] + adv[5], 5.0)
 
@@ -199,10 +202,12 @@ def test_span_not_located_is_plain_grpo():
 
 
 def test_clip_at_c_std():
-    cfg = AdvantageConfig(clip_c=2.0)
+    cfg = AdvantageConfig(mode="prop", clip_c=2.0)
     phi = np.array([0.0, 0.6])
     adv = token_advantages(1.5, 0.6, HAND_OFFSETS, (9, 43), SEGMENTS, phi, cfg, adv_std=0.9)
-    unclipped = token_advantages(1.5, 0.6, HAND_OFFSETS, (9, 43), SEGMENTS, phi, AdvantageConfig())
+    unclipped = token_advantages(
+        1.5, 0.6, HAND_OFFSETS, (9, 43), SEGMENTS, phi, AdvantageConfig(mode="prop")
+    )
     assert unclipped.max() > 1.8
     np.testing.assert_allclose(adv, np.clip(unclipped, -1.8, 1.8))
     neg = token_advantages(-1.5, 0.6, HAND_OFFSETS, (9, 43), SEGMENTS, phi, cfg, adv_std=0.9)
@@ -240,14 +245,14 @@ def test_rank_mode_ordering(A):
 def test_negative_mode_inverse():
     span, segs, offs = _one_token_per_player(3)
     phi = np.array([0.5, -0.1, 0.2])
-    cfg = AdvantageConfig(negative_mode="inverse")
+    cfg = AdvantageConfig(mode="prop", negative_mode="inverse")
     neg = token_advantages(-1.0, 0.6, offs, span, segs, phi, cfg)
     # blame = max φ − φ = [0, 0.6, 0.3] -> the harmful phrase is pushed down most.
     np.testing.assert_allclose(neg, -1.0 * 3 * np.array([0, 0.6, 0.3]) / 0.9)
     # Positive advantages are unaffected by negative_mode.
     pos = token_advantages(1.0, 0.6, offs, span, segs, phi, cfg)
     np.testing.assert_allclose(pos, 3 * np.array([0.5, 0, 0.2]) / 0.7)
-    same = token_advantages(-1.0, 0.6, offs, span, segs, phi, AdvantageConfig())
+    same = token_advantages(-1.0, 0.6, offs, span, segs, phi, AdvantageConfig(mode="prop"))
     np.testing.assert_allclose(same, -pos)
     # All φ equal: blame shared equally.
     eq = token_advantages(-1.0, 0.6, offs, span, segs, np.full(3, 0.2), cfg)
@@ -296,7 +301,7 @@ def rollouts(draw):
 
 configs = st.builds(
     AdvantageConfig,
-    mode=st.sampled_from(["prop", "rank"]),
+    mode=st.sampled_from(["signed", "prop", "rank"]),
     outside=st.sampled_from(["sequence", "zero"]),
     zero_reward=st.sampled_from(["grpo", "zero"]),
     negative_mode=st.sampled_from(["same", "inverse"]),
@@ -312,14 +317,16 @@ def test_mean_over_shaped_tokens_equals_sequence_advantage(rollout, rewards, g, 
     g = g % len(rewards)
     rewards[g] = max(rewards[g], 1e-3)  # positive reward: attribution signal present
     A = grpo_advantages(rewards)
-    adv = token_advantages(A[g], rewards[g], offsets, span, segs, phi, cfg)
+    adv = token_advantages(
+        A[g], rewards[g], offsets, span, segs, phi, cfg, reward_std=float(np.std(rewards))
+    )
     in_rw = rewrite_mask(offsets, span)
     assert adv.shape == (len(offsets),)
-    np.testing.assert_allclose(adv[in_rw].mean(), A[g], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(adv[in_rw].mean(), A[g], rtol=1e-9, atol=1e-9)
     expected_outside = A[g] if cfg.outside == "sequence" else 0.0
     np.testing.assert_allclose(adv[~in_rw], expected_outside)
-    # Tokens carry the sign of the sequence advantage (no sign flips).
-    assert np.all(adv * np.sign(A[g]) >= -1e-12)
+    if cfg.mode != "signed":  # paper shaping: tokens carry the sign of A (no sign flips)
+        assert np.all(adv * np.sign(A[g]) >= -1e-12)
 
 
 @settings(max_examples=200, deadline=None)
@@ -459,3 +466,66 @@ def test_masked_padding_garbage_does_not_leak():
     assert torch.isfinite(loss) and torch.all(torch.isfinite(logp_new.grad))
     assert float(loss.detach()) == pytest.approx(-1.0)
     assert np.isfinite(stats["kl"])
+
+
+# ---------------------------------------------------------------------------------------------
+# "signed" mode: credit centred on the raw query, negative credit pushes down
+# ---------------------------------------------------------------------------------------------
+
+
+def test_signed_hand_example():
+    # Three one-token players; φ sums to R − R(q) = 0.1; group reward std 0.2.
+    span, segs, offs = _one_token_per_player(3)
+    phi = np.array([0.3, -0.2, 0.0])
+    adv = token_advantages(0.5, 0.6, offs, span, segs, phi, AdvantageConfig(), reward_std=0.2)
+    # Â_t = A + (L ψ_t − Σψ) / σ with L = 3, Σψ = 0.1, σ = 0.2.
+    np.testing.assert_allclose(adv, 0.5 + (3 * phi - 0.1) / 0.2, atol=1e-12)
+    assert adv[1] < 0 < adv[0]  # the harmful phrase is pushed down although A > 0
+    np.testing.assert_allclose(adv.mean(), 0.5)
+
+
+def test_signed_harmful_phrase_below_adding_nothing():
+    """With exact efficiency Â_t = (L ψ_t + R(q) − mean R) / σ: a phrase with φ < 0 gets less
+    than an empty answer ("NONE", searched as the raw query) in the same group."""
+    span, segs, offs = _one_token_per_player(2)
+    raw = 0.5
+    phi = np.array([0.3, -0.1])  # R = raw + 0.2
+    rewards = np.array([raw + phi.sum(), raw, 0.4, 0.6])  # rollout 1 answered NONE
+    A = grpo_advantages(rewards)
+    sigma = float(np.std(rewards))
+    adv = token_advantages(A[0], rewards[0], offs, span, segs, phi, AdvantageConfig(), None, sigma)
+    none_adv = A[1]  # an empty answer has no players: plain A on every token
+    assert adv[1] < none_adv < adv[0]
+    np.testing.assert_allclose(adv, (2 * phi + raw - rewards.mean()) / sigma, atol=1e-4)
+
+
+def test_signed_symmetric_and_null_players():
+    span, segs, offs = _one_token_per_player(3)
+    adv = token_advantages(
+        1.0, 0.5, offs, span, segs, np.array([0.2, 0.2, 0.0]), AdvantageConfig(), reward_std=0.1
+    )
+    assert adv[0] == adv[1] > adv[2]  # symmetric players equal; the null player gets less
+    # All φ zero: no attribution signal, plain A.
+    flat = token_advantages(
+        1.0, 0.5, offs, span, segs, np.zeros(3), AdvantageConfig(), reward_std=0.1
+    )
+    np.testing.assert_allclose(flat, 1.0)
+
+
+def test_signed_zero_reward_rule_tests_absolute_reward():
+    span, segs, offs = _one_token_per_player(2)
+    phi = np.array([-0.3, 0.0])  # all credit negative, but R > 0: the phrase is pushed down
+    adv = token_advantages(0.2, 0.1, offs, span, segs, phi, AdvantageConfig(zero_reward="zero"))
+    assert adv[0] < adv[1]
+    # R = 0 (absolute): the zero-reward rule applies whatever the credit
+    zero = token_advantages(-0.4, 0.0, offs, span, segs, phi, AdvantageConfig(zero_reward="zero"))
+    assert np.all(zero == 0.0)
+    grpo = token_advantages(-0.4, 0.0, offs, span, segs, phi, AdvantageConfig())
+    assert np.all(grpo == -0.4)
+
+
+def test_signed_sigma_floor():
+    span, segs, offs = _one_token_per_player(2)
+    phi = np.array([0.01, -0.01])
+    adv = token_advantages(0.0, 0.5, offs, span, segs, phi, AdvantageConfig(min_std=0.05))
+    np.testing.assert_allclose(adv, [0.4, -0.4])  # (2·0.01 − 0) / 0.05

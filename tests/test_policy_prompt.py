@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, build_messages, parse_rewrite
+from service.policy.prompt import (
+    DEFAULT_PROMPT,
+    REPLACE_PROMPT,
+    PromptConfig,
+    RewriteMode,
+    build_messages,
+    parse_rewrite,
+)
 
 QUERY = "hdmi cable 2m"
 
@@ -117,3 +124,44 @@ def test_parse_drops_cut_off_item_when_truncated() -> None:
 
 def test_parse_handles_none_like_input() -> None:
     assert parse_rewrite(None, QUERY) == (QUERY, False)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Expand mode (the default): the policy adds terms, or says none are needed
+# ---------------------------------------------------------------------------------------------
+
+
+def test_default_prompt_expands() -> None:
+    assert DEFAULT_PROMPT.mode == RewriteMode.expand
+    assert REPLACE_PROMPT.mode == RewriteMode.replace
+    assert DEFAULT_PROMPT.version != REPLACE_PROMPT.version  # never mixed in logs or training
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "searched"),
+    [
+        (
+            "high speed, hdmi lead, 4k",
+            "high speed, hdmi lead, 4k",
+            f"{QUERY} high speed, hdmi lead, 4k",
+        ),
+        ("Extra terms: hdmi lead", "hdmi lead", f"{QUERY} hdmi lead"),
+        ("NONE", "", QUERY),
+        ("none.", "", QUERY),
+        ("Extra terms: N/A", "", QUERY),
+        ("", None, QUERY),
+        ("I'm sorry, I can't help with that?", None, QUERY),
+    ],
+)
+def test_expand_parse_and_search_text(completion: str, answer: str | None, searched: str) -> None:
+    got = DEFAULT_PROMPT.parse(completion, QUERY)
+    assert got == answer
+    assert DEFAULT_PROMPT.search_text(QUERY, got) == searched
+    if got:
+        assert got in completion  # verbatim: the trainer maps it back onto tokens
+
+
+def test_replace_mode_searches_the_answer_alone() -> None:
+    got = REPLACE_PROMPT.parse("hdmi lead 2 metre", QUERY)
+    assert REPLACE_PROMPT.search_text(QUERY, got) == "hdmi lead 2 metre"
+    assert REPLACE_PROMPT.search_text(QUERY, None) == QUERY

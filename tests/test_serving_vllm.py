@@ -45,6 +45,9 @@ def api(vllm_server: str, random_adapters, small_index_root: Path, tmp_path_fact
         "OSPO_REWRITE_BUDGET_MS": "60000",
         "OSPO_ADAPTER_POLL_S": "0.5",
         "OSPO_ADAPTER_UNLOAD_GRACE_S": "3600",
+        # This module tests the policy path itself, so the base model serves before any
+        # adapter is promoted (the default serves the raw query then).
+        "OSPO_SERVE_BASE_POLICY": "true",
     }
     child = Child([OSPO, "serve", "--port", str(port)], env, root / "api.log")
     try:

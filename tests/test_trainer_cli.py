@@ -13,7 +13,7 @@ from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
 from trainer.cli import BAD_INPUT, MISSING_RESOURCE, register
-from trainer.evaluate import BM25Retriever, resolve_adapter
+from trainer.evaluate import resolve_adapter
 
 TITLES = {
     "4148063": "Philips Wireless notebook mouse SPM6800/10",
@@ -55,7 +55,7 @@ def test_missing_or_unusable_data_exits_2(
     app: typer.Typer, index_root: Path, tmp_path: Path
 ) -> None:
     runner = CliRunner()
-    args = ["eval", "--index-dir", str(index_root), "--no-bm25"]
+    args = ["eval", "--index-dir", str(index_root)]
     assert runner.invoke(app, [*args, "--data", str(tmp_path / "no.csv")]).exit_code == BAD_INPUT
     other = tmp_path / "other.csv"
     other.write_text("query,docid,rating\nlaptop,999,3\n")  # product not in the index
@@ -68,31 +68,29 @@ def test_eval_raw_queries_end_to_end(app: typer.Typer, index_root: Path, tmp_pat
         "query,docid,rating\nwireless mouse,4148063,3\nwireless mouse,1575802,0\n"
         "network cable,1659340,3\nnetwork cable,713212,2\n"
     )
-    catalog = tmp_path / "catalog.jsonl"
-    catalog.write_text("".join(json.dumps({"id": k, "title": v}) + "\n" for k, v in TITLES.items()))
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(
         app,
         [
             "eval", "--policy", "raw", "--data", str(labels), "--index-dir", str(index_root),
-            "--catalog", str(catalog), "--catalog-format", "jsonl", "--json", str(report_path),
+            "--split", "all", "--pooled", "--json", str(report_path),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["n_queries"] == 2
     raw = report["policies"]["raw"]
-    for retriever in ("dense", "dense_pooled", "bm25"):
+    for retriever in ("hybrid", "dense", "lexical", "hybrid_pooled"):
         m = raw[retriever]["ndcg@10"]
         assert 0.0 <= m["lo"] <= m["mean"] <= m["hi"] <= 1.0
     assert raw["dense"]["ndcg@10"]["mean"] > 0.5  # the raw queries already find their products
 
 
-def test_bm25_and_adapter_resolution(tmp_path: Path) -> None:
-    bm25 = BM25Retriever(list(TITLES), list(TITLES.values()))
-    (hits,) = bm25.search_ids_many(["patch cable"], 10)
+def test_lexical_arm_and_adapter_resolution(index_root: Path, tmp_path: Path) -> None:
+    retriever = Retriever.load_current(index_root, get_embedder())
+    (hits,) = retriever.search_ids_many(["patch cable"], 10, "lexical")
     assert set(hits) == {"1659340", "713212"}
-    assert bm25.search_ids_many(["zzz"], 5) == [[]]
+    assert retriever.search_ids_many(["zzz"], 5, "lexical") == [[]]
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")

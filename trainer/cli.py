@@ -6,6 +6,7 @@ evaluate); 3 a resource is missing (no index, no policy model, no catalogue text
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,6 +16,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from service.retrieval.fusion import RetrievalMode
+from trainer.config_cli import with_config_options
+from trainer.train import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -94,85 +99,37 @@ def _resources(model: Path | None, index_dir: Path | None, need_model: bool) -> 
     return retriever, model_path
 
 
+@with_config_options(TrainConfig)
 def train_command(
-    algo: Annotated[str, typer.Option(help="ospo|grpo")] = "ospo",
     data: DataOpt = "db",
     fmt: FormatOpt = None,
     sources: SourcesOpt = None,
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 100,
-    group_size: Annotated[int, typer.Option("--group-size", "-G", help="Samples per query.")] = 8,
-    prompts_per_step: Annotated[int, typer.Option(help="Queries per step.")] = 4,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 5e-6).")] = 5e-6,
-    seed: int = 0,
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default: data_dir/runs/...).")
     ] = None,
-    estimator: Annotated[str, typer.Option(help="auto|shapley|owen|sampled_owen|window")] = "auto",
-    segmentation: Annotated[str, typer.Option(help="phrase|word|sentence")] = "phrase",
-    width: Annotated[int, typer.Option(help="Window estimator: widest window.")] = 8,
-    budget: Annotated[
-        int, typer.Option(help="Coalitions per rewrite (window, sampled Owen).")
-    ] = 96,
-    adv_mode: Annotated[str, typer.Option(help="prop|rank token weights.")] = "prop",
-    zero_reward: Annotated[
-        str, typer.Option(help="grpo|zero for rollouts without signal")
-    ] = "grpo",
-    lora_rank: Annotated[int, typer.Option(help="LoRA r.")] = 32,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 16,
-    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names.")] = (
-        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    ),
-    max_new_tokens: int = 32,
-    temperature: float = 1.0,
-    beta: Annotated[float, typer.Option(help="KL penalty to the base model.")] = 0.0,
-    reward_mode: Annotated[str, typer.Option(help="full|pooled")] = "full",
-    reward_k: int = 10,
     val_fraction: ValFractionOpt = 0.2,
     split_seed: SplitSeedOpt = 0,
-    eval_every: Annotated[int, typer.Option(help="Greedy validation every N steps (0: off).")] = 0,
-    warm_start: Annotated[
-        Path | None, typer.Option(help="Adapter folder to continue from.")
-    ] = None,
     model: ModelOpt = None,
     index_dir: IndexOpt = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    *,
+    config: TrainConfig,
 ) -> None:
-    """Train a LoRA adapter of the rewrite policy with OSPO or GRPO."""
+    """Train a LoRA adapter of the rewrite policy: rejection-sampling warm start, then OSPO or
+    GRPO steps. Every training option below is a field of TrainConfig (trainer/train.py)."""
     from service.settings import get_settings
     from trainer.data import split_examples
     from trainer.evaluate import resolve_adapter
-    from trainer.train import TrainConfig, train
+    from trainer.train import train
 
-    try:
-        warm = str(resolve_adapter(warm_start)) if warm_start else None
-        config = TrainConfig(
-            algo=algo,  # type: ignore[arg-type]
-            steps=steps,
-            group_size=group_size,
-            prompts_per_step=prompts_per_step,
-            lr=lr,
-            seed=seed,
-            estimator=estimator,  # type: ignore[arg-type]
-            segmentation=segmentation,  # type: ignore[arg-type]
-            width=width,
-            budget=budget,
-            adv_mode=adv_mode,  # type: ignore[arg-type]
-            zero_reward=zero_reward,  # type: ignore[arg-type]
-            lora_r=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=tuple(_split_csv(lora_targets) or ()),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            beta=beta,
-            reward_mode=reward_mode,  # type: ignore[arg-type]
-            reward_k=reward_k,
-            eval_every=eval_every,
-            warm_start=warm,
-            torch_threads=threads,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from e
+    algo = config.algo
+    if config.warm_start:
+        try:
+            config = dataclasses.replace(
+                config, warm_start=str(resolve_adapter(Path(config.warm_start)))
+            )
+        except FileNotFoundError as e:
+            raise _fail(str(e)) from e
     if not 0.0 <= val_fraction < 1.0:
         raise _fail("--val-fraction must be in [0, 1)")
     retriever, model_path = _resources(model, index_dir, need_model=True)
@@ -208,27 +165,25 @@ def eval_command(
     data: DataOpt = "db",
     fmt: FormatOpt = None,
     sources: SourcesOpt = None,
-    split: Annotated[str, typer.Option(help="all|train|val queries of the split.")] = "all",
+    split: Annotated[str, typer.Option(help="all|train|val queries of the split.")] = "val",
     val_fraction: ValFractionOpt = 0.2,
     split_seed: SplitSeedOpt = 0,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N queries only.")] = None,
     max_new_tokens: int = 48,
-    bm25: Annotated[bool, typer.Option(help="Also score with BM25 (unseen retriever).")] = True,
-    pooled: Annotated[bool, typer.Option(help="Also score inside the judged pool.")] = True,
-    catalog: Annotated[
-        Path | None, typer.Option(help="Catalogue for BM25 texts (default: the database).")
+    mode: Annotated[
+        list[RetrievalMode] | None,
+        typer.Option(
+            "--mode", help="Retrieval modes to score (default: every mode the index has)."
+        ),
     ] = None,
-    catalog_format: Annotated[str, typer.Option(help="esci|wands|icecat|jsonl")] = "icecat",
+    pooled: Annotated[bool, typer.Option(help="Also score inside the judged pool.")] = False,
     model: ModelOpt = None,
     index_dir: IndexOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """Score policies' greedy rewrites: NDCG@10, recall@10/50, MRR with 95% CIs."""
-    from service.catalog.formats import FormatError
-    from service.settings import get_settings
     from trainer.data import split_examples
-    from trainer.evaluate import bm25_for, evaluate_policies, resolve_adapter
-    from trainer.resources import catalog_texts, db_search_texts
+    from trainer.evaluate import evaluate_policies, resolve_adapter
 
     if split not in ("all", "train", "val"):
         raise _fail("--split must be all, train or val")
@@ -248,19 +203,10 @@ def eval_command(
     if not examples:
         raise _fail(f"no queries in split {split!r}")
 
-    bm25_retriever = None
-    if bm25:
-        try:
-            texts = (
-                {pid: t for pid, (_, t) in catalog_texts(catalog, catalog_format).items()}
-                if catalog
-                else db_search_texts(get_settings().resolved_database_url)
-            )
-        except (FormatError, OSError) as e:
-            raise _fail(f"cannot read product texts for BM25: {e}", MISSING_RESOURCE) from e
-        bm25_retriever = bm25_for(retriever, texts)
+    if mode and retriever.lexical is None and any(m != RetrievalMode.dense for m in mode):
+        raise _fail(f"index {retriever.version} has no lexical arm; rebuild it", MISSING_RESOURCE)
     report = evaluate_policies(
-        policy, examples, retriever, model_path, bm25=bm25_retriever, pooled=pooled,
+        policy, examples, retriever, model_path, modes=mode, pooled=pooled,
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
     _print_report(report)
@@ -275,8 +221,8 @@ def _print_report(report: dict[str, Any]) -> None:
     for col in ("policy", "retriever", "NDCG@10", "recall@10", "recall@50", "MRR", "parsed"):
         table.add_column(col)
     for name, summary in report["policies"].items():
-        for retriever in ("dense", "dense_pooled", "bm25"):
-            if retriever not in summary:
+        for retriever in summary:
+            if not isinstance(summary[retriever], dict):
                 continue
             m = summary[retriever]
             cells = [

@@ -2,12 +2,16 @@
 
 A policy is "raw" (search with the shopper's query, no rewrite), "base" (greedy rewrites of the
 base model) or an adapter folder (greedy rewrites of base + LoRA). Unusable completions fall
-back to the raw query, as serving does. Every policy's search texts are scored with:
+back to the raw query, as serving does. Every policy's search texts are scored with each
+retrieval mode of the index version (``service.retrieval``):
 
-* ``dense``        — the full index (embedder + FAISS), what serving and training use;
-* ``dense_pooled`` — the same embeddings ranked inside each query's judged products only;
-* ``bm25``         — BM25 over the products' search text (``bm25s``), a retriever the policy
-                     never saw in training: does the rewrite help beyond the training reward?
+* ``hybrid``  — dense and lexical arms fused: what serving and training use by default;
+* ``dense``   — embeddings + FAISS only;
+* ``lexical`` — BM25 only.
+
+A policy trained against hybrid and scored on dense or lexical alone is the unseen-retriever
+check: does the rewrite help beyond the retriever of its reward? ``pooled`` adds
+``hybrid_pooled``: the default mode ranked inside each query's judged products only.
 
 Relevant = gain > 0 (recall, MRR); NDCG uses graded gains. Intervals are percentile bootstraps
 over queries; ``delta_vs_raw`` is the paired per-query difference to the raw query.
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
+from service.retrieval.fusion import RetrievalMode
 from service.retrieval.index import Retriever
 from service.retrieval.metrics import bootstrap_ci, ndcg_at_k, recall_at_k, reciprocal_rank
 from trainer.data import Example
@@ -31,32 +36,6 @@ from trainer.reward import RewardModel
 
 DEPTH = 100  # results kept per query (MRR looks this deep)
 METRICS = ("ndcg@10", "recall@10", "recall@50", "mrr")
-
-
-class BM25Retriever:
-    """Lexical retriever over product texts (English stopwords, no stemming)."""
-
-    def __init__(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        import bm25s
-
-        if len(ids) != len(texts) or not ids:
-            raise ValueError("BM25 needs one text per product id, and at least one product")
-        self.ids = list(ids)
-        self._bm25s = bm25s
-        self.model = bm25s.BM25()
-        self.model.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False),
-                         show_progress=False)  # fmt: skip
-
-    def search_ids_many(self, texts: Sequence[str], k: int) -> list[list[str]]:
-        if not texts:
-            return []
-        k = min(k, len(self.ids))
-        tokens = self._bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
-        rows, scores = self.model.retrieve(tokens, k=k, show_progress=False)  # (B, k) each
-        return [
-            [self.ids[r] for r, s in zip(row, srow, strict=True) if s > 0]
-            for row, srow in zip(rows.tolist(), scores.tolist(), strict=True)
-        ]
 
 
 def query_metrics(ranked: Sequence[str], targets: Mapping[str, float]) -> dict[str, float]:
@@ -143,25 +122,31 @@ class PolicyEval:
         return out
 
 
+def available_modes(retriever: Retriever) -> tuple[RetrievalMode, ...]:
+    """The retrieval modes this index version can score (all three when it has both arms)."""
+    if retriever.lexical is None:
+        return (RetrievalMode.dense,)
+    return (RetrievalMode.hybrid, RetrievalMode.dense, RetrievalMode.lexical)
+
+
 def score_texts(
     texts: Sequence[str],
     examples: Sequence[Example],
     retriever: Retriever,
-    bm25: BM25Retriever | None = None,
-    pooled: bool = True,
+    modes: Sequence[RetrievalMode] | None = None,
+    pooled: bool = False,
 ) -> dict[str, dict[str, list[float]]]:
     """retriever name -> metric -> per-query values, for search texts aligned with examples."""
     targets = {ex.key: ex.targets for ex in examples}
     pairs = [(t, ex.key) for t, ex in zip(texts, examples, strict=True)]
     rankers: dict[str, list[list[str]]] = {
-        "dense": RewardModel(retriever, targets, depth=DEPTH).rankings(pairs)
+        str(mode): RewardModel(retriever, targets, depth=DEPTH, retrieval=mode).rankings(pairs)
+        for mode in (modes or available_modes(retriever))
     }
     if pooled:
-        rankers["dense_pooled"] = RewardModel(
+        rankers[f"{retriever.mode}_pooled"] = RewardModel(
             retriever, targets, depth=DEPTH, mode="pooled"
         ).rankings(pairs)
-    if bm25 is not None:
-        rankers["bm25"] = bm25.search_ids_many(list(texts), DEPTH)
     out: dict[str, dict[str, list[float]]] = {}
     for name, rankings in rankers.items():
         rows = [query_metrics(r, ex.targets) for r, ex in zip(rankings, examples, strict=True)]
@@ -175,8 +160,8 @@ def evaluate_policies(
     retriever: Retriever,
     model_path: Path | None,
     *,
-    bm25: BM25Retriever | None = None,
-    pooled: bool = True,
+    modes: Sequence[RetrievalMode] | None = None,
+    pooled: bool = False,
     max_new_tokens: int = DEFAULT_PROMPT.max_tokens,
     batch_size: int = 16,
     prompt: PromptConfig = DEFAULT_PROMPT,
@@ -196,7 +181,7 @@ def evaluate_policies(
             policy=policy,
             texts=texts,
             parse_rate=float(np.mean(ok)) if policy != "raw" else 1.0,
-            per_query=score_texts(texts, examples, retriever, bm25, pooled),
+            per_query=score_texts(texts, examples, retriever, modes, pooled),
             seconds=time.perf_counter() - started,
         )
     raw = evals.get("raw")
@@ -211,14 +196,3 @@ def evaluate_policies(
         },
         "per_query": {name: e.per_query for name, e in evals.items()},
     }
-
-
-def bm25_for(retriever: Retriever, texts: Mapping[str, str]) -> BM25Retriever:
-    """BM25 over the products of ``retriever`` (its titles where no search text is known)."""
-    return BM25Retriever(
-        retriever.ids,
-        [
-            texts.get(pid) or title
-            for pid, title in zip(retriever.ids, retriever.titles, strict=True)
-        ],
-    )

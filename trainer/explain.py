@@ -19,8 +19,7 @@ from service.normalize import normalize_query
 from service.policy.models import default_policy_model_path, prepare_policy_model
 from service.repositories.adapters import active_adapter
 from service.repositories.labels import targets_by_query
-from service.retrieval.embedder import get_embedder
-from service.retrieval.index import Retriever
+from service.retrieval.open import open_retriever
 from service.settings import Settings
 from trainer.attribution import attribute
 
@@ -58,7 +57,7 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
         if settings.policy_model
         else prepare_policy_model(settings.models_dir)
     )
-    retriever = Retriever.load_current(settings.index_dir, get_embedder(settings.embedder))
+    retriever = open_retriever(settings)
     tokenizer, model = _policy(model_path, adapter_path)
     [rollout] = greedy_rollouts(
         model, tokenizer, [query], max_new_tokens=settings.rewrite_max_tokens,

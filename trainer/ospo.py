@@ -9,22 +9,47 @@ to bottom; every function is pure. numpy for the credit math, torch only in the 
 Notation, for one prompt and a group of G sampled completions (rollouts):
 
     R_g            reward of rollout g (NDCG, in [0, 1])
+    R(q)           reward of the raw query (the floor: search with the shopper's own words)
     A_g            GRPO advantage  (R_g - mean R) / (std R + eps)
     players        character spans (start, end) of phrases inside the parsed rewrite text
-    phi_i          attribution of player i (may be negative; sums to R_g for exact estimators)
-    w_t            token weights over the rewrite tokens, w >= 0, sum_t w_t = 1
-    psi_t          shaped token rewards  R_g * w_t   (non-negative, sum to R_g)
+                   (in expand mode: the policy's added phrases only)
+    phi_i          attribution of player i, signed; v(S) = R(q ⊕ S) - R(q), so for exact
+                   estimators sum_i phi_i = R_g - R(q)
+    f_{t,i}        share of player i's characters that token t covers (sum_t f_{t,i} = 1)
     L_g            number of tokens of the completion that lie in the rewrite span
+
+"signed" (default) — the credit of a token is psi_t = sum_i phi_i f_{t,i} (signed, sums to
+sum_i phi_i), and
+
+    Â_{g,t} = A_g + (L_g psi_t - sum_s psi_s) / sigma,   sigma = max(std R, min_std)
+
+on rewrite tokens. The correction sums to zero over the L_g tokens, so the mean of Â is
+exactly A_g. With exact efficiency, Â_{g,t} = (L_g psi_t + R(q) - mean R) / sigma: each token
+is judged as if the whole rewrite were made of phrases like its own, against the raw query's
+own standing (R(q) - mean R) / sigma, which is the advantage an empty answer ("NONE") gets. A
+phrase that hurts (phi_i < 0) therefore gets an advantage below that of adding nothing: it is
+pushed down relative to leaving it out, and below zero whenever the group on average does not
+do worse than the raw query. A helpful phrase is pushed up by the same rule.
+
+"prop" / "rank" (the paper's shaping, kept for parity) —
+
+    w_t            token weights over the rewrite tokens, w >= 0, sum_t w_t = 1, from the
+                   positive credits only (prop: ∝ phi_i⁺; rank: ∝ rank of phi_i⁺)
+    psi_t          shaped token rewards  R_g * w_t   (non-negative, sum to R_g)
     Â_{g,t}        token advantage  A_g * L_g * w_t   on rewrite tokens
 
-Because sum_t w_t = 1, the mean of Â over the L_g rewrite tokens is exactly A_g: OSPO moves
-advantage between the rewrite's tokens but adds no length bias relative to GRPO.
+Because sum_t w_t = 1, the mean of Â over the L_g rewrite tokens is exactly A_g here too: OSPO
+moves advantage between the rewrite's tokens but adds no length bias relative to GRPO.
 
 Documented decisions
 --------------------
-* Negative credit. Attributions are clipped at 0 before normalising: a phrase that hurt the
-  reward gets no share of the credit (its tokens get Â = 0 when A_g > 0). Σφ⁺ can exceed
-  R_g; normalising to Σw = 1 absorbs that.
+* Negative credit. "signed": used as is (above). "prop"/"rank": clipped at 0 before
+  normalising, as in the paper: a phrase that hurt gets no share (its tokens get Â = 0 when
+  A_g > 0, so it is not reinforced, but not pushed down either).
+* sigma. The credit correction is in units of the group's reward spread, like A_g. A floor
+  (``min_std``, 0.05 NDCG) keeps a group whose rewards are (almost) equal from turning small
+  credit differences into huge advantages; such a group still carries phrase-level signal (a
+  helpful and a harmful phrase can cancel in R_g), which GRPO alone would discard.
 * Sign of A_g (``negative_mode``). "same" (default, as in the paper): the sequence advantage
   is redistributed by the same weights whatever its sign, so with A_g < 0 the tokens of the
   *highest*-credit phrase receive the most negative advantage. "inverse": when A_g < 0 the
@@ -39,11 +64,12 @@ Documented decisions
   two players receives part of both. Tokens of the rewrite that overlap no player (e.g. a
   separating comma) get weight 0 but still count in L_g. A player that overlaps no token is
   dropped and the remaining weights are renormalised.
-* No attribution signal (``zero_reward``). A rollout has no signal when R_g ≤ 0, or when no
-  player has positive credit φ_i > 0 (checked on φ, independently of the sign of A_g and of
-  ``negative_mode``). "grpo" (default): the rollout is treated exactly like GRPO, A_g on
-  every token of the completion (keeps GRPO's negative signal for failed rewrites; ignores
-  ``outside``). "zero" (paper's code): the rollout gets Â = 0 on every token, no gradient.
+* Zero-reward rollouts (``zero_reward``) are decided on the *absolute* reward R_g ≤ 0 (the
+  search found nothing relevant), never on R_g - R(q). "grpo" (default): the rollout is
+  treated exactly like GRPO, A_g on every token (keeps GRPO's negative signal for failed
+  rewrites; ignores ``outside``). "zero" (paper's code): Â = 0 on every token, no gradient.
+* No attribution signal: no player, or every φ_i = 0 ("signed"), or no φ_i > 0 ("prop" and
+  "rank", checked on φ independently of the sign of A_g and of ``negative_mode``): plain A_g.
 * Rewrite not located in the completion (span None, or no token overlaps the span): the
   rollout is plain GRPO (A_g on every token), except that the "zero" rule above still wins
   when R_g ≤ 0.
@@ -77,7 +103,8 @@ Offsets = list[tuple[int, int]] | np.ndarray
 class AdvantageConfig:
     """How the sequence advantage is turned into token advantages.
 
-    mode:          "prop" – token weights proportional to (clipped) credit;
+    mode:          "signed" – A_g plus the signed credit correction (module docstring);
+                   "prop" – token weights proportional to (clipped) credit;
                    "rank" – player shares proportional to credit rank 1..m (ties averaged).
     clip_c:        clip token advantages to ±clip_c · std(A_group); None = no clipping.
     zero_reward:   rollouts without attribution signal (R ≤ 0 or no positive credit):
@@ -86,18 +113,22 @@ class AdvantageConfig:
     negative_mode: weights used when A_g < 0: "same" – same as for A_g > 0 (paper);
                    "inverse" – blame max(φ) − φ_i, most harmful phrase pushed down most.
     eps:           added to std(R) in the GRPO normalisation.
+    min_std:       floor of sigma in "signed" mode (NDCG units).
     """
 
-    mode: Literal["prop", "rank"] = "prop"
+    mode: Literal["signed", "prop", "rank"] = "signed"
     clip_c: float | None = None
     zero_reward: Literal["grpo", "zero"] = "grpo"
     outside: Literal["sequence", "zero"] = "sequence"
     negative_mode: Literal["same", "inverse"] = "same"
     eps: float = 1e-6
+    min_std: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.mode not in ("prop", "rank"):
-            raise ValueError(f"mode must be 'prop' or 'rank', got {self.mode!r}")
+        if self.mode not in ("signed", "prop", "rank"):
+            raise ValueError(f"mode must be 'signed', 'prop' or 'rank', got {self.mode!r}")
+        if self.min_std <= 0:
+            raise ValueError(f"min_std must be positive, got {self.min_std!r}")
         if self.zero_reward not in ("grpo", "zero"):
             raise ValueError(f"zero_reward must be 'grpo' or 'zero', got {self.zero_reward!r}")
         if self.outside not in ("sequence", "zero"):
@@ -356,6 +387,7 @@ def token_advantages(
     phi: np.ndarray | None,
     cfg: AdvantageConfig,
     adv_std: float | None = None,
+    reward_std: float = 0.0,
 ) -> np.ndarray:
     """Token advantages Â (T,) of one rollout (see module docstring for the rules).
 
@@ -367,6 +399,7 @@ def token_advantages(
                    (use ``align_segments`` after a whitespace-insensitive match).
     phi:           (n,) player attributions, or None if not computed.
     adv_std:       std of the group's A, the unit of ``cfg.clip_c``; required if clip_c set.
+    reward_std:    std of the group's R ("signed" mode: sigma = max(reward_std, min_std)).
     returns:       (T,) float64.
     """
     tok = _as_offsets(token_offsets)
@@ -380,12 +413,17 @@ def token_advantages(
     in_rw = rewrite_mask(tok, span)
     L = int(in_rw.sum())
     plain = np.full(T, A_g, dtype=np.float64)
-    no_signal = reward <= 0 or not np.any(phi_arr > 0)
+    no_signal = not np.any(phi_arr != 0) if cfg.mode == "signed" else not np.any(phi_arr > 0)
 
-    if no_signal and cfg.zero_reward == "zero":
+    if reward <= 0 and cfg.zero_reward == "zero":
         adv = np.zeros(T, dtype=np.float64)
-    elif no_signal or span is None or L == 0:
+    elif reward <= 0 or no_signal or span is None or L == 0:
         adv = plain  # plain GRPO for this rollout
+    elif cfg.mode == "signed":
+        psi = spread_to_tokens(tok, span[0], segs, phi_arr) * in_rw  # (T,) signed credit
+        sigma = max(float(reward_std), cfg.min_std)
+        correction = (L * psi - psi.sum()) / sigma
+        adv = np.where(in_rw, A_g + correction, A_g if cfg.outside == "sequence" else 0.0)
     else:
         if A_g < 0 and cfg.negative_mode == "inverse":
             scores = phi_arr.max() - phi_arr  # blame
@@ -433,6 +471,7 @@ def group_token_advantages(
         raise ValueError("all per-rollout inputs must have the same length G")
     A = grpo_advantages(np.asarray(rewards, dtype=np.float64), cfg.eps)
     adv_std = float(A.std())
+    reward_std = float(np.std(np.asarray(rewards, dtype=np.float64)))
     out = []
     for g in range(G):
         span = None if rewrites[g] is None else locate_span(completions[g], rewrites[g])
@@ -440,7 +479,9 @@ def group_token_advantages(
         if span is not None and segs:
             segs = align_segments(completions[g], span, rewrites[g], segs)
         out.append(
-            token_advantages(A[g], rewards[g], token_offsets[g], span, segs, phis[g], cfg, adv_std)
+            token_advantages(
+                A[g], rewards[g], token_offsets[g], span, segs, phis[g], cfg, adv_std, reward_std
+            )
         )
     return out
 

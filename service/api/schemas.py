@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.retrieval.fusion import RetrievalMode
+
 EventType = Literal["impression", "click", "add_to_cart", "purchase"]
 RewriteSource = Literal["policy", "cache", "fallback", "none"]
 
@@ -18,6 +20,11 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=100)
     user_id: Annotated[str, StringConstraints(max_length=128)] | None = None
     session_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    mode: RetrievalMode | None = Field(
+        None,
+        description="Retrieval arms: dense, lexical or hybrid (fused); default: the "
+        "deployment's OSPO_RETRIEVAL_MODE.",
+    )
 
 
 class SearchResult(BaseModel):
@@ -29,13 +36,22 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     search_id: str
     query: str
-    rewrite: str
+    rewrite: str = Field(description="The text retrieval searched with.")
+    expansion: str | None = Field(
+        None,
+        description="The policy's additions to the query (expand mode; empty when it added "
+        "nothing), or its replacement query (replace mode); null when no policy answered.",
+    )
     rewrite_source: RewriteSource
     adapter: str | None
     prompt_version: str | None = None
     index_version: str
+    retrieval_mode: RetrievalMode
     results: list[SearchResult]
-    timings: dict[str, float]
+    timings: dict[str, float] = Field(
+        description="Milliseconds: rewrite, retrieve (with dense, lexical and fusion for the "
+        "arms that ran, measured over the micro-batch the search joined), log, total."
+    )
 
 
 class EventIn(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, parse_rewrite
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
 from service.policy.protocol import AdapterError, PolicyError, RewriteResult, model_name
 
 
@@ -99,12 +99,14 @@ class VllmPolicyClient:
         for choice in choices:
             completion = (choice.get("message") or {}).get("content") or ""
             finish_reason = choice.get("finish_reason")
-            text, ok = parse_rewrite(
-                completion, query, self.max_chars, truncated=finish_reason == "length"
+            answer = self.prompt.parse(
+                completion, query, truncated=finish_reason == "length", max_chars=self.max_chars
             )
+            text, ok = self.prompt.search_text(query, answer), answer is not None
             results.append(
                 RewriteResult(
                     text=text,
+                    answer=answer,
                     raw_completion=completion,
                     adapter=adapter,
                     prompt_version=self.prompt.version,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, parse_rewrite
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
 from service.policy.protocol import BASE_ADAPTER, AdapterError, PolicyError, RewriteResult
 
 if TYPE_CHECKING:
@@ -58,11 +58,13 @@ class LocalPolicy:
         """Greedy rewrite, blocking; the async `rewrite` runs this in a thread."""
         started = time.perf_counter()
         completion, finish_reason, n_tokens = self.generate(query, adapter)
-        text, ok = parse_rewrite(
-            completion, query, self.max_chars, truncated=finish_reason == "length"
+        answer = self.prompt.parse(
+            completion, query, truncated=finish_reason == "length", max_chars=self.max_chars
         )
+        text, ok = self.prompt.search_text(query, answer), answer is not None
         return RewriteResult(
             text=text,
+            answer=answer,
             raw_completion=completion,
             adapter=adapter,
             prompt_version=self.prompt.version,

@@ -1,5 +1,12 @@
 """The rewrite prompt and the parser that turns a completion back into a search query.
 
+Two rewrite modes (``RewriteMode``):
+* ``expand`` (default) — the policy proposes terms to *add* to the shopper's query, or says
+  that none are needed ("NONE"); search runs on ``query + " " + additions``. The shopper's own
+  words are always searched, so the policy can only add (query2doc / query expansion by
+  prompting / BEQUE's "increment" rewrites all keep the original query).
+* ``replace`` — the policy's line replaces the query (the paper's setting).
+
 The prompt is versioned: every logged rewrite records `PromptConfig.version`, so training never
 mixes rollouts from different prompts, and changing the wording means bumping the version.
 The model is tiny (135M), so the prompt asks for one plain line and the parser does the rest:
@@ -11,23 +18,35 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 REWRITE_OPEN = "<rewrite>"
 REWRITE_CLOSE = "</rewrite>"
 
 
+class RewriteMode(StrEnum):
+    expand = "expand"
+    replace = "replace"
+
+
+# An explicit "nothing to add" answer in expand mode: search with the raw query.
+_NOTHING = re.compile(r"^\W*(?:none|nothing|n/?a|no (?:extra |additional )?terms?)\W*$", re.I)
+
+
 @dataclass(frozen=True)
 class PromptConfig:
     """One version of the rewrite prompt plus the generation parameters used to serve it."""
 
-    version: str = "rewrite-v1"
+    version: str = "expand-v1"
+    mode: RewriteMode = RewriteMode.expand
     system_prompt: str = (
-        "You rewrite online shop search queries. Expand the shopper's query into a better "
-        "product search query: keep every word of the query, add the product type, key "
-        "attributes and common synonyms. Reply with the rewritten query only, on one line."
+        "You help an online shop's search engine. Given a shopper's search query, write a few "
+        "extra search terms that help find the right products: the product category, "
+        "synonyms and key attributes. Do not repeat the query. Reply with the extra terms "
+        "only, comma-separated, on one line, or NONE if the query needs nothing more."
     )
-    user_template: str = "Query: {query}\nRewritten query:"
+    user_template: str = "Query: {query}\nExtra terms:"
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 48
@@ -49,8 +68,44 @@ class PromptConfig:
             "stop": list(self.stop),
         }
 
+    def parse(
+        self, completion: str, query: str, *, truncated: bool = False, max_chars: int = 256
+    ) -> str | None:
+        """The policy's answer: the additions (expand) or the new query (replace), a verbatim
+        substring of ``completion``; "" when it says nothing is needed (expand); None when the
+        completion is unusable. Either of the last two means: search with the raw query."""
+        if self.mode == RewriteMode.expand and _NOTHING.match(
+            _first_content_line(completion or "")
+        ):
+            return ""
+        answer, ok = parse_rewrite(completion, query, max_chars, truncated=truncated)
+        if not ok:
+            return None
+        if self.mode == RewriteMode.expand and _NOTHING.match(answer):
+            return ""
+        return answer
+
+    def search_text(self, query: str, answer: str | None) -> str:
+        """What retrieval searches with, given the parsed answer (see ``parse``)."""
+        if not answer:
+            return query
+        if self.mode == RewriteMode.expand:
+            return f"{query} {answer}"
+        return answer
+
 
 DEFAULT_PROMPT = PromptConfig()
+REPLACE_PROMPT = PromptConfig(
+    version="rewrite-v1",
+    mode=RewriteMode.replace,
+    system_prompt=(
+        "You rewrite online shop search queries. Expand the shopper's query into a better "
+        "product search query: keep every word of the query, add the product type, key "
+        "attributes and common synonyms. Reply with the rewritten query only, on one line."
+    ),
+    user_template="Query: {query}\nRewritten query:",
+)
+PROMPTS = {p.mode: p for p in (DEFAULT_PROMPT, REPLACE_PROMPT)}
 
 
 def build_messages(query: str, config: PromptConfig = DEFAULT_PROMPT) -> list[dict[str, str]]:
@@ -63,8 +118,8 @@ _CLOSE_TAG = re.compile(r"<\s*/\s*rewrite\s*>", re.IGNORECASE)
 _OTHER_TAG = re.compile(r"<\s*/?\s*[a-z_|][^<>]{0,40}>", re.IGNORECASE)
 _LABEL = re.compile(
     r"^(?:(?:here\s+is\s+|here's\s+)?(?:the\s+|a\s+|an\s+|my\s+)?"
-    r"(?:(?:expanded|rewritten|improved|better|new|product|search)\s+)*"
-    r"(?:query|rewrite|search|answer|output|result)|rewrite|assistant)"
+    r"(?:(?:expanded|rewritten|improved|better|new|product|search|extra|additional)\s+)*"
+    r"(?:query|rewrite|search|answer|output|result|terms?|keywords?)|rewrite|assistant)"
     r"\s*(?:\([^)]*\))?(?:\s*:+|\s+[-–=]+)\s*",
     re.IGNORECASE,
 )
@@ -80,7 +135,13 @@ _CHATTER = re.compile(
 )
 _LOOP = re.compile(r"(.{3,}?)\1{2,}", re.DOTALL)
 _CHAR_RUN = re.compile(r"(.)\1{7,}")
-_PROMPT_ECHO = ("you rewrite online shop", "rewritten query only", "keep every word of the query")
+_PROMPT_ECHO = (
+    "you rewrite online shop",
+    "rewritten query only",
+    "keep every word of the query",
+    "you help an online shop",
+    "extra terms only",
+)
 
 
 def parse_rewrite(

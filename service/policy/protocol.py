@@ -25,9 +25,10 @@ class AdapterError(PolicyError):
 class RewriteResult:
     """One rewrite of a shopper query.
 
-    `text` is what search should embed: the parsed rewrite, or the raw query when the
-    completion was unusable (`ok` is then False). `raw_completion` is kept for logging and
-    training; when `ok`, `text` is a verbatim substring of it.
+    `text` is what search runs on: the query plus the policy's additions (expand mode), the
+    policy's line (replace mode), or the raw query when the completion was unusable (`ok` is
+    then False). `answer` is the parsed answer itself ("" when the policy said nothing is
+    needed), a verbatim substring of `raw_completion`, which is kept for logging and training.
     """
 
     text: str
@@ -36,6 +37,7 @@ class RewriteResult:
     prompt_version: str
     latency_ms: float
     ok: bool = True
+    answer: str | None = None
     finish_reason: str | None = None
     completion_tokens: int | None = None
 

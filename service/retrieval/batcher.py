@@ -1,4 +1,5 @@
-"""Micro-batching of concurrent searches: one embedder call and one FAISS call per batch.
+"""Micro-batching of concurrent searches: one embedder call and one FAISS call per batch
+(per retrieval mode present in the batch).
 
 Embedding one short query costs nearly as much as embedding a few dozen (the model runs the
 same kernels on a bigger matrix), so under concurrent traffic the API collects the queries that
@@ -14,14 +15,18 @@ from dataclasses import dataclass
 
 from anyio import to_thread
 
+from service.retrieval.fusion import RetrievalMode
 from service.retrieval.index import Hit, Retriever
+
+Answer = tuple[list[Hit], Retriever, RetrievalMode, dict[str, float]]
 
 
 @dataclass
 class _Pending:
     text: str
     k: int
-    future: asyncio.Future[tuple[list[Hit], Retriever]]
+    mode: RetrievalMode | None
+    future: asyncio.Future[Answer]
 
 
 class SearchBatcher:
@@ -42,17 +47,23 @@ class SearchBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def search(self, text: str, k: int) -> tuple[list[Hit], Retriever]:
-        """Top-k hits for `text` and the retriever (index version) that produced them."""
+    async def search(self, text: str, k: int, mode: RetrievalMode | None = None) -> Answer:
+        """Top-k hits for `text`, the retriever (index version) and mode that produced them, and
+        the batch's milliseconds per arm."""
         if self._queue is None:  # not started (no event loop task): search directly
-            retriever = self._get_retriever()
-            hits = await to_thread.run_sync(retriever.search_many, [text], k)
-            return hits[0], retriever
-        future: asyncio.Future[tuple[list[Hit], Retriever]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        await self._queue.put(_Pending(text, k, future))
+            return (await self._search_batch(self._get_retriever(), [text], k, mode))[0]
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(text, k, mode, future))
         return await future
+
+    @staticmethod
+    async def _search_batch(
+        retriever: Retriever, texts: list[str], k: int, mode: RetrievalMode | None
+    ) -> list[Answer]:
+        chosen = retriever.resolve_mode(mode)
+        timings: dict[str, float] = {}
+        hits = await to_thread.run_sync(retriever.search_many, texts, k, chosen, timings)
+        return [(h, retriever, chosen, timings) for h in hits]
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -71,15 +82,19 @@ class SearchBatcher:
 
     async def _serve(self, batch: list[_Pending]) -> None:
         retriever = self._get_retriever()
-        try:
-            hits = await to_thread.run_sync(
-                retriever.search_many, [p.text for p in batch], max(p.k for p in batch)
-            )
-        except Exception as e:  # noqa: BLE001 - every waiter gets the error, the loop goes on
-            for p in batch:
+        by_mode: dict[RetrievalMode | None, list[_Pending]] = {}
+        for p in batch:
+            by_mode.setdefault(p.mode, []).append(p)
+        for mode, group in by_mode.items():
+            try:
+                answers = await self._search_batch(
+                    retriever, [p.text for p in group], max(p.k for p in group), mode
+                )
+            except Exception as e:  # noqa: BLE001 - every waiter gets the error, loop goes on
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            for p, (hits, r, chosen, timings) in zip(group, answers, strict=True):
                 if not p.future.done():
-                    p.future.set_exception(e)
-            return
-        for p, h in zip(batch, hits, strict=True):
-            if not p.future.done():
-                p.future.set_result((h[: p.k], retriever))
+                    p.future.set_result((hits[: p.k], r, chosen, timings))

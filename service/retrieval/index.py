@@ -5,8 +5,14 @@ Layout under `<data_dir>/indexes/`:
     <version>/ids.json         product id of each row
     <version>/titles.json      title of each row (results are rendered without a database trip)
     <version>/embeddings.npy   (N, dim) float32, for pooled rewards and exact re-ranking
+    <version>/text_hashes.json hash of each row's embedded text (a rebuild re-embeds only changes)
+    <version>/lexical/         the BM25 index of the same rows (service/retrieval/lexical.py)
     <version>/manifest.json    embedder, dimension, count, kind, checksum, version, created_at
     CURRENT                    name of the serving version, replaced atomically
+
+One version holds both arms: a version is written in full under a temporary name and renamed,
+and CURRENT flips to it, so the dense and lexical arms are always from the same catalogue.
+A search ranks with `mode` dense, lexical or hybrid (both arms fused, service/retrieval/fusion.py).
 """
 
 from __future__ import annotations
@@ -25,12 +31,18 @@ import faiss
 import numpy as np
 
 from service.retrieval.embedder import Embedder
+from service.retrieval.fusion import Arm, FusionConfig, RetrievalMode, fuse
+from service.retrieval.lexical import LEXICAL_DIRNAME, LexicalIndex
 
 IndexKind = Literal["flat", "hnsw"]
 
 
 class IndexNotFoundError(FileNotFoundError):
     """No index has been built under this directory yet."""
+
+
+class ModeUnavailableError(ValueError):
+    """The index version lacks the arm a retrieval mode needs."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class Manifest:
     checksum: str
     created_at: float
     hnsw_m: int | None = None
+    lexical: bool = False  # the version carries a lexical arm (versions before it do not)
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,10 @@ def _checksum(ids: Sequence[str], vectors: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def write_index(
     root: Path,
     ids: Sequence[str],
@@ -87,10 +104,15 @@ def write_index(
     kind: IndexKind,
     hnsw_m: int = 32,
     activate: bool = True,
+    *,
+    lexical_texts: Sequence[str] | None = None,
+    text_hashes: Sequence[str] | None = None,
 ) -> Manifest:
-    """Write a new index version next to the others; optionally make it the serving one."""
+    """Write a new index version (dense arm, and the lexical arm over ``lexical_texts``)."""
     if len(ids) != len(titles) or len(ids) != vectors.shape[0]:
         raise ValueError("ids, titles and vectors must have the same length")
+    if lexical_texts is not None and len(lexical_texts) != len(ids):
+        raise ValueError("lexical_texts must have one text per id")
     checksum = _checksum(ids, vectors)
     version = time.strftime("%Y%m%dT%H%M%S") + f"-{checksum[:8]}"
     manifest = Manifest(
@@ -102,6 +124,7 @@ def write_index(
         checksum=checksum,
         created_at=time.time(),
         hnsw_m=hnsw_m if kind == "hnsw" else None,
+        lexical=lexical_texts is not None,
     )
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{version}-{os.getpid()}"
@@ -110,6 +133,10 @@ def write_index(
     (tmp / "ids.json").write_text(json.dumps(list(ids)))
     (tmp / "titles.json").write_text(json.dumps(list(titles)))
     np.save(tmp / "embeddings.npy", vectors)
+    if text_hashes is not None:
+        (tmp / "text_hashes.json").write_text(json.dumps(list(text_hashes)))
+    if lexical_texts is not None:
+        LexicalIndex.build(lexical_texts).save(tmp / LEXICAL_DIRNAME)
     (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
     final = root / version
     if final.exists():
@@ -135,12 +162,33 @@ def current_version(root: Path) -> str | None:
         return None
 
 
-class Retriever:
-    """An index version in memory plus the embedder it was built with."""
+@dataclass
+class Ranking:
+    """Ranked rows of one text (best first) and the fused (or single-arm) scores."""
 
-    def __init__(self, path: Path, embedder: Embedder, ef_search: int = 128) -> None:
+    rows: np.ndarray  # (m,) int64
+    scores: np.ndarray  # (m,) float
+
+
+class Retriever:
+    """An index version in memory (both arms) plus the embedder it was built with.
+
+    mode:   the default retrieval mode (a request may ask for another).
+    fusion: how hybrid mode merges the arms.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        embedder: Embedder,
+        ef_search: int = 128,
+        *,
+        mode: RetrievalMode = RetrievalMode.hybrid,
+        fusion: FusionConfig = FusionConfig(),
+    ) -> None:
         self.path = path
-        self.manifest = Manifest(**json.loads((path / "manifest.json").read_text()))
+        raw = json.loads((path / "manifest.json").read_text())
+        self.manifest = Manifest(**{k: v for k, v in raw.items() if k in Manifest.__annotations__})
         if embedder.name != self.manifest.embedder or embedder.dim != self.manifest.dim:
             raise ValueError(
                 f"index {self.manifest.version} was built with {self.manifest.embedder} "
@@ -154,13 +202,24 @@ class Retriever:
         self.titles: list[str] = json.loads((path / "titles.json").read_text())
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self._embeddings: np.ndarray | None = None
+        self.lexical = LexicalIndex.load(path / LEXICAL_DIRNAME) if self.manifest.lexical else None
+        self.mode = RetrievalMode(mode)
+        self.fusion = fusion
 
     @classmethod
-    def load_current(cls, root: Path, embedder: Embedder, ef_search: int = 128) -> Retriever:
+    def load_current(
+        cls,
+        root: Path,
+        embedder: Embedder,
+        ef_search: int = 128,
+        *,
+        mode: RetrievalMode = RetrievalMode.hybrid,
+        fusion: FusionConfig = FusionConfig(),
+    ) -> Retriever:
         version = current_version(root)
         if version is None:
             raise IndexNotFoundError(f"no index under {root}; run `ospo index build`")
-        return cls(root / version, embedder, ef_search)
+        return cls(root / version, embedder, ef_search, mode=mode, fusion=fusion)
 
     @property
     def version(self) -> str:
@@ -173,25 +232,93 @@ class Retriever:
             self._embeddings = np.load(self.path / "embeddings.npy", mmap_mode="r")
         return self._embeddings
 
+    def text_hashes(self) -> list[str] | None:
+        """Hash of each row's embedded text, if this version recorded them."""
+        try:
+            return json.loads((self.path / "text_hashes.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def resolve_mode(self, mode: RetrievalMode | str | None) -> RetrievalMode:
+        """The mode a search runs in; lexical arms are refused on versions built without one."""
+        chosen = RetrievalMode(mode) if mode is not None else self.mode
+        if chosen != RetrievalMode.dense and self.lexical is None:
+            if mode is None:
+                return RetrievalMode.dense  # an old version: serve what it has
+            raise ModeUnavailableError(
+                f"index {self.version} has no lexical arm; rebuild it with `ospo index build`"
+            )
+        return chosen
+
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, dim) → scores (B, k), rows (B, k) with -1 where the index has fewer than k items."""
         k = max(1, min(k, max(self.manifest.count, 1)))
         scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, rows
 
-    def search_many(self, texts: Sequence[str], k: int) -> list[list[Hit]]:
-        """One embedder call and one FAISS call for all texts."""
+    def rank(
+        self,
+        texts: Sequence[str],
+        k: int,
+        mode: RetrievalMode | str | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[Ranking]:
+        """Top-k rows of each text: one embedder call, one FAISS call, one BM25 pass for all.
+
+        ``timings`` (if given) receives milliseconds per arm: dense_ms, lexical_ms, fusion_ms.
+        """
         if not texts:
             return []
-        scores, rows = self.search_vectors(self.embedder.encode(texts), k)
+        chosen = self.resolve_mode(mode)
+        depth = max(k, self.fusion.depth) if chosen == RetrievalMode.hybrid else k
+        dense: list[Arm] = []
+        lexical: list[Arm] = []
+        t0 = time.perf_counter()
+        if chosen != RetrievalMode.lexical:
+            scores, rows = self.search_vectors(self.embedder.encode(texts), depth)
+            dense = [(r[r >= 0], s[r >= 0]) for s, r in zip(scores, rows, strict=True)]
+        t1 = time.perf_counter()
+        if chosen != RetrievalMode.dense:
+            assert self.lexical is not None  # resolve_mode guarantees it
+            lexical = self.lexical.search(texts, depth)
+        t2 = time.perf_counter()
+        if chosen == RetrievalMode.dense:
+            out = [Ranking(r[:k].astype(np.int64), s[:k]) for r, s in dense]
+        elif chosen == RetrievalMode.lexical:
+            out = [Ranking(r[:k], s[:k]) for r, s in lexical]
+        else:
+            weights = (self.fusion.dense_weight, self.fusion.lexical_weight)
+            out = [
+                Ranking(*fuse((d, lx), weights, self.fusion, k))
+                for d, lx in zip(dense, lexical, strict=True)
+            ]
+        t3 = time.perf_counter()
+        if timings is not None:
+            if chosen != RetrievalMode.lexical:
+                timings["dense_ms"] = (t1 - t0) * 1000
+            if chosen != RetrievalMode.dense:
+                timings["lexical_ms"] = (t2 - t1) * 1000
+            if chosen == RetrievalMode.hybrid:
+                timings["fusion_ms"] = (t3 - t2) * 1000
+        return out
+
+    def search_many(
+        self,
+        texts: Sequence[str],
+        k: int,
+        mode: RetrievalMode | str | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k hits of each text (see ``rank``)."""
         return [
             [
                 Hit(self.ids[r], self.titles[r], float(s))
-                for s, r in zip(srow, rrow, strict=True)
-                if r >= 0
+                for r, s in zip(rk.rows.tolist(), rk.scores.tolist(), strict=True)
             ]
-            for srow, rrow in zip(scores, rows, strict=True)
+            for rk in self.rank(texts, k, mode, timings)
         ]
 
-    def search_ids_many(self, texts: Sequence[str], k: int) -> list[list[str]]:
-        return [[h.product_id for h in hits] for hits in self.search_many(texts, k)]
+    def search_ids_many(
+        self, texts: Sequence[str], k: int, mode: RetrievalMode | str | None = None
+    ) -> list[list[str]]:
+        return [[self.ids[r] for r in rk.rows] for rk in self.rank(texts, k, mode)]

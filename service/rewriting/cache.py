@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CachedRewrite:
-    text: str
+    text: str  # the policy's parsed answer (additions in expand mode), composed per request
     raw_completion: str
 
 

@@ -1,5 +1,7 @@
 """The policy-backed rewriter search uses: cache → policy within a latency budget → fallback.
 
+- With no active adapter the raw query is served and the policy is not called (unless
+  `serve_base_policy` asks for the base model's rewrites).
 - A cache hit answers at once (`rewrite_source="cache"`).
 - A miss asks the policy with the active adapter; if the answer is not back within
   `rewrite_budget_ms`, search goes on with the raw query (`"fallback"`) and the generation is left
@@ -19,6 +21,7 @@ from typing import Any
 
 from service.adapters.swap import ActiveAdapterWatcher
 from service.observability import POLICY_UP
+from service.policy.prompt import PromptConfig
 from service.policy.protocol import Policy, PolicyError, RewriteResult
 from service.rewriting.cache import CachedRewrite, RewriteCache, cache_key
 from service.services.rewrite import Rewrite
@@ -32,16 +35,19 @@ class PolicyRewriter:
         policy: Policy,
         cache: RewriteCache,
         watcher: ActiveAdapterWatcher,
-        prompt_version: str,
+        prompt: PromptConfig,
         budget_ms: float,
         health_interval_s: float = 2.0,
+        serve_base: bool = False,
     ) -> None:
         self.policy = policy
         self.cache = cache
         self.watcher = watcher
-        self.prompt_version = prompt_version
+        self.prompt = prompt
+        self.prompt_version = prompt.version
         self.budget_s = budget_ms / 1000.0
         self.health_interval_s = health_interval_s
+        self.serve_base = serve_base
         self.up = True
         self.last_error: str | None = None
         self._pending: dict[str, asyncio.Task[RewriteResult]] = {}
@@ -49,10 +55,14 @@ class PolicyRewriter:
 
     async def rewrite(self, query: str, normalized: str) -> Rewrite:
         adapter = self.watcher.current
+        if adapter is None and not self.serve_base:
+            # No adapter passed the gate: the raw query is the active policy; no generation.
+            return Rewrite(query, "none", None, None)
         key = cache_key(normalized, adapter, self.prompt_version)
         hit = await self.cache.get(key)
         if hit is not None:
-            return Rewrite(hit.text, "cache", adapter, self.prompt_version)
+            text = self.prompt.search_text(query, hit.text)
+            return Rewrite(text, "cache", adapter, self.prompt_version, hit.text)
         if not self.up:
             return Rewrite(query, "fallback", None, self.prompt_version)
         task = self._pending.get(key)
@@ -69,7 +79,8 @@ class PolicyRewriter:
         if not result.ok:
             # The adapter answered but with nothing usable: name it, search with the raw query.
             return Rewrite(query, "fallback", result.adapter, self.prompt_version)
-        return Rewrite(result.text, "policy", result.adapter, self.prompt_version)
+        text = self.prompt.search_text(query, result.answer)
+        return Rewrite(text, "policy", result.adapter, self.prompt_version, result.answer)
 
     async def _generate(self, query: str, adapter: str | None, key: str) -> RewriteResult:
         with self.watcher.using(adapter):
@@ -79,7 +90,7 @@ class PolicyRewriter:
                 self._mark_down(e)
                 raise
         if result.ok:
-            await self.cache.set(key, CachedRewrite(result.text, result.raw_completion))
+            await self.cache.set(key, CachedRewrite(result.answer or "", result.raw_completion))
         return result
 
     def _mark_down(self, error: Exception) -> None:

@@ -10,10 +10,11 @@ Source = Literal["policy", "cache", "fallback", "none"]
 
 @dataclass(frozen=True)
 class Rewrite:
-    text: str
+    text: str  # what retrieval searches with
     source: Source
     adapter: str | None = None
     prompt_version: str | None = None
+    answer: str | None = None  # the policy's own answer (expand mode: the added terms)
 
 
 class Rewriter(Protocol):

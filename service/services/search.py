@@ -11,11 +11,12 @@ from anyio import to_thread
 from service.api.schemas import SearchRequest, SearchResponse, SearchResult
 from service.db.engine import session_scope
 from service.db.models import Search
-from service.errors import Unavailable
+from service.errors import Conflict, Unavailable
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.repositories.searches import add_search
 from service.retrieval.batcher import SearchBatcher
+from service.retrieval.index import ModeUnavailableError
 from service.services.rewrite import Rewriter
 from service.state import RetrieverHolder
 
@@ -32,11 +33,15 @@ class SearchService:
         retriever = self.retrievers.get()
         if retriever is None:
             raise Unavailable(self.retrievers.error or "the index is not loaded yet")
+        try:
+            retriever.resolve_mode(req.mode)
+        except ModeUnavailableError as e:
+            raise Conflict(str(e)) from e
         normalized = normalize_query(req.query)
         rewrite = await self.rewriter.rewrite(req.query, normalized)
         t1 = time.perf_counter()
         # The batch may run on a newer index than the one checked above: log the one used.
-        hits, retriever = await self.batcher.search(rewrite.text, req.k)
+        hits, retriever, mode, arm_ms = await self.batcher.search(rewrite.text, req.k, req.mode)
         t2 = time.perf_counter()
         search_id = str(uuid.uuid4())
         latency_ms = (t2 - t0) * 1000
@@ -71,12 +76,15 @@ class SearchService:
             adapter=rewrite.adapter,
             prompt_version=rewrite.prompt_version,
             index_version=retriever.version,
+            expansion=rewrite.answer,
+            retrieval_mode=mode,
             results=[
                 SearchResult(product_id=h.product_id, title=h.title, score=h.score) for h in hits
             ],
             timings={
                 "rewrite_ms": round((t1 - t0) * 1000, 3),
                 "retrieve_ms": round((t2 - t1) * 1000, 3),
+                **{name: round(ms, 3) for name, ms in arm_ms.items()},
                 "log_ms": round((t3 - t2) * 1000, 3),
                 "total_ms": round((t3 - t0) * 1000, 3),
             },

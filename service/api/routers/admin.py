@@ -27,9 +27,12 @@ class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     algorithm: Literal["ospo", "grpo"] = "ospo"
-    steps: int | None = Field(None, ge=1, le=100_000)
-    group_size: int | None = Field(None, ge=2, le=64)
+    steps: int | None = Field(None, ge=1, le=100_000, description="Policy-gradient steps.")
+    group_size: int | None = Field(None, ge=2, le=64, description="Rollouts per query.")
     seed: int | None = None
+    warm_start_samples: int | None = Field(
+        None, ge=0, le=64, description="Rejection-sampling warm start: samples per query (0: off)."
+    )
 
 
 class ProductIn(BaseModel):
