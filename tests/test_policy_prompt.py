@@ -27,8 +27,8 @@ def test_prompt_config_is_frozen_and_versioned() -> None:
 
 def test_build_messages_puts_query_in_user_turn() -> None:
     messages = build_messages("  wireless mouse ")
-    assert [m["role"] for m in messages] == ["system", "user"]
-    assert "wireless mouse" in messages[1]["content"]
+    assert [m["role"] for m in messages][0] == "system"
+    assert messages[-1]["role"] == "user" and "wireless mouse" in messages[-1]["content"]
     assert messages[0]["content"] == DEFAULT_PROMPT.system_prompt
 
 
@@ -165,3 +165,28 @@ def test_replace_mode_searches_the_answer_alone() -> None:
     got = REPLACE_PROMPT.parse("hdmi lead 2 metre", QUERY)
     assert REPLACE_PROMPT.search_text(QUERY, got) == "hdmi lead 2 metre"
     assert REPLACE_PROMPT.search_text(QUERY, None) == QUERY
+
+
+@pytest.mark.parametrize(
+    ("completion", "truncated", "answer"),
+    [
+        ("flash memory, sd card, flash memory, flash memory", False, "flash memory, sd card"),
+        ("hdmi cable 2m, hdmi cable 2m, hdmi cable 2m", False, ""),  # only restates the query
+        ("hdmi lead, 4k, high spe", True, "hdmi lead, 4k"),  # cut-off last item dropped
+        ("a, b, c, d, e, f, g, h, i, j", False, "a, b, c, d, e, f, g, h"),  # max_items
+        ("lead; cord; lead", False, "lead; cord"),
+    ],
+)
+def test_expand_cuts_loops_and_restated_query(
+    completion: str, truncated: bool, answer: str
+) -> None:
+    got = DEFAULT_PROMPT.parse(completion, QUERY, truncated=truncated)
+    assert got == answer
+    assert completion.startswith(got)
+
+
+def test_default_prompt_shows_worked_examples() -> None:
+    messages = DEFAULT_PROMPT.build_messages("mouse")
+    roles = [m["role"] for m in messages]
+    assert roles == ["system"] + ["user", "assistant"] * len(DEFAULT_PROMPT.examples) + ["user"]
+    assert messages[-1]["content"].startswith("Query: mouse")

@@ -107,7 +107,7 @@ def train_command(
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default: data_dir/runs/...).")
     ] = None,
-    val_fraction: ValFractionOpt = 0.2,
+    val_fraction: ValFractionOpt = 0.3,
     split_seed: SplitSeedOpt = 0,
     model: ModelOpt = None,
     index_dir: IndexOpt = None,
@@ -166,7 +166,7 @@ def eval_command(
     fmt: FormatOpt = None,
     sources: SourcesOpt = None,
     split: Annotated[str, typer.Option(help="all|train|val queries of the split.")] = "val",
-    val_fraction: ValFractionOpt = 0.2,
+    val_fraction: ValFractionOpt = 0.3,
     split_seed: SplitSeedOpt = 0,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N queries only.")] = None,
     max_new_tokens: int = 48,

@@ -38,7 +38,7 @@ _NOTHING = re.compile(r"^\W*(?:none|nothing|n/?a|no (?:extra |additional )?terms
 class PromptConfig:
     """One version of the rewrite prompt plus the generation parameters used to serve it."""
 
-    version: str = "expand-v1"
+    version: str = "expand-v2"
     mode: RewriteMode = RewriteMode.expand
     system_prompt: str = (
         "You help an online shop's search engine. Given a shopper's search query, write a few "
@@ -47,6 +47,14 @@ class PromptConfig:
         "only, comma-separated, on one line, or NONE if the query needs nothing more."
     )
     user_template: str = "Query: {query}\nExtra terms:"
+    # Worked examples shown as earlier chat turns: a 135M model copies the format far more
+    # reliably from examples than from instructions. Generic queries, not from any eval set.
+    examples: tuple[tuple[str, str], ...] = (
+        ("running shoes", "trainers, sneakers, jogging, sport footwear"),
+        ("hdmi cable 2m", "high speed hdmi lead, 2 metre, 4k"),
+        ("coffee maker", "coffee machine, espresso, filter coffee, kitchen appliance"),
+    )
+    max_items: int = 8  # expand mode: additions kept at most (a loop is cut earlier)
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 48
@@ -54,10 +62,14 @@ class PromptConfig:
 
     def build_messages(self, query: str) -> list[dict[str, str]]:
         """Chat messages for `query`; the model's chat template turns them into the prompt."""
-        return [
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": self.user_template.format(query=query.strip())},
-        ]
+        messages = [{"role": "system", "content": self.system_prompt}]
+        for example_query, answer in self.examples:
+            messages += [
+                {"role": "user", "content": self.user_template.format(query=example_query)},
+                {"role": "assistant", "content": answer},
+            ]
+        messages.append({"role": "user", "content": self.user_template.format(query=query.strip())})
+        return messages
 
     def sampling_params(self, max_tokens: int | None = None) -> dict[str, Any]:
         """OpenAI-style sampling fields for serving (greedy by default)."""
@@ -74,16 +86,12 @@ class PromptConfig:
         """The policy's answer: the additions (expand) or the new query (replace), a verbatim
         substring of ``completion``; "" when it says nothing is needed (expand); None when the
         completion is unusable. Either of the last two means: search with the raw query."""
-        if self.mode == RewriteMode.expand and _NOTHING.match(
-            _first_content_line(completion or "")
-        ):
-            return ""
+        if self.mode == RewriteMode.expand:
+            return parse_additions(
+                completion, query, max_chars, truncated=truncated, max_items=self.max_items
+            )
         answer, ok = parse_rewrite(completion, query, max_chars, truncated=truncated)
-        if not ok:
-            return None
-        if self.mode == RewriteMode.expand and _NOTHING.match(answer):
-            return ""
-        return answer
+        return answer if ok else None
 
     def search_text(self, query: str, answer: str | None) -> str:
         """What retrieval searches with, given the parsed answer (see ``parse``)."""
@@ -104,6 +112,7 @@ REPLACE_PROMPT = PromptConfig(
         "attributes and common synonyms. Reply with the rewritten query only, on one line."
     ),
     user_template="Query: {query}\nRewritten query:",
+    examples=(),
 )
 PROMPTS = {p.mode: p for p in (DEFAULT_PROMPT, REPLACE_PROMPT)}
 
@@ -167,6 +176,54 @@ def parse_rewrite(
     if not _usable(line):
         return query, False
     return line, True
+
+
+_ITEM_SPLIT = re.compile(r"\s*[,;]\s*")
+
+
+def parse_additions(
+    completion: str,
+    query: str,
+    max_chars: int = 256,
+    *,
+    truncated: bool = False,
+    max_items: int = 8,
+) -> str | None:
+    """Expand mode: the added terms, "" for an explicit "nothing to add", None if unusable.
+
+    The answer line is cleaned like a rewrite (tags, labels, quotes), then read as a comma-
+    separated list: leading items that restate the query are skipped, and the list is cut
+    before the first item that repeats the query or an earlier one (small models often start
+    a good list and then loop: "flash memory, flash memory, ..."). What is kept is one
+    contiguous piece of the line, so it stays a verbatim substring of `completion`.
+    """
+    line = _strip_wrapping(_first_content_line(_tagged_region(completion or "")))
+    if _NOTHING.match(line):
+        return ""
+    restating = " ".join(_WORD.findall(query.lower()))
+    seen = {restating}
+    begin, end, kept, restated = 0, 0, 0, False
+    items = list(_ITEM_SPLIT.finditer(line))
+    starts = [0] + [m.end() for m in items]
+    stops = [m.start() for m in items] + [len(line)]
+    for start, stop in zip(starts, stops, strict=True):
+        words = " ".join(_WORD.findall(line[start:stop].lower()))
+        if kept == 0 and words == restating:  # leading restatements of the query: skip
+            begin, restated = stop, True
+            continue
+        if not words or words in seen or kept == max_items:
+            break
+        if truncated and stop == len(line):
+            break  # the last item was cut off by the token limit
+        seen.add(words)
+        end, kept = stop, kept + 1
+    line = _ITEM_SPLIT.sub("", line[begin:end], count=1) if begin else line[:end]
+    line = line.rstrip(" \t.;,:")
+    if len(line) > max_chars:
+        line = _cap(line, max_chars)
+    if not kept:
+        return "" if restated else None  # restating the query adds nothing, like "NONE"
+    return line if _usable(line) else None
 
 
 def _tagged_region(text: str) -> str:
