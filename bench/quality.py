@@ -1,28 +1,33 @@
 """Quality benchmark → bench/results/quality.json + quality.png.
 
-A fixed query split of the Chorus judgments (held-out share ``--val-fraction``, split seed
-``--split-seed``) over an index of the whole Icecat catalogue. On the held-out queries it
-compares, with greedy rewrites:
-    raw   — the shopper's query, no rewrite;
-    base  — SmolLM2-135M-Instruct without an adapter;
-    grpo  — base + LoRA trained with GRPO for ``--steps`` steps;
-    ospo  — base + LoRA trained with OSPO for the same steps, same settings and seeds;
-for each of ``--seeds``. Metrics (NDCG@10, recall@10/50, MRR) are scored with the dense
-retriever used in training (full index and pooled) and with BM25, which training never saw.
-Per method: the per-query values are averaged over seeds, then a percentile bootstrap over
-queries gives the 95% CI; paired per-query differences (OSPO − GRPO, each − raw) get their own
-CIs; per-seed means are listed too.
+Does a learned rewrite beat the shopper's own words? On the Chorus validation split (the split
+`ospo eval` and the online update use: 30% of the judged queries by hash, split seed 0) over the
+serving index (19,406 Icecat + 392 ESCI products), and on the ESCI sample's queries (never
+trained on: an out-of-domain check), with greedy rewrites as serving produces them:
 
-The full default budget (3 seeds × 2 algorithms × ``--steps``) takes hours on a 2-core CPU;
-every budget knob is a flag. Results are rewritten after every trained adapter, so an
-interrupted run still leaves what it finished. Run:
-    .venv/bin/python bench/quality.py --steps 20 --seeds 0,1,2
+    raw      the shopper's query, no rewrite (dense, lexical and hybrid retrieval)
+    base     SmolLM2-135M-Instruct, expansion prompt, no adapter
+    warm     base + LoRA after the rejection-sampling warm start only (trainer/warmstart.py)
+    grpo     warm + ``--steps`` GRPO steps
+    ospo     warm + ``--steps`` OSPO steps — same seeds, prompts, G, P: equal rollouts
+
+for each of ``--seeds``. Training rewards use hybrid retrieval (what serving runs); every policy
+is also scored on dense-only and lexical-only retrieval, which training never saw (the
+unseen-retriever check). Per method the per-query values are averaged over seeds, then a
+percentile bootstrap over queries gives the 95% CI; paired per-query differences (each policy
+− raw hybrid, OSPO − GRPO) get their own intervals; per-seed means are listed too.
+
+Every training knob is TrainConfig's default unless a flag says otherwise (the flags are
+TrainConfig fields). Results are rewritten after every trained adapter, so an interrupted run
+still leaves what it finished. Run (≈25 min per seed on this 2-core CPU):
+    .venv/bin/python bench/quality.py --seeds 0,1,2
 Adapters and training curves are kept under bench/results/tmp/quality/.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -42,19 +47,15 @@ import torch  # noqa: E402
 from service.retrieval.metrics import bootstrap_ci  # noqa: E402
 from service.settings import get_settings  # noqa: E402
 from trainer.data import load_examples, restrict_to_index, split_examples  # noqa: E402
-from trainer.evaluate import METRICS, bm25_for, evaluate_policies  # noqa: E402
-from trainer.resources import (  # noqa: E402
-    build_catalog_index,
-    catalog_texts,
-    load_retriever,
-    policy_model_path,
-)
+from trainer.evaluate import METRICS, evaluate_policies  # noqa: E402
+from trainer.resources import load_retriever, policy_model_path  # noqa: E402
 from trainer.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "chorus_icecat"
+DATA = ROOT / "data"
 OUT = ROOT / "bench" / "results"
-METHODS = ("raw", "base", "grpo", "ospo")
+METHODS = ("raw", "base", "warm", "grpo", "ospo")
+REFERENCE = ("raw", "hybrid")  # every delta is paired against raw queries on hybrid retrieval
 
 
 def ci(values: list[float] | np.ndarray) -> dict[str, float]:
@@ -65,64 +66,81 @@ def ci(values: list[float] | np.ndarray) -> dict[str, float]:
 def aggregate(per_query: dict[str, list[dict[str, dict[str, list[float]]]]]) -> dict[str, Any]:
     """method -> retriever -> metric -> {mean, lo, hi, seed_means}; plus paired deltas."""
     out: dict[str, Any] = {}
-    averaged: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    averaged: dict[str, dict[str, np.ndarray]] = {}
     for method, runs in per_query.items():
         if not runs:
             continue
-        averaged[method] = {}
         out[method] = {"seeds": len(runs)}
+        averaged[method] = {}
         for retriever in runs[0]:
             out[method][retriever] = {}
-            averaged[method][retriever] = {}
             for metric in METRICS:
                 values = np.array([run[retriever][metric] for run in runs])  # (seeds, queries)
-                avg = values.mean(axis=0)
-                averaged[method][retriever][metric] = avg
                 out[method][retriever][metric] = {
-                    **ci(avg),
+                    **ci(values.mean(axis=0)),
                     "seed_means": values.mean(axis=1).tolist(),
                 }
+            averaged[method][retriever] = np.array(
+                [run[retriever]["ndcg@10"] for run in runs]
+            ).mean(axis=0)
+    ref = averaged.get(REFERENCE[0], {}).get(REFERENCE[1])
     deltas: dict[str, Any] = {}
-    for a, b in (("ospo", "grpo"), ("ospo", "raw"), ("grpo", "raw"), ("ospo", "base"),
-                 ("grpo", "base"), ("base", "raw")):  # fmt: skip
-        if a in averaged and b in averaged:
-            deltas[f"{a}-{b}"] = {
-                r: ci(averaged[a][r]["ndcg@10"] - averaged[b][r]["ndcg@10"]) for r in averaged[a]
+    for method, by_retriever in averaged.items():
+        if ref is not None:
+            deltas[f"{method}-raw_hybrid"] = {r: ci(v - ref) for r, v in by_retriever.items()}
+        if method != "raw" and "raw" in averaged:
+            deltas[f"{method}-raw_same_retriever"] = {
+                r: ci(v - averaged["raw"][r]) for r, v in by_retriever.items()
             }
+    if "ospo" in averaged and "grpo" in averaged:
+        deltas["ospo-grpo"] = {
+            r: ci(averaged["ospo"][r] - averaged["grpo"][r]) for r in averaged["ospo"]
+        }
     out["delta_ndcg@10"] = deltas
     return out
 
 
-def plot(summary: dict[str, Any], curves: dict[str, list[list[float]]], path: Path) -> None:
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    methods = [m for m in METHODS if m in summary]
-    retrievers = [r for r in ("dense", "dense_pooled", "bm25") if r in summary.get("raw", {})]
-    width = 0.8 / max(len(methods), 1)
-    for i, method in enumerate(methods):
-        means = [summary[method][r]["ndcg@10"]["mean"] for r in retrievers]
-        lo = [summary[method][r]["ndcg@10"]["lo"] for r in retrievers]
-        hi = [summary[method][r]["ndcg@10"]["hi"] for r in retrievers]
-        xs = np.arange(len(retrievers)) + i * width
-        err = [np.subtract(means, lo), np.subtract(hi, means)]
-        ax.bar(xs, means, width, yerr=err, capsize=3, label=method)
-    ax.set_xticks(np.arange(len(retrievers)) + width * (len(methods) - 1) / 2, retrievers)
-    ax.set_ylabel("NDCG@10 (held-out Chorus queries, 95% CI)")
-    ax.set_title("Greedy rewrites by policy and retriever")
+def plot(report: dict[str, Any], path: Path) -> None:
+    sets = [name for name in ("chorus_val", "esci") if name in report["summary"]]
+    fig, axes = plt.subplots(1, len(sets) + 1, figsize=(6 * (len(sets) + 1), 4.4))
+    for ax, name in zip(axes, sets, strict=False):
+        summary = report["summary"][name]
+        methods = [m for m in METHODS if m in summary]
+        retrievers = [r for r in ("hybrid", "dense", "lexical") if r in summary["raw"]]
+        width = 0.8 / max(len(methods), 1)
+        for i, method in enumerate(methods):
+            stats = [summary[method][r]["ndcg@10"] for r in retrievers]
+            means = [s["mean"] for s in stats]
+            err = [
+                [m - s["lo"] for m, s in zip(means, stats, strict=True)],
+                [s["hi"] - m for m, s in zip(means, stats, strict=True)],
+            ]
+            ax.bar(
+                np.arange(len(retrievers)) + i * width,
+                means,
+                width,
+                yerr=err,
+                capsize=2,
+                label=method,
+            )
+        ax.set_xticks(np.arange(len(retrievers)) + width * (len(methods) - 1) / 2, retrievers)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("NDCG@10 (95% CI over queries)")
+        ax.set_title(f"{name}: {report['setup'][name + '_queries']} queries")
+        ax.legend(fontsize=8, ncol=2)
+        ax.grid(axis="y", alpha=0.3)
+    ax = axes[-1]
+    for algo in ("grpo", "ospo"):
+        curves = [run["reward_curve"] for run in report["runs"] if run["method"] == algo]
+        if curves:
+            n = min(len(c) for c in curves)
+            ax.plot(np.arange(1, n + 1), np.mean([c[:n] for c in curves], axis=0), marker="o",
+                    label=f"{algo} (mean of {len(curves)} seeds)")  # fmt: skip
+    ax.set_xlabel("step after the warm start")
+    ax.set_ylabel("training reward (NDCG@10 of samples, hybrid)")
+    ax.set_title("Training reward")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    for algo, runs in curves.items():
-        if runs:
-            n = min(len(r) for r in runs)
-            mean = np.mean([r[:n] for r in runs], axis=0)
-            ax2.plot(
-                np.arange(1, n + 1), mean, marker="o" if n < 30 else None,
-                label=f"{algo} (mean of {len(runs)} seeds)",
-            )  # fmt: skip
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("training reward (NDCG@10 of samples)")
-    ax2.set_title("Training reward")
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -130,144 +148,127 @@ def plot(summary: dict[str, Any], curves: dict[str, list[list[float]]], path: Pa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--prompts-per-step", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=32, help="when sampling in training")
-    ap.add_argument("--eval-max-new-tokens", type=int, default=48, help="greedy, as serving")
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--lora-rank", type=int, default=32)
-    ap.add_argument("--lora-alpha", type=int, default=16)
-    ap.add_argument("--estimator", default="auto")
-    ap.add_argument("--reward-mode", default="full", choices=["full", "pooled"])
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="GRPO/OSPO steps")
     ap.add_argument("--val-fraction", type=float, default=0.3)
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--eval-limit", type=int, default=None, help="first N held-out queries")
-    ap.add_argument("--no-bm25", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--index-dir", type=Path, default=None, help="default: private Icecat index")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out-dir", type=Path, default=OUT)
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=JSON",
+        help="override a TrainConfig field for every run, e.g. --set lr=5e-5",
+    )  # fmt: skip
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    base_config = TrainConfig(steps=args.steps, **overrides)
     started = time.perf_counter()
-    timings: dict[str, float] = {}
 
     settings = get_settings()
-    if args.index_dir is None:
-        retriever, texts = build_catalog_index(
-            OUT / "tmp" / "icecat-index", [(DATA / "icecat_products", "icecat")], settings
-        )
-    else:
-        retriever = load_retriever(settings, args.index_dir)
-        texts = {
-            pid: t for pid, (_, t) in catalog_texts(DATA / "icecat_products", "icecat").items()
-        }
-    bm25 = None if args.no_bm25 else bm25_for(retriever, texts)
+    retriever = load_retriever(settings)  # the serving index (`make up` / `ospo bootstrap`)
     model_path = policy_model_path(settings, args.model)
-    examples = restrict_to_index(
-        load_examples(str(DATA / "Broad_Query_Set_rated.csv")), retriever.row_of
+    chorus = restrict_to_index(
+        load_examples(str(DATA / "chorus_icecat" / "Broad_Query_Set_rated.csv")), retriever.row_of
     )
-    train_ex, val_ex = split_examples(examples, args.val_fraction, args.split_seed)
-    val_ex = val_ex[: args.eval_limit] if args.eval_limit else val_ex
-    timings["setup_s"] = time.perf_counter() - started
+    train_ex, val_ex = split_examples(chorus, args.val_fraction, args.split_seed)
+    esci = restrict_to_index(
+        load_examples(str(DATA / "esci" / "sample_2c_full_data.csv"), fmt="esci"), retriever.row_of
+    )
+    eval_sets = {"chorus_val": val_ex, "esci": esci}
 
-    def evaluate(policies: list[str]) -> dict[str, Any]:
-        return evaluate_policies(
-            policies, val_ex, retriever, model_path, bm25=bm25,
-            max_new_tokens=args.eval_max_new_tokens,
-        )  # fmt: skip
-
-    t = time.perf_counter()
-    baseline = evaluate(["raw", "base"])
-    timings["eval_raw_base_s"] = time.perf_counter() - t
-    per_query: dict[str, list[Any]] = {
-        "raw": [baseline["per_query"]["raw"]],
-        "base": [baseline["per_query"]["base"]],
-        "grpo": [],
-        "ospo": [],
+    per_query: dict[str, dict[str, list[Any]]] = {
+        name: {m: [] for m in METHODS} for name in eval_sets
     }
-    curves: dict[str, list[list[float]]] = {"grpo": [], "ospo": []}
+    rewrites: dict[str, dict[str, Any]] = {name: {} for name in eval_sets}
     runs: list[dict[str, Any]] = []
     out_json = args.out_dir / "quality.json"
 
+    def evaluate(method: str, policy: str) -> dict[str, float]:
+        """Score ``policy`` on every eval set; returns hybrid NDCG@10 per set."""
+        headline = {}
+        for name, examples in eval_sets.items():
+            report = evaluate_policies([policy], examples, retriever, model_path)
+            per_query[name][method].append(report["per_query"][policy])
+            rewrites[name].setdefault(method, []).append(report["rewrites"][policy])
+            headline[name] = report["policies"][policy]["hybrid"]["ndcg@10"]["mean"]
+        return headline
+
     def write() -> None:
-        summary = aggregate(per_query)
         report = {
-            "summary": summary,
+            "summary": {name: aggregate(pq) for name, pq in per_query.items()},
             "runs": runs,
             "setup": {
-                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "seeds": seeds,
+                "train_config": dataclasses.asdict(base_config),
                 "model": str(model_path),
                 "index_version": retriever.version,
                 "products": len(retriever.ids),
+                "fusion": dataclasses.asdict(retriever.fusion),
                 "train_queries": len(train_ex),
-                "eval_queries": len(val_ex),
-                "eval_query_keys": [e.key for e in val_ex],
+                "chorus_val_queries": len(val_ex),
+                "esci_queries": len(esci),
+                "chorus_val_keys": [e.key for e in val_ex],
                 "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(),
+                "load_average": os.getloadavg(),
                 "machine": platform.processor() or platform.machine(),
                 "device": "cpu",
-                "timings": timings,
                 "total_s": time.perf_counter() - started,
             },
-            "rewrites": {"raw": baseline["rewrites"]["raw"], "base": baseline["rewrites"]["base"]},
+            "rewrites": rewrites,
         }
         args.out_dir.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(report, indent=1))
-        plot(summary, curves, args.out_dir / "quality.png")
+        plot(report, args.out_dir / "quality.png")
 
-    write()
+    for method in ("raw", "base"):
+        t = time.perf_counter()
+        headline = evaluate(method, method)
+        runs.append(
+            {"method": method, "eval_s": time.perf_counter() - t, "hybrid_ndcg@10": headline}
+        )
+        print(f"{method}: {headline}", flush=True)
+        write()
+
     for seed in seeds:
+        t = time.perf_counter()
+        warm_cfg = dataclasses.replace(base_config, steps=0, seed=seed)
+        warm = train(
+            warm_cfg, retriever, train_ex, model_path, OUT / "tmp" / "quality" / f"warm-s{seed}"
+        )
+        warm_s = time.perf_counter() - t
+        headline = evaluate("warm", str(warm.adapter_dir))
+        ws = next(m for m in warm.metrics if m.get("phase") == "warm_start")
+        runs.append({"method": "warm", "seed": seed, "train_s": warm_s, "warm_start": ws,
+                     "hybrid_ndcg@10": headline})  # fmt: skip
+        print(f"warm seed {seed}: {warm_s:.0f} s, {headline}, kept {ws['rs_kept']:.0f}", flush=True)
+        write()
         for algo in ("grpo", "ospo"):
-            config = TrainConfig(
-                algo=algo,  # type: ignore[arg-type]
-                steps=args.steps,
-                group_size=args.group_size,
-                prompts_per_step=args.prompts_per_step,
-                max_new_tokens=args.max_new_tokens,
-                lr=args.lr,
-                lora_r=args.lora_rank,
-                lora_alpha=args.lora_alpha,
-                estimator=args.estimator,
-                reward_mode=args.reward_mode,
-                seed=seed,
+            cfg = dataclasses.replace(
+                base_config, algo=algo, seed=seed, rs_samples=0, warm_start=str(warm.adapter_dir)
             )
             t = time.perf_counter()
-            run_dir = OUT / "tmp" / "quality" / f"{algo}-s{seed}"
-            result = train(config, retriever, train_ex, model_path, run_dir)
+            result = train(
+                cfg, retriever, train_ex, model_path, OUT / "tmp" / "quality" / f"{algo}-s{seed}"
+            )
             train_s = time.perf_counter() - t
-            t = time.perf_counter()
-            report = evaluate([str(result.adapter_dir)])
-            eval_s = time.perf_counter() - t
-            per_query[algo].append(report["per_query"][str(result.adapter_dir)])
+            headline = evaluate(algo, str(result.adapter_dir))
             steps = [m for m in result.metrics if "reward_mean" in m]
-            curves[algo].append([m["reward_mean"] for m in steps])
-            summary = report["policies"][str(result.adapter_dir)]
             runs.append({
-                "algo": algo,
+                "method": algo,
                 "seed": seed,
-                "adapter": str(result.adapter_dir),
                 "train_s": train_s,
-                "eval_s": eval_s,
                 "step_s_mean": float(np.mean([m["step_s"] for m in steps])),
-                "dense_ndcg@10": summary["dense"]["ndcg@10"]["mean"],
-                "parse_rate": summary["parse_rate"],
-                "reward_curve": curves[algo][-1],
-                "rewrites": report["rewrites"][str(result.adapter_dir)],
+                "rollouts": len(steps) * cfg.group_size * cfg.prompts_per_step,
+                "reward_curve": [m["reward_mean"] for m in steps],
+                "hybrid_ndcg@10": headline,
             })  # fmt: skip
-            print(
-                f"{algo} seed {seed}: {train_s:.0f} s training, {eval_s:.0f} s eval, "
-                f"dense NDCG@10 {summary['dense']['ndcg@10']['mean']:.3f}",
-                flush=True,
-            )
+            print(f"{algo} seed {seed}: {train_s:.0f} s, {headline}", flush=True)
             write()
-    print(json.dumps(aggregate(per_query)["delta_ndcg@10"], indent=1))
+    print(json.dumps(aggregate(per_query["chorus_val"])["delta_ndcg@10"], indent=1))
     print(f"total {time.perf_counter() - started:.0f} s; report: {out_json}")
 
 

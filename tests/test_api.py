@@ -32,13 +32,30 @@ def test_search_returns_k_real_products_and_is_logged(client: TestClient) -> Non
     assert len(body["results"]) == 7
     assert "chair" in body["results"][0]["title"].lower()
     assert body["rewrite"] == "6 dining chairs" and body["rewrite_source"] == "none"
-    assert body["adapter"] is None
+    assert body["adapter"] is None and body["expansion"] is None
+    assert body["retrieval_mode"] == "hybrid"  # the default deployment mode
     assert set(body["timings"]) >= {"rewrite_ms", "retrieve_ms", "total_ms"}
+    assert set(body["timings"]) >= {"dense_ms", "lexical_ms", "fusion_ms"}
     with session_scope(client.db_url) as s:  # type: ignore[attr-defined]
         row = s.get(Search, body["search_id"])
         assert row.normalized_query == "6 dining chairs"
         assert row.product_ids == [r["product_id"] for r in body["results"]]
         assert row.user_id == "u1" and row.k == 7
+
+
+def test_retrieval_mode_per_request(client: TestClient) -> None:
+    bodies = {}
+    for mode in ("dense", "lexical", "hybrid"):
+        r = client.post("/v1/search", json={"query": "dining chairs", "k": 10, "mode": mode})
+        assert r.status_code == 200, r.text
+        bodies[mode] = r.json()
+        assert bodies[mode]["retrieval_mode"] == mode
+    assert "lexical_ms" not in bodies["dense"]["timings"]
+    assert "dense_ms" not in bodies["lexical"]["timings"]
+    ids = {m: [x["product_id"] for x in b["results"]] for m, b in bodies.items()}
+    assert ids["dense"] != ids["lexical"]
+    r = client.post("/v1/search", json={"query": "mug", "mode": "semantic"})
+    assert r.status_code == 422 and "mode" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ class TrainConfig:
 
     # algorithm and schedule
     algo: Literal["ospo", "grpo"] = _opt("ospo", "ospo (Shapley-shaped token advantages) or grpo.")
-    steps: int = _opt(8, "Policy-gradient steps after the warm start.")
+    steps: int = _opt(8, "Policy-gradient steps after the warm start (0: warm start only).")
     group_size: int = _opt(8, "G: completions sampled per query.")
     prompts_per_step: int = _opt(2, "P: queries per step, so B = P·G rollouts.")
     updates_per_step: int = _opt(1, "μ: optimiser steps on each batch of rollouts.")
@@ -182,7 +182,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        positive = ("steps", "group_size", "prompts_per_step", "updates_per_step")
+        if self.steps < 0 or (self.steps == 0 and self.rs_samples == 0):
+            raise ValueError("steps must be >= 1 (or 0 with a warm start: warm start only)")
+        positive = ("group_size", "prompts_per_step", "updates_per_step")
         positive += ("micro_batch_size", "lora_r", "max_new_tokens", "reward_k", "width", "budget")
         for name in positive:
             if getattr(self, name) < 1:
