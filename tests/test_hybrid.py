@@ -95,3 +95,44 @@ def test_old_version_without_lexical_serves_dense(tmp_path: Path) -> None:
     assert r.search_ids_many(["mug"], 2)  # still serves
     with pytest.raises(ModeUnavailableError):
         r.search_ids_many(["mug"], 2, "lexical")  # an explicit request is refused
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        self.inner = get_embedder()
+        self.name, self.dim, self.embedded = self.inner.name, self.inner.dim, 0
+
+    def encode(self, texts, progress: bool = False):  # type: ignore[no-untyped-def]
+        self.embedded += len(texts)
+        return self.inner.encode(texts)
+
+
+def test_rebuild_from_db_embeds_only_changed_products(db_url: str, tmp_path: Path) -> None:
+    from service.catalog.records import ProductRecord
+    from service.db.engine import session_scope
+    from service.repositories.products import upsert_products
+    from service.retrieval.build import build_index_from_db
+
+    products = [
+        ProductRecord("p1", "red ceramic mug", "test"),
+        ProductRecord("p2", "usb c cable 2m", "test"),
+        ProductRecord("p3", "wireless earbuds", "test"),
+    ]
+    with session_scope(db_url) as s:
+        upsert_products(s, products)
+    emb = CountingEmbedder()
+    first = build_index_from_db(db_url, tmp_path, emb)  # type: ignore[arg-type]
+    assert emb.embedded == 3 and first.lexical
+    with session_scope(db_url) as s:
+        upsert_products(s, [ProductRecord("p2", "usb c charging cable 1m", "test")])
+        upsert_products(s, [ProductRecord("p4", "dining chair oak", "test")])
+    second = build_index_from_db(db_url, tmp_path, emb)  # type: ignore[arg-type]
+    assert emb.embedded == 3 + 2  # only the changed and the new product
+    assert second.version != first.version
+    r = Retriever.load_current(tmp_path, get_embedder())
+    assert r.search_ids_many(["charging cable"], 1, "lexical")[0] == ["p2"]
+    assert r.search_ids_many(["oak chair"], 1, "dense")[0] == ["p4"]
+    fresh = emb.inner.encode([r_.search_text for r_ in products[:1]])
+    np.testing.assert_allclose(r.embeddings[r.row_of["p1"]], fresh[0], atol=1e-6)
