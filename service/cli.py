@@ -138,7 +138,7 @@ def bootstrap() -> None:
     from service.db.engine import session_scope
     from service.db.migrate import upgrade
     from service.repositories.products import count_products
-    from service.retrieval.index import current_version
+    from service.retrieval.index import current_version, read_manifest
 
     s = get_settings()
     url = s.resolved_database_url
@@ -150,8 +150,9 @@ def bootstrap() -> None:
         ingest_catalog(url, "icecat", DEMO_DATA / "chorus_icecat" / "icecat_products")
         ingest_labels(url, "chorus", DEMO_DATA / "chorus_icecat" / "Broad_Query_Set_rated.csv")
         ingest_catalog(url, "esci", DEMO_DATA / "esci" / "sample_2c_full_data.csv")
-    if empty or current_version(s.index_dir) is None:
-        index_build()
+    version = current_version(s.index_dir)
+    if empty or version is None or not read_manifest(s.index_dir / version).lexical:
+        index_build()  # also upgrades a version built before the lexical arm existed
     console.print("ready")
 
 

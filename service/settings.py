@@ -50,7 +50,9 @@ class Settings(BaseSettings):
     )
     rrf_k: float = Field(60.0, ge=0, description="RRF constant k in w / (k + rank).")
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense arm in fusion.")
-    lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical arm in fusion.")
+    lexical_weight: float = Field(
+        2.0, ge=0, description="Weight of the lexical arm in fusion (measured: bench/lexical.py)."
+    )
     fusion_depth: int = Field(100, ge=1, description="Candidates each arm brings to fusion.")
 
     max_events_per_batch: int = Field(1000, ge=1)

@@ -1,8 +1,9 @@
 """`GET /admin/explain`: the active policy's rewrite of a labelled query, segment by segment.
 
 Runs on a worker (attribution lives in the trainer): greedy rewrite with the active adapter,
-its reward (NDCG@10 against the query's labels over the serving index), and each segment's
-exact Shapley value (sampled Owen for long rewrites) — the same credit OSPO trains with.
+its reward (NDCG@10 against the query's labels over the serving index, hybrid retrieval), and
+each added phrase's exact Shapley value (sampled Owen for long rewrites) of v(S) = R(query ⊕ S)
+− R(query) — the same credit OSPO trains with: negative for a phrase that hurt.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
     from service.policy.prompt import DEFAULT_PROMPT
     from trainer.reward import RewardModel
     from trainer.rollout import greedy_rollouts
+    from trainer.train import coalition_values
 
     url = settings.resolved_database_url
     key = normalize_query(query)
@@ -65,11 +67,17 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
     )  # fmt: skip
     reward = RewardModel(retriever, {key: targets}, k=10)
     text = rollout.search_text
-    att = attribute(text, reward.value_fn(key), rng=np.random.default_rng(0))
+    values = coalition_values(reward, {key: query}, DEFAULT_PROMPT)
+    att = attribute(
+        rollout.rewrite or "",
+        lambda texts: values([(t, key) for t in texts]),
+        rng=np.random.default_rng(0),
+    )
     return {
         "query": query,
         "adapter": adapter_name,
         "rewrite": text,
+        "expansion": rollout.rewrite,
         "parsed": rollout.rewrite is not None,
         "reward_ndcg@10": float(reward.score([(text, key)])[0]),
         "raw_query_ndcg@10": float(reward.score([(query, key)])[0]),
@@ -79,5 +87,6 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
             {"text": seg.text, "start": seg.start, "end": seg.end, "attribution": float(phi)}
             for seg, phi in zip(att.segments, att.phi, strict=True)
         ],
+        # Σφ = R(query ⊕ additions) − R(query) for exact estimators
         "efficiency_gap": float(att.full_value - float(np.sum(att.phi))),
     }

@@ -580,7 +580,7 @@ def train(
 
     if config.rs_samples > 0:
         record({"step": 0, "phase": "warm_start", **warm_start(
-            model, tokenizer, examples, reward, config, prompt
+            model, tokenizer, examples, reward, config, prompt, progress
         )})  # fmt: skip
     if val and config.eval_every:
         record(

@@ -63,14 +63,18 @@ def collect_targets(
     config: TrainConfig,
     prompt: PromptConfig,
     chunk: int = 8,
+    progress: bool = True,
 ) -> tuple[list[Target], dict[str, float]]:
     """Steps 1–3: the kept completions, and how many queries had one."""
+    from tqdm.auto import tqdm
+
     started = time.perf_counter()
     prompts = prompt_token_ids(tokenizer, [ex.query for ex in examples], prompt)
     none_ids = tokenizer(NONE_ANSWER, add_special_tokens=False)["input_ids"]
     none_ids = [*none_ids, tokenizer.eos_token_id]
     targets: list[Target] = []
     gains: list[float] = []
+    bar = tqdm(total=len(examples), desc="warm start", unit="query", disable=not progress)
     for start in range(0, len(examples), chunk):
         part = list(examples[start : start + chunk])
         batch = sample_rollouts(
@@ -100,6 +104,8 @@ def collect_targets(
                 gains.append(float(lift[best]))
             elif config.rs_none:
                 targets.append(Target(ex.key, prompts[start + i], none_ids, 0.0))
+        bar.update(len(part))
+    bar.close()
     stats = {
         "rs_queries": float(len(examples)),
         "rs_kept": float(len(gains)),
@@ -153,7 +159,10 @@ def warm_start(
     reward: RewardModel,
     config: TrainConfig,
     prompt: PromptConfig,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Rejection sampling then fine-tuning (module docstring); returns its statistics."""
-    targets, stats = collect_targets(model, tokenizer, examples, reward, config, prompt)
+    targets, stats = collect_targets(
+        model, tokenizer, examples, reward, config, prompt, progress=progress
+    )
     return {**stats, **fine_tune(model, tokenizer, targets, config)}

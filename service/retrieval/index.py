@@ -147,6 +147,12 @@ def write_index(
     return manifest
 
 
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the version folder ``path`` (fields unknown to this code ignored)."""
+    raw = json.loads((path / "manifest.json").read_text())
+    return Manifest(**{k: v for k, v in raw.items() if k in Manifest.__annotations__})
+
+
 def set_current(root: Path, version: str) -> None:
     if not (root / version / "manifest.json").exists():
         raise IndexNotFoundError(f"index version {version} not found under {root}")
@@ -187,8 +193,7 @@ class Retriever:
         fusion: FusionConfig = FusionConfig(),
     ) -> None:
         self.path = path
-        raw = json.loads((path / "manifest.json").read_text())
-        self.manifest = Manifest(**{k: v for k, v in raw.items() if k in Manifest.__annotations__})
+        self.manifest = read_manifest(path)
         if embedder.name != self.manifest.embedder or embedder.dim != self.manifest.dim:
             raise ValueError(
                 f"index {self.manifest.version} was built with {self.manifest.embedder} "
