@@ -104,7 +104,7 @@ class TrainConfig:
 
     # algorithm and schedule
     algo: Literal["ospo", "grpo"] = _opt("ospo", "ospo (Shapley-shaped token advantages) or grpo.")
-    steps: int = _opt(8, "Policy-gradient steps after the warm start (0: warm start only).")
+    steps: int = _opt(6, "Policy-gradient steps after the warm start (0: warm start only).")
     group_size: int = _opt(8, "G: completions sampled per query.")
     prompts_per_step: int = _opt(2, "P: queries per step, so B = P·G rollouts.")
     updates_per_step: int = _opt(1, "μ: optimiser steps on each batch of rollouts.")
@@ -123,7 +123,7 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = _opt(LLAMA_LINEAR, "Module names that get LoRA weights.")
     warm_start: str | None = _opt(None, "Continue from this peft adapter folder.")
     # warm start by rejection sampling (trainer/warmstart.py), before the policy-gradient steps
-    rs_samples: int = _opt(8, "Warm start: completions sampled per training query (0: off).")
+    rs_samples: int = _opt(4, "Warm start: completions sampled per training query (0: off).")
     rs_margin: float = _opt(0.02, "Warm start: keep additions that beat the raw query by this.")
     rs_none: bool = _opt(
         False, "Warm start: teach 'NONE' for queries where no sample beats the raw query."
@@ -162,7 +162,9 @@ class TrainConfig:
     min_std: float = _opt(0.05, "signed mode: floor of the reward std (NDCG units).")
     # bookkeeping
     seed: int = _opt(0, "Seeds LoRA init, prompt order, sampling and sampled estimators.")
-    kl_metric: bool = _opt(True, "Log KL(policy ‖ base) every step.")
+    kl_metric: bool = _opt(
+        False, "Log KL(policy ‖ base) every step (one more forward pass; free when beta > 0)."
+    )
     eval_every: int = _opt(0, "Greedy validation NDCG every N steps (0: off).")
     eval_max_queries: int = _opt(32, "Validation queries scored by eval_every.")
     torch_threads: int | None = _opt(None, "torch threads for the run (None: leave as is).")

@@ -20,8 +20,9 @@ Documented decisions
   weigh it more than the others.
 * The kept tokens are the sampled ids themselves (through the token that ended them), so the
   fine-tuning target is exactly a sequence the policy can produce, stop token included.
-* "NONE" targets are off by default: on a small query set they teach the policy to add nothing
-  at all, which the gate then rejects as no better than the raw query (measured).
+* "NONE" targets are off by default: where no sample helped, the query is left out rather than
+  taught to add nothing (on a small query set NONE targets risk teaching "never add"; not
+  measured against the alternative yet: `--rs-none` is there to do it).
 """
 
 from __future__ import annotations
