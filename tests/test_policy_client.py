@@ -68,16 +68,17 @@ def _client(fake: FakeVllm, **kwargs: Any) -> VllmPolicyClient:
 
 
 def test_rewrite_sends_prompt_and_parses() -> None:
-    fake = FakeVllm(content="Rewritten query: hdmi cable 2 metre")
+    fake = FakeVllm(content="Extra terms: hdmi lead, 2 metre")
 
     async def run() -> Any:
         async with _client(fake, max_tokens=20) as client:
             return await client.rewrite("hdmi cable 2m")
 
     result = asyncio.run(run())
-    assert result.text == "hdmi cable 2 metre"
+    assert result.answer == "hdmi lead, 2 metre"  # expand mode: the additions ...
+    assert result.text == "hdmi cable 2m hdmi lead, 2 metre"  # ... searched with the query
     assert result.ok and result.adapter is None and result.completion_tokens == 5
-    assert result.raw_completion == "Rewritten query: hdmi cable 2 metre"
+    assert result.raw_completion == "Extra terms: hdmi lead, 2 metre"
     path, body = fake.requests[-1]
     assert path == "/v1/chat/completions"
     assert body["model"] == "base"
