@@ -90,7 +90,6 @@ class Settings(BaseSettings):
     rewrite_budget_ms: float = Field(
         2500.0, gt=0, description="Search waits this long for a rewrite before falling back."
     )
-    rewrite_max_tokens: int = Field(32, ge=4)
     rewrite_cache_size: int = Field(10_000, ge=0, description="In-process LRU entries.")
     rewrite_cache_ttl_s: int = Field(86_400, ge=1, description="Redis cache TTL.")
 

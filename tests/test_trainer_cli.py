@@ -41,7 +41,9 @@ def test_bad_options_exit_2(app: typer.Typer, tmp_path: Path) -> None:
     runner = CliRunner()
     assert runner.invoke(app, ["train", "--algo", "ppo"]).exit_code == BAD_INPUT
     assert runner.invoke(app, ["train", "--estimator", "magic"]).exit_code == BAD_INPUT
-    assert runner.invoke(app, ["train", "--steps", "0"]).exit_code == BAD_INPUT
+    assert runner.invoke(app, ["train", "--steps", "-1"]).exit_code == BAD_INPUT
+    no_warm = ["train", "--steps", "0", "--rs-samples", "0"]  # nothing to train at all
+    assert runner.invoke(app, no_warm).exit_code == BAD_INPUT
     assert runner.invoke(app, ["eval", "--policy", str(tmp_path)]).exit_code == BAD_INPUT
     assert runner.invoke(app, ["eval", "--split", "test"]).exit_code == BAD_INPUT
 

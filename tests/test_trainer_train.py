@@ -66,6 +66,7 @@ def runs(model_path: Path, retriever: Retriever, tmp_path_factory: pytest.TempPa
             reward_k=3,
             seed=3,
             torch_threads=1,
+            rs_samples=0,  # the warm start has its own test below
         )
         run_dir = tmp_path_factory.mktemp(algo)
         out[algo] = train(config, retriever, EXAMPLES, model_path, run_dir, progress=False)
@@ -107,3 +108,35 @@ def test_same_seed_same_first_rollouts(runs) -> None:  # type: ignore[no-untyped
     first = {algo: runs[algo].metrics[0] for algo in runs}
     assert first["grpo"]["reward_mean"] == first["ospo"]["reward_mean"]
     assert first["grpo"]["completion_tokens_mean"] == first["ospo"]["completion_tokens_mean"]
+
+
+@pytest.mark.slow
+def test_warm_start_keeps_the_best_sample_and_tunes_lora(
+    model_path: Path, retriever: Retriever, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from trainer.train import TrainConfig, train
+
+    config = TrainConfig(
+        steps=0,  # warm start only
+        rs_samples=2,
+        rs_margin=-1.0,  # keep each query's best sample whatever its lift: deterministic
+        rs_epochs=1,
+        max_new_tokens=6,
+        lora_r=2,
+        lora_alpha=4,
+        lora_targets=("q_proj", "v_proj"),
+        reward_k=3,
+        seed=3,
+        torch_threads=1,
+    )
+    result = train(config, retriever, EXAMPLES, model_path, tmp_path, progress=False)
+    [row] = result.metrics
+    assert row["phase"] == "warm_start" and row["rs_queries"] == 2
+    # every query had a usable sample (or none: then no target, never a made-up one)
+    assert row["rs_kept"] + row["rs_none"] <= 2 and row["rs_none"] == 0
+    if row["rs_kept"]:
+        assert row["rs_loss"] > 0
+        weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+        assert any(float(w.abs().max()) > 0 for n, w in weights.items() if "lora_B" in n)

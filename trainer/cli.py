@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.policy.prompt import DEFAULT_PROMPT
 from service.retrieval.fusion import RetrievalMode
 from trainer.config_cli import with_config_options
 from trainer.train import TrainConfig
@@ -169,7 +170,9 @@ def eval_command(
     val_fraction: ValFractionOpt = 0.3,
     split_seed: SplitSeedOpt = 0,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N queries only.")] = None,
-    max_new_tokens: int = 48,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Greedy completion length (default: as serving).")
+    ] = DEFAULT_PROMPT.max_tokens,
     mode: Annotated[
         list[RetrievalMode] | None,
         typer.Option(

@@ -62,7 +62,7 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
     retriever = open_retriever(settings)
     tokenizer, model = _policy(model_path, adapter_path)
     [rollout] = greedy_rollouts(
-        model, tokenizer, [query], max_new_tokens=settings.rewrite_max_tokens,
+        model, tokenizer, [query], max_new_tokens=DEFAULT_PROMPT.max_tokens,
         prompt=DEFAULT_PROMPT,
     )  # fmt: skip
     reward = RewardModel(retriever, {key: targets}, k=10)

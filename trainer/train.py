@@ -131,7 +131,9 @@ class TrainConfig:
     rs_epochs: int = _opt(2, "Warm start: fine-tuning passes over the kept completions.")
     rs_lr: float = _opt(2e-4, "Warm start: learning rate of the fine-tuning.")
     # sampling
-    max_new_tokens: int = _opt(32, "Longest completion sampled.")
+    max_new_tokens: int = _opt(
+        DEFAULT_PROMPT.max_tokens, "Longest completion (sampled, and greedy in validation)."
+    )
     temperature: float = _opt(1.0, "Sampling temperature τ of rollouts.")
     # reward
     reward_k: int = _opt(10, "NDCG cut-off of the reward.")

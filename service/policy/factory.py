@@ -60,7 +60,7 @@ def make_policy(settings: Settings, prompt: PromptConfig = DEFAULT_PROMPT) -> Po
             prompt=prompt,
             max_concurrency=settings.policy_max_concurrency,
             timeout_s=settings.policy_timeout_s,
-            max_tokens=settings.rewrite_max_tokens,
+            max_tokens=prompt.max_tokens,
         )
     if settings.policy_backend == "local":
         from service.policy.local import LocalPolicy
@@ -71,5 +71,5 @@ def make_policy(settings: Settings, prompt: PromptConfig = DEFAULT_PROMPT) -> Po
             if settings.policy_model
             else prepare_policy_model(settings.models_dir)
         )
-        return LocalPolicy(model_path, prompt=prompt, max_tokens=settings.rewrite_max_tokens)
+        return LocalPolicy(model_path, prompt=prompt, max_tokens=prompt.max_tokens)
     return NullPolicy(prompt)

@@ -57,7 +57,7 @@ class PromptConfig:
     max_items: int = 8  # expand mode: additions kept at most (a loop is cut earlier)
     temperature: float = 0.0
     top_p: float = 1.0
-    max_tokens: int = 48
+    max_tokens: int = 32  # served, sampled in training, greedy in eval/gate: one length
     stop: tuple[str, ...] = field(default=("\n", REWRITE_CLOSE))
 
     def build_messages(self, query: str) -> list[dict[str, str]]:
