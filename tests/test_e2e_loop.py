@@ -151,8 +151,12 @@ def test_train_gate_promote_rollback_and_worker_kill(stack) -> None:  # type: ig
     assert run["status"] == "promoted", (run["error"], stack["worker"].tail())
     name = run["adapter"]
     gate = run["metrics"]["gate"]
-    assert {"candidate_ndcg@10", "active_ndcg@10", "validation_queries"} <= set(gate)
-    assert len(run["metrics"]["steps"]) == 2
+    assert {"candidate_ndcg@10", "raw_query_ndcg@10", "validation_queries"} <= set(gate)
+    assert gate["baseline"] == "raw" and gate["active"] is None  # nothing promoted before
+    assert gate["delta_vs_baseline"]["lo"] > gate["margin"]  # why it was promoted
+    rows = run["metrics"]["steps"]
+    assert rows[0]["phase"] == "warm_start" and rows[0]["rs_queries"] >= 1
+    assert len([r for r in rows if "reward_mean" in r]) == 2
     wait_until(lambda: name in traffic.adapters, 60, what="traffic served by the new adapter")
     traffic.stop_flag.set()
     traffic.join()
@@ -168,14 +172,18 @@ def test_train_gate_promote_rollback_and_worker_kill(stack) -> None:  # type: ig
             http.post("/v1/search", json={"query": "garden hose", "k": 3}).json()["adapter"] is None
         ),
         30,
-        what="base model serving after rollback",
+        what="raw queries served after rollback",
     )
+    after_rollback = http.post("/v1/search", json={"query": "garden hose", "k": 3}).json()
+    assert after_rollback["rewrite_source"] == "none"  # no adapter: the policy is not called
 
     # Explain: the active policy's rewrite of a labelled query, attributed segment by segment.
     ex = http.get("/admin/explain", params={"query": "6 dining chairs"}, headers=KEY)
     assert ex.status_code == 200, ex.text
     exp = ex.json()
-    assert exp["segments"] and "".join(s["text"] for s in exp["segments"]) == exp["rewrite"]
+    # players are the policy's additions only; the raw query is the baseline v(∅) = 0
+    assert "".join(s["text"] for s in exp["segments"]) == (exp["expansion"] or "")
+    assert exp["rewrite"].startswith("6 dining chairs")
     assert exp["efficiency_gap"] == pytest.approx(0.0, abs=1e-9)
     assert 0.0 <= exp["reward_ndcg@10"] <= 1.0
     nolabel = http.get("/admin/explain", params={"query": "no such query xyz"}, headers=KEY)

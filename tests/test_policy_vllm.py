@@ -9,6 +9,7 @@ import pytest
 
 from service.policy.client import VllmPolicyClient
 from service.policy.local import LocalPolicy
+from service.policy.prompt import DEFAULT_PROMPT
 from service.policy.protocol import AdapterError, PolicyError, RewriteResult
 
 try:  # the root directory or tests/ is on sys.path depending on the rootdir layout
@@ -76,7 +77,9 @@ def test_base_rewrite_comes_back_and_parses(vllm_server: str) -> None:
         assert result.latency_ms > 0
         assert result.finish_reason in {"stop", "length"}
         if result.ok:
-            assert result.text in result.raw_completion
+            # expand mode: the additions are verbatim in the completion, searched after the query
+            assert result.answer is not None and result.answer in result.raw_completion
+            assert result.text == DEFAULT_PROMPT.search_text(query, result.answer)
         else:
             assert result.text == query
     assert any(r.ok for r in results), [r.raw_completion for r in results]
