@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,14 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out-dir", type=Path, default=OUT)
     ap.add_argument(
+        "--warm-adapter", type=Path, default=None,
+        help="share this warm-start adapter across seeds instead of training one per seed",
+    )  # fmt: skip
+    ap.add_argument(
+        "--rl-eval", default="chorus_val,esci",
+        help="eval sets scored for the GRPO/OSPO adapters (comma-separated)",
+    )  # fmt: skip
+    ap.add_argument(
         "--set", action="append", default=[], metavar="FIELD=JSON",
         help="override a TrainConfig field for every run, e.g. --set lr=5e-5",
     )  # fmt: skip
@@ -164,6 +173,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     base_config = TrainConfig(steps=args.steps, **overrides)
+    rl_sets = [name for name in args.rl_eval.split(",") if name]
+    shared_warm = args.warm_adapter.resolve() if args.warm_adapter is not None else None
     started = time.perf_counter()
 
     settings = get_settings()
@@ -185,10 +196,12 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     out_json = args.out_dir / "quality.json"
 
-    def evaluate(method: str, policy: str) -> dict[str, float]:
-        """Score ``policy`` on every eval set; returns hybrid NDCG@10 per set."""
+    def evaluate(method: str, policy: str, sets: list[str] | None = None) -> dict[str, float]:
+        """Score ``policy`` on the eval sets; returns hybrid NDCG@10 per set."""
         headline = {}
         for name, examples in eval_sets.items():
+            if sets is not None and name not in sets:
+                continue
             report = evaluate_policies([policy], examples, retriever, model_path)
             per_query[name][method].append(report["per_query"][policy])
             rewrites[name].setdefault(method, []).append(report["rewrites"][policy])
@@ -201,6 +214,9 @@ def main() -> None:
             "runs": runs,
             "setup": {
                 "seeds": seeds,
+                "command": " ".join(sys.argv),
+                "warm_adapter": str(shared_warm) if shared_warm else "one per seed",
+                "rl_eval_sets": rl_sets,
                 "train_config": dataclasses.asdict(base_config),
                 "model": str(model_path),
                 "index_version": retriever.version,
@@ -255,7 +271,7 @@ def main() -> None:
                 cfg, retriever, train_ex, model_path, OUT / "tmp" / "quality" / f"{algo}-s{seed}"
             )
             train_s = time.perf_counter() - t
-            headline = evaluate(algo, str(result.adapter_dir))
+            headline = evaluate(algo, str(result.adapter_dir), rl_sets)
             steps = [m for m in result.metrics if "reward_mean" in m]
             runs.append({
                 "method": algo,
