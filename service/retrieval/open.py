@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.retrieval.embedder import get_embedder
-from service.retrieval.index import Retriever, current_version
+from service.retrieval.index import Retriever
 from service.settings import Settings
 
 
@@ -23,6 +23,3 @@ def open_retriever(
     if version is None:
         return Retriever.load_current(root, embedder, settings.hnsw_ef_search, **kwargs)
     return Retriever(root / version, embedder, settings.hnsw_ef_search, **kwargs)
-
-
-__all__ = ["current_version", "open_retriever"]
