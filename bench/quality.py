@@ -19,8 +19,9 @@ percentile bootstrap over queries gives the 95% CI; paired per-query differences
 
 Every training knob is TrainConfig's default unless a flag says otherwise (the flags are
 TrainConfig fields). Results are rewritten after every trained adapter, so an interrupted run
-still leaves what it finished. Run (≈25 min per seed on this 2-core CPU):
-    .venv/bin/python bench/quality.py --seeds 0,1,2
+still leaves what it finished. The recorded run (≈17 min per seed on this 2-core CPU; the
+GRPO/OSPO adapters scored on the Chorus validation split only, to fit the time):
+    .venv/bin/python bench/quality.py --seeds 0,1,2 --steps 4 --rl-eval chorus_val
 Adapters and training curves are kept under bench/results/tmp/quality/.
 """
 
@@ -157,10 +158,6 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out-dir", type=Path, default=OUT)
     ap.add_argument(
-        "--warm-adapter", type=Path, default=None,
-        help="share this warm-start adapter across seeds instead of training one per seed",
-    )  # fmt: skip
-    ap.add_argument(
         "--rl-eval", default="chorus_val,esci",
         help="eval sets scored for the GRPO/OSPO adapters (comma-separated)",
     )  # fmt: skip
@@ -174,7 +171,6 @@ def main() -> None:
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     base_config = TrainConfig(steps=args.steps, **overrides)
     rl_sets = [name for name in args.rl_eval.split(",") if name]
-    shared_warm = args.warm_adapter.resolve() if args.warm_adapter is not None else None
     started = time.perf_counter()
 
     settings = get_settings()
@@ -215,7 +211,6 @@ def main() -> None:
             "setup": {
                 "seeds": seeds,
                 "command": " ".join(sys.argv),
-                "warm_adapter": str(shared_warm) if shared_warm else "one per seed",
                 "rl_eval_sets": rl_sets,
                 "train_config": dataclasses.asdict(base_config),
                 "model": str(model_path),
