@@ -158,3 +158,21 @@ def test_attribute_batch_explicit_seeds_replay_attribute(retriever: Retriever) -
     np.testing.assert_allclose(got.phi, want.phi)
     with pytest.raises(ValueError):
         attribute_batch([(text, key)], reward.score, seeds=[1, 2], **kw)
+
+
+def test_coalition_values_are_centred_on_the_raw_query(retriever: Retriever) -> None:
+    """Expand mode: v(∅) = 0 is the raw query, Σφ = R(query ⊕ additions) − R(query), and a
+    phrase that pulls the results away from the targets gets negative credit."""
+    from service.policy.prompt import DEFAULT_PROMPT
+    from trainer.train import coalition_values
+
+    reward = RewardModel(retriever, TARGETS, k=3)
+    query, additions = "network cable", "paper tray, ethernet patch cord"
+    values = coalition_values(reward, {query: query}, DEFAULT_PROMPT)
+    att = attribute(additions, lambda texts: values([(t, query) for t in texts]))
+    full, raw = reward.score([(f"{query} {additions}", query), (query, query)])
+    assert [s.text for s in att.segments] == ["paper tray, ", "ethernet patch cord"]
+    np.testing.assert_allclose(att.phi.sum(), full - raw, atol=1e-12)  # efficiency, centred
+    alone = values([("paper tray", query)])[0]
+    assert alone < 0 and att.phi[0] < 0  # the off-topic phrase hurts and is blamed
+    np.testing.assert_allclose(values([("", query)]), [0.0], atol=1e-12)  # v(∅) = 0
