@@ -101,7 +101,10 @@ class Settings(BaseSettings):
     )
 
     train_time_limit_s: int = Field(
-        1800, ge=60, description="Hard time limit of one training task (killed beyond it)."
+        3600,
+        ge=60,
+        description="Hard time limit of one training task (killed beyond it); the default "
+        "online recipe (warm start + 6 OSPO steps + gate) takes ~20-30 min on 2 CPU cores.",
     )
     train_lease_ttl_s: int = Field(
         120, ge=5, description="A training run whose worker stops renewing this long is failed."
