@@ -1,0 +1,60 @@
+"""Raw-query NDCG@10 measured through the public HTTP API → bench/results/http_quality.json.
+
+Sends every Chorus validation query (the split `ospo eval` uses) to `POST /v1/search` of a
+running service once per retrieval mode and scores the returned product ids against the
+judgments; paired bootstrap intervals against the dense mode (the old serving). Start the
+service first (`make up`, or `ospo serve`), then:
+    .venv/bin/python bench/http_quality.py --url http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.retrieval.metrics import bootstrap_ci, ndcg_at_k
+from trainer.data import load_examples, split_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--split", choices=["val", "all"], default="val")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http_quality.json")
+    args = ap.parse_args()
+    examples = [ex for ex in load_examples(str(CHORUS)) if ex.n_relevant]
+    if args.split == "val":
+        examples = split_examples(examples, 0.3, 0)[1]
+    scores: dict[str, list[float]] = {}
+    with httpx.Client(base_url=args.url, timeout=60) as http:
+        for mode in ("dense", "lexical", "hybrid"):
+            scores[mode] = []
+            for ex in examples:
+                r = http.post("/v1/search", json={"query": ex.query, "k": 10, "mode": mode})
+                r.raise_for_status()
+                ids = [hit["product_id"] for hit in r.json()["results"]]
+                scores[mode].append(ndcg_at_k(ids, ex.targets, 10))
+    report: dict = {"url": args.url, "split": args.split, "queries": len(examples), "modes": {}}
+    for mode, values in scores.items():
+        mean, lo, hi = bootstrap_ci(values)
+        report["modes"][mode] = {"ndcg@10": mean, "ci95": [lo, hi]}
+        if mode != "dense":
+            d = np.subtract(values, scores["dense"]).tolist()
+            report["modes"][mode]["delta_vs_dense"] = dict(
+                zip(("mean", "lo", "hi"), bootstrap_ci(d), strict=True)
+            )
+    report["load_average"] = os.getloadavg()
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["modes"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
