@@ -249,18 +249,29 @@ async def _with_policy(action, *args):  # type: ignore[no-untyped-def]
 
 
 @adapters_app.command("activate")
-def adapters_activate(name: str) -> None:
-    """Load NAME into the policy server, canary it, and make it the active adapter."""
-    from service.adapters.swap import activate
+def adapters_activate(
+    name: str,
+    warm: Annotated[
+        bool, typer.Option(help="rewrite the head queries with it before the flip")
+    ] = True,
+) -> None:
+    """Load NAME into the policy server, canary it, warm the rewrite store, make it active."""
     from service.errors import ServiceError
+    from service.services.promotion import promote
 
     try:
-        r = _run_async(_with_policy(activate, get_settings().resolved_database_url, name))
+        r = promote(get_settings(), name, warm_first=warm)
     except ServiceError as e:
         raise fail(e.message) from e
+    w = r.get("warmup") or {}
     console.print(
-        f"active: {r.active} (previous: {r.previous}) in {r.seconds:.2f}s; "
-        f"canary: {r.canary.get('rewrite')!r}"
+        f"active: {r['active']} (previous: {r['previous']})"
+        + (
+            f" in {r['seconds']:.2f}s; canary: {r['canary'].get('rewrite')!r}"
+            if "seconds" in r
+            else ""
+        )
+        + (f"; warm-up {w['status']}: {w['done']}/{w['total']} stored" if w else "")
     )
 
 
@@ -296,6 +307,10 @@ def up(
     procs.append(("api", ["ospo", "serve", "--host", host, "--port", str(port)]))
     if worker:
         procs.append(("worker", ["ospo", "worker"]))
+        if s.policy_backend == "vllm":
+            procs.append(
+                ("promoter", ["ospo", "worker", "--queues", "serving", "--concurrency", "2"])
+            )
         procs.append(("beat", ["ospo", "beat"]))
     raise typer.Exit(Supervisor(procs, log_dir=s.data_dir / "logs").run())
 

@@ -19,3 +19,26 @@ STAGE_LATENCY = Histogram(
 EVENTS = Counter("ospo_events_total", "Events received", ["outcome"])
 INDEX_SIZE = Gauge("ospo_index_products", "Products in the serving index")
 POLICY_UP = Gauge("ospo_policy_up", "1 when the policy server answers its health check")
+REWRITE_LOOKUPS = Counter(
+    "ospo_rewrite_lookups_total",
+    "Rewrite store lookups by the tier that answered (miss: none did)",
+    ["tier"],
+)
+REWRITE_HIT_RATIO = Gauge(
+    "ospo_rewrite_hit_ratio",
+    "Share of policy-served searches of this process answered from the rewrite store",
+)
+REWRITE_BACKGROUND = Counter(
+    "ospo_rewrite_background_total",
+    "Misses sent to the policy in the background (queued) or not, the backlog being full "
+    "(dropped: the next search of the query asks again)",
+    ["outcome"],
+)
+REWRITE_WARMUP = Gauge(
+    "ospo_rewrite_warmup_queries",
+    "The latest warm-up's head queries: total, and done (stored before or generated)",
+    ["adapter", "state"],
+)
+SEARCH_LOG_BUFFER = Gauge(
+    "ospo_search_log_buffered", "Searches answered and waiting in this process's log buffer"
+)

@@ -15,6 +15,11 @@ from service.settings import Settings
 TRAIN_TASK = "ospo.train_update"
 EXPLAIN_TASK = "ospo.explain"
 SCHEDULED_TASK = "ospo.maybe_train"
+PROMOTE_TASK = "ospo.promote_adapter"
+WARMUP_TASK = "ospo.warm_rewrites"
+# Promotions and warm-ups wait on the policy server, not the CPU: their own queue and worker
+# (`ospo worker --queues serving`), so they never wait behind an hour of training.
+SERVING_QUEUE = "serving"
 
 
 def broker_url(settings: Settings) -> str:
@@ -51,6 +56,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.train_time_limit_s,
         "task_soft_time_limit": max(60, settings.train_time_limit_s - 60),
         "broker_transport_options": transport_options,
+        "task_routes": {
+            PROMOTE_TASK: {"queue": SERVING_QUEUE},
+            WARMUP_TASK: {"queue": SERVING_QUEUE},
+        },
         "result_expires": 86_400,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",

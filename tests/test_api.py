@@ -36,6 +36,8 @@ def test_search_returns_k_real_products_and_is_logged(client: TestClient) -> Non
     assert body["retrieval_mode"] == "hybrid"  # the default deployment mode
     assert set(body["timings"]) >= {"rewrite_ms", "retrieve_ms", "total_ms"}
     assert set(body["timings"]) >= {"dense_ms", "lexical_ms", "fusion_ms"}
+    # logged off the request's path: the row lands right after the answer
+    assert client.app.state.search_log.wait_written([body["search_id"]], timeout=10)
     with session_scope(client.db_url) as s:  # type: ignore[attr-defined]
         row = s.get(Search, body["search_id"])
         assert row.normalized_query == "6 dining chairs"

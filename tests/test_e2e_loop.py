@@ -78,6 +78,7 @@ def stack(vllm_server: str, policy_model_dir: Path, small_index_root: Path, tmp_
     port = free_port()
     api = Child([OSPO, "serve", "--port", str(port)], env, root / "api.log")
     worker = Child([OSPO, "worker"], env, root / "worker.log")
+    promoter = Child([OSPO, "worker", "--queues", "serving"], env, root / "promoter.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", api, 180)
         yield {
@@ -87,9 +88,11 @@ def stack(vllm_server: str, policy_model_dir: Path, small_index_root: Path, tmp_
             "db_url": db_url,
             "api": api,
             "worker": worker,
+            "promoter": promoter,
             "data_dir": data_dir,
         }
     finally:
+        promoter.stop()
         worker.stop()
         api.stop()
         _drop_pg_schema(PG_URL, schema)
@@ -164,6 +167,12 @@ def test_train_gate_promote_rollback_and_worker_kill(stack) -> None:  # type: ig
     assert set(traffic.adapters) <= {None, name}
     served = http.post("/v1/search", json={"query": "bath towels", "k": 3}).json()
     assert served["adapter"] == name
+    # Warm before flip: the searched queries were rewritten with the new adapter before it
+    # served, so the first search of one after the flip is a stored rewrite, not a miss.
+    warmup = run["metrics"]["promotion"]["warmup"]
+    assert warmup["status"] == "done" and warmup["done"] == warmup["total"] >= 3, warmup
+    head = http.post("/v1/search", json={"query": "Dining chairs", "k": 3}).json()
+    assert head["rewrite_source"] == "cache" and head["adapter"] == name, head
 
     rb = http.post("/admin/adapters/rollback", headers=KEY)
     assert rb.status_code == 200 and rb.json()["active"] is None
@@ -176,6 +185,23 @@ def test_train_gate_promote_rollback_and_worker_kill(stack) -> None:  # type: ig
     )
     after_rollback = http.post("/v1/search", json={"query": "garden hose", "k": 3}).json()
     assert after_rollback["rewrite_source"] == "none"  # no adapter: the policy is not called
+
+    # Promote through the API: a worker of the serving queue warms (nothing is missing now)
+    # and flips; the API answers 202 at once and /admin/rewrites shows the progress.
+    pr = http.post(f"/admin/adapters/{name}/promote", headers=KEY)
+    assert pr.status_code == 202 and pr.json()["status"] == "warming", pr.text
+    store = wait_until(
+        lambda: (
+            (b := http.get("/admin/rewrites", headers=KEY).json())["active_adapter"] == name and b
+        ),
+        120,
+        what="promotion by the serving worker",
+    )
+    assert store["warmup"]["adapter"] == name and store["warmup"]["generated"] == 0, store
+    assert store["stored"] >= warmup["total"]
+    again = http.post("/v1/search", json={"query": "dining  chairs", "k": 3}).json()
+    assert again["rewrite_source"] == "cache" and again["adapter"] == name
+    assert http.post("/admin/adapters/nope/promote", headers=KEY).status_code == 404
 
     # Explain: the active policy's rewrite of a labelled query, attributed segment by segment.
     ex = http.get("/admin/explain", params={"query": "6 dining chairs"}, headers=KEY)

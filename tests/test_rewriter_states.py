@@ -1,4 +1,5 @@
-"""The active policy states search honours: raw query (no adapter), base model, adapter."""
+"""The active policy states search honours (raw query, base model, adapter) and the miss path:
+a miss never waits with the default budget, is generated once in the background and stored."""
 
 from __future__ import annotations
 
@@ -7,38 +8,50 @@ import asyncio
 from service.adapters.swap import ActiveAdapterWatcher
 from service.policy.prompt import DEFAULT_PROMPT
 from service.policy.protocol import RewriteResult
-from service.rewriting.cache import RewriteCache
 from service.rewriting.rewriter import PolicyRewriter
+from service.rewriting.store import RewriteStore
 
 
 class RecordingPolicy:
-    """A policy that answers one fixed addition and records every call."""
+    """A policy that answers one fixed addition after `delay_s` and records every call."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0, ok: bool = True) -> None:
         self.calls: list[tuple[str, str | None]] = []
+        self.delay_s = delay_s
+        self.ok = ok
 
     async def rewrite(self, query: str, adapter: str | None = None) -> RewriteResult:
         self.calls.append((query, adapter))
+        await asyncio.sleep(self.delay_s)
         return RewriteResult(
-            text=f"{query} usb hub",
-            raw_completion="usb hub",
+            text=f"{query} usb hub" if self.ok else query,
+            raw_completion="usb hub" if self.ok else "???",
             adapter=adapter,
             prompt_version=DEFAULT_PROMPT.version,
             latency_ms=1.0,
-            answer="usb hub",
+            ok=self.ok,
+            answer="usb hub" if self.ok else None,
         )
 
 
-def _rewriter(policy: RecordingPolicy, serve_base: bool, adapter: str | None) -> PolicyRewriter:
+def _rewriter(
+    policy: RecordingPolicy,
+    serve_base: bool,
+    adapter: str | None,
+    budget_ms: float = 1000,
+    max_pending: int = 64,
+    db_url: str | None = None,
+) -> PolicyRewriter:
     watcher = ActiveAdapterWatcher(policy, "sqlite://")  # type: ignore[arg-type]
     watcher.current = adapter
     return PolicyRewriter(
         policy,  # type: ignore[arg-type]
-        RewriteCache(16),
+        RewriteStore(16, database_url=db_url),
         watcher,
         DEFAULT_PROMPT,
-        budget_ms=1000,
+        budget_ms=budget_ms,
         serve_base=serve_base,
+        max_pending=max_pending,
     )
 
 
@@ -57,7 +70,7 @@ def test_base_policy_serves_when_asked() -> None:
     assert policy.calls == [("Docking Station", None)]
 
 
-def test_adapter_answer_is_cached_as_additions_and_composed_per_request() -> None:
+def test_adapter_answer_is_stored_as_additions_and_composed_per_request() -> None:
     policy = RecordingPolicy()
     rewriter = _rewriter(policy, False, "a1")
 
@@ -68,6 +81,69 @@ def test_adapter_answer_is_cached_as_additions_and_composed_per_request() -> Non
 
     first, again = asyncio.run(two())
     assert first.source == "policy" and first.adapter == "a1"
-    # the cache keeps the additions; each shopper's own spelling is searched
+    # the store keeps the additions; each shopper's own spelling is searched
     assert again.source == "cache" and again.text == "docking  station usb hub"
     assert len(policy.calls) == 1
+
+
+def test_a_miss_does_not_wait_and_the_next_shopper_gets_the_stored_rewrite(db_url: str) -> None:
+    """Budget 0 (the default): the miss is answered with the raw query before the (slow)
+    generation ends; identical misses meanwhile share one generation; once it lands, any
+    process finds it (here: a second rewriter on the same database)."""
+    policy = RecordingPolicy(delay_s=0.3)
+    rewriter = _rewriter(policy, False, "a1", budget_ms=0, db_url=db_url)
+    other = _rewriter(RecordingPolicy(), False, "a1", budget_ms=0, db_url=db_url)
+
+    async def go() -> tuple:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        misses = [await rewriter.rewrite("USB hub", "usb hub") for _ in range(3)]
+        waited = loop.time() - t0
+        await asyncio.sleep(0.6)
+        later = await rewriter.rewrite("usb  HUB", "usb hub")
+        elsewhere = await other.rewrite("usb hub", "usb hub")
+        return misses, waited, later, elsewhere
+
+    misses, waited, later, elsewhere = asyncio.run(go())
+    assert [m.source for m in misses] == ["fallback"] * 3
+    assert all(m.text == "USB hub" for m in misses)
+    assert waited < policy.delay_s  # answered before the generation could have finished
+    assert policy.calls == [("USB hub", "a1")]
+    assert later.source == "cache" and later.text == "usb  HUB usb hub"
+    assert elsewhere.source == "cache" and other.policy.calls == []  # type: ignore[attr-defined]
+    assert rewriter.store_status()["hit_ratio"] == 0.25
+
+
+def test_an_unusable_answer_is_stored_and_not_asked_again() -> None:
+    policy = RecordingPolicy(ok=False)
+    rewriter = _rewriter(policy, False, "a1", budget_ms=0)
+
+    async def go() -> list:
+        first = await rewriter.rewrite("Mug", "mug")
+        await asyncio.sleep(0.05)
+        return [first, await rewriter.rewrite("Mug", "mug"), await rewriter.rewrite("mug", "mug")]
+
+    first, *rest = asyncio.run(go())
+    assert first.source == "fallback"
+    assert [(r.source, r.text, r.answer) for r in rest] == [
+        ("cache", "Mug", None),
+        ("cache", "mug", None),
+    ]
+    assert len(policy.calls) == 1
+
+
+def test_misses_beyond_the_backlog_are_not_queued() -> None:
+    policy = RecordingPolicy(delay_s=0.5)
+    rewriter = _rewriter(policy, False, "a1", budget_ms=0, max_pending=2)
+
+    async def go() -> list:
+        out = [await rewriter.rewrite(f"q{i}", f"q{i}") for i in range(5)]
+        assert len(rewriter._pending) == 2
+        await asyncio.sleep(0.01)  # the two queued generations start
+        for task in list(rewriter._pending.values()):
+            task.cancel()
+        return out
+
+    out = asyncio.run(go())
+    assert {r.source for r in out} == {"fallback"}
+    assert [q for q, _ in policy.calls] == ["q0", "q1"]

@@ -87,7 +87,7 @@ def test_search_hot_swap_rollback_and_outage(api, vllm_server: str, vllm_process
             "Wireless  earbuds", again["expansion"]
         )
 
-    r = http.post("/admin/adapters/rand-a/promote", headers=KEY)
+    r = http.post("/admin/adapters/rand-a/promote", params={"warm": "false"}, headers=KEY)
     assert r.status_code == 200, r.text
     assert r.json()["active"] == "rand-a"
     a = http.post("/v1/search", json={"query": "usb c hub", "k": 5}).json()
@@ -118,7 +118,9 @@ def test_search_hot_swap_rollback_and_outage(api, vllm_server: str, vllm_process
         traffic = asyncio.create_task(_searches(base, queries))
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=base, timeout=300) as c:
-            promote = await c.post("/admin/adapters/rand-b/promote", headers=KEY)
+            promote = await c.post(
+                "/admin/adapters/rand-b/promote", params={"warm": "false"}, headers=KEY
+            )
         return await traffic, promote
 
     responses, promote = asyncio.run(swap_during_traffic())

@@ -6,10 +6,18 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_ready
 from sqlalchemy.exc import OperationalError
 
 from service.db.engine import session_scope
-from service.queue import EXPLAIN_TASK, SCHEDULED_TASK, TRAIN_TASK
+from service.queue import (
+    EXPLAIN_TASK,
+    PROMOTE_TASK,
+    SCHEDULED_TASK,
+    SERVING_QUEUE,
+    TRAIN_TASK,
+    WARMUP_TASK,
+)
 from service.repositories.runs import create_run, expire_stale_runs, live_run
 from service.settings import get_settings
 from trainer.celery_app import app
@@ -61,3 +69,28 @@ def explain(query: str) -> dict[str, Any]:
     from trainer.explain import explain_query
 
     return explain_query(get_settings(), query)
+
+
+@app.task(name=PROMOTE_TASK)
+def promote_adapter(name: str) -> dict[str, Any]:
+    """Load, canary and warm `name`, then make it the active adapter (see
+    service.services.promotion)."""
+    from service.services.promotion import promote
+
+    return promote(get_settings(), name)
+
+
+@app.task(name=WARMUP_TASK)
+def warm_rewrites() -> dict[str, Any]:
+    """Store the active adapter's missing head-query rewrites (start-up warm-up)."""
+    from service.services.promotion import warm_active
+
+    return warm_active(get_settings())
+
+
+@worker_ready.connect
+def _warm_on_start(sender: Any = None, **_: Any) -> None:
+    """A worker serving the promotion queue warms the active adapter when it starts."""
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
+    if SERVING_QUEUE in queues and get_settings().policy_backend == "vllm":
+        warm_rewrites.delay()

@@ -7,7 +7,8 @@ The order of events is what keeps serving safe:
    held-out labelled queries;
 4. register the candidate (files copied, checksum, row) and promote it only when its paired
    bootstrap lower bound over the better of active and raw is above `OSPO_GATE_MARGIN`
-   (trainer/gate.py); a failed promotion leaves the previous policy serving;
+   (trainer/gate.py): load, canary, warm the rewrite store with its head-query rewrites, flip
+   (service/services/promotion.py); a failed promotion leaves the previous policy serving;
 5. record everything on the run: config, per-step metrics, gate numbers, outcome.
 A worker killed mid-training stops renewing the lease; the next task or beat marks the run
 failed, and nothing it half-wrote was ever registered.
@@ -15,7 +16,6 @@ failed, and nothing it half-wrote was ever registered.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import threading
@@ -28,11 +28,11 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from service.adapters.registry import register_adapter, verify_files
+from service.adapters.registry import register_adapter
 from service.db.engine import session_scope
 from service.db.models import RelevanceLabel
 from service.policy.models import default_policy_model_path, prepare_policy_model
-from service.repositories.adapters import active_adapter, get_adapter, set_active, set_status
+from service.repositories.adapters import active_adapter, set_status
 from service.repositories.runs import (
     acquire_lease,
     expire_stale_runs,
@@ -43,6 +43,7 @@ from service.repositories.runs import (
 )
 from service.retrieval.index import Retriever
 from service.retrieval.open import open_retriever
+from service.services.promotion import promote
 from service.settings import Settings
 from trainer.data import load_db_examples, restrict_to_index, split_examples
 from trainer.interaction_labels import SOURCE as INTERACTIONS
@@ -151,28 +152,6 @@ def _gate(
     )
     gate["retrieval_mode"] = str(reward.retrieval)
     return gate
-
-
-def _promote(settings: Settings, name: str) -> dict[str, Any]:
-    url = settings.resolved_database_url
-    if settings.policy_backend == "vllm":
-        from service.adapters.swap import activate
-        from service.policy.factory import make_policy
-
-        async def _go() -> dict[str, Any]:
-            policy = make_policy(settings)
-            try:
-                return asdict(await activate(policy, url, name))
-            finally:
-                await policy.aclose()
-
-        return asyncio.run(_go())
-    # In-process policies load the adapter themselves when their watcher sees the new pointer.
-    with session_scope(url) as s:
-        row = get_adapter(s, name)
-        verify_files(row)
-        previous = set_active(s, name)
-    return {"active": name, "previous": previous}
 
 
 def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
@@ -287,7 +266,7 @@ def _train_gate_promote(
             set_status(s, name, "rejected")
         return {**summary, "status": "rejected"}
     try:
-        summary["promotion"] = _promote(settings, name)
+        summary["promotion"] = promote(settings, name)
     except Exception as e:  # noqa: BLE001 - previous adapter keeps serving
         summary["promotion_error"] = str(e)
         raise RuntimeError(

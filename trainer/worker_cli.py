@@ -11,9 +11,14 @@ def register(app: typer.Typer) -> None:
     @app.command("worker")
     def worker(
         concurrency: int = typer.Option(1, help="Trainings are CPU-bound: one at a time."),
+        queues: str = typer.Option(
+            "celery",
+            help="Queues to consume: `celery` (training, explanations) or `serving` "
+            "(promotion warm-ups, which wait on the policy server), or both, comma-separated.",
+        ),
         loglevel: str = "INFO",
     ) -> None:
-        """Run a Celery worker (training updates, explanations)."""
+        """Run a Celery worker (training updates, explanations; or promotions)."""
         from trainer.celery_app import app as celery
 
         get_settings().data_dir.mkdir(parents=True, exist_ok=True)
@@ -22,6 +27,7 @@ def register(app: typer.Typer) -> None:
                 "worker",
                 f"--concurrency={concurrency}",
                 f"--loglevel={loglevel}",
+                f"--queues={queues}",
                 "--pool=prefork",
                 "--without-gossip",
                 "--without-mingle",

@@ -1,9 +1,12 @@
 """Hot-swapping LoRA adapters in the policy server without failing a request.
 
 Activation (`activate`): load the adapter into the policy server under its own unique name,
-check that the server lists it, run a canary rewrite through it, and only then flip the active
-pointer in the database in one transaction. Every API process runs an `ActiveAdapterWatcher`
-that reads the pointer every few seconds, so all of them switch within one poll interval. The
+check that the server lists it, run a canary rewrite through it, warm the rewrite store with
+its rewrites of the head queries (`service.rewriting.warmup`; until done or its time limit),
+and only then flip the active pointer in the database in one transaction. Every API process
+runs an `ActiveAdapterWatcher` that reads the pointer every `adapter_poll_s` and preloads the
+new adapter's stored rewrites before switching, so all of them serve its warmed rewrites
+within one poll interval. The
 previous adapter stays loaded for an instant rollback; older ones are unloaded once no request
 of this process is using them and a grace period has passed (other processes switch too).
 After a policy-server restart the watcher finds the active adapter missing and loads it again.
@@ -16,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +28,8 @@ from anyio import to_thread
 from service.adapters.registry import verify_files
 from service.db.engine import session_scope
 from service.errors import Conflict, NotFound, Unavailable
+from service.observability import REWRITE_WARMUP
+from service.policy.prompt import DEFAULT_PROMPT
 from service.policy.protocol import Policy, PolicyError
 from service.repositories.adapters import (
     active_adapter,
@@ -33,6 +39,7 @@ from service.repositories.adapters import (
     set_active,
     set_status,
 )
+from service.rewriting.warmup import WarmupConfig, warm
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ class SwapResult:
     previous: str | None
     seconds: float
     canary: dict[str, Any] = field(default_factory=dict)
+    warmup: dict[str, Any] | None = None
 
 
 async def ensure_loaded(policy: Policy, name: str, path: str) -> set[str]:
@@ -59,8 +67,15 @@ async def ensure_loaded(policy: Policy, name: str, path: str) -> set[str]:
     return loaded
 
 
-async def activate(policy: Policy, database_url: str, name: str) -> SwapResult:
-    """Load, verify, canary, flip. Raises (and changes nothing in the database) on failure."""
+async def activate(
+    policy: Policy,
+    database_url: str,
+    name: str,
+    warmup: WarmupConfig | None = None,
+    prompt_version: str = DEFAULT_PROMPT.version,
+) -> SwapResult:
+    """Load, verify, canary, warm (when `warmup` is given), flip. Raises (and leaves the active
+    pointer as it was) on failure."""
     started = time.perf_counter()
 
     def _row():  # type: ignore[no-untyped-def]
@@ -86,6 +101,7 @@ async def activate(policy: Policy, database_url: str, name: str) -> SwapResult:
         "latency_ms": round(canary.latency_ms, 1),
     }
     log.info("canary for %s: %r", name, canary_info)
+    progress = await warm(policy, database_url, name, prompt_version, warmup) if warmup else None
 
     def _flip() -> str | None:
         with session_scope(database_url) as s:
@@ -94,7 +110,7 @@ async def activate(policy: Policy, database_url: str, name: str) -> SwapResult:
             return previous
 
     previous = await to_thread.run_sync(_flip)
-    return SwapResult(name, previous, time.perf_counter() - started, canary_info)
+    return SwapResult(name, previous, time.perf_counter() - started, canary_info, progress)
 
 
 async def rollback(policy: Policy, database_url: str) -> SwapResult:
@@ -137,6 +153,10 @@ class ActiveAdapterWatcher:
         self.current: str | None = None
         self.inflight: Counter[str] = Counter()
         self.last_error: str | None = None
+        self.warmup: dict[str, Any] | None = None  # the latest warm-up's progress, any adapter
+        # Awaited with the new adapter before this process switches to it (the rewriter
+        # preloads its stored rewrites, so the first searches after the flip are local hits).
+        self.before_switch: Callable[[str | None], Awaitable[Any]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
@@ -154,15 +174,25 @@ class ActiveAdapterWatcher:
         with session_scope(self.database_url) as s:
             act = active_adapter(s)
             prev = previous_adapter(s)
+            rows = list_adapters(s)
             retired = [
                 (a.name, a.retired_at.timestamp() if a.retired_at else None)
-                for a in list_adapters(s)
+                for a in rows
                 if a.status in ("retired", "rejected")
             ]
+            warmups = [
+                {"adapter": a.name, **a.metrics["warmup"]}
+                for a in rows
+                if isinstance((a.metrics or {}).get("warmup"), dict)
+            ]
+            self.warmup = max(warmups, key=lambda w: w.get("updated_at", 0), default=None)
             return ((act.name, act.path) if act else None), (prev.name if prev else None), retired
 
     async def sync_once(self) -> None:
         active, previous, retired = await to_thread.run_sync(self._read)
+        if self.warmup is not None:
+            for state in ("total", "done"):
+                REWRITE_WARMUP.labels(self.warmup["adapter"], state).set(self.warmup.get(state, 0))
         try:
             # After a policy-server restart nothing is loaded: put the active adapter back.
             loaded = (
@@ -176,7 +206,13 @@ class ActiveAdapterWatcher:
             if active is not None:
                 return  # keep serving the adapter we had; try again next poll
             loaded = set()
-        self.current = active[0] if active else None
+        new = active[0] if active else None
+        if new != self.current and self.before_switch is not None:
+            try:
+                await self.before_switch(new)
+            except Exception as e:  # noqa: BLE001 - switch anyway; misses fill the store
+                log.warning("preparing the switch to %s failed: %s", new, e)
+        self.current = new
         self.last_error = None
         await self._unload_stale(previous, retired, loaded)
 

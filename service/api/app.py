@@ -18,6 +18,7 @@ from service.retrieval.batcher import SearchBatcher
 from service.services.admin import IndexRebuilds
 from service.services.rewrite import IdentityRewriter
 from service.services.search import SearchService
+from service.services.search_log import SearchLogWriter
 from service.settings import Settings, get_settings
 from service.state import RetrieverHolder
 
@@ -43,13 +44,18 @@ def _make_rewriter(settings: Settings, policy: Policy | None):  # type: ignore[n
     from service.adapters.swap import ActiveAdapterWatcher
     from service.policy.factory import make_policy
     from service.policy.prompt import DEFAULT_PROMPT
-    from service.rewriting.cache import RewriteCache
     from service.rewriting.rewriter import PolicyRewriter
+    from service.rewriting.store import RewriteStore
 
     policy = policy or make_policy(settings)
     return PolicyRewriter(
         policy,
-        RewriteCache(settings.rewrite_cache_size, settings.redis_url, settings.rewrite_cache_ttl_s),
+        RewriteStore(
+            settings.rewrite_cache_size,
+            settings.redis_url,
+            settings.rewrite_cache_ttl_s,
+            settings.resolved_database_url,
+        ),
         ActiveAdapterWatcher(
             policy,
             settings.resolved_database_url,
@@ -60,6 +66,7 @@ def _make_rewriter(settings: Settings, policy: Policy | None):  # type: ignore[n
         settings.rewrite_budget_ms,
         settings.adapter_poll_s,
         serve_base=settings.serve_base_policy,
+        max_pending=settings.rewrite_max_pending,
     )
 
 
@@ -69,12 +76,14 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     retrievers = RetrieverHolder(settings)
     rewriter = _make_rewriter(settings, policy)
     batcher = SearchBatcher(retrievers.get, settings.search_max_batch, settings.search_window_ms)
+    search_log = SearchLogWriter(settings.resolved_database_url, settings.search_log_background)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(retrievers.refresh)
         watcher = asyncio.create_task(_watch_index(retrievers))
         batcher.start()
+        search_log.start()
         if hasattr(rewriter, "start"):
             await rewriter.start()
         try:
@@ -83,6 +92,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
             if hasattr(rewriter, "stop"):
                 await rewriter.stop()
             await batcher.stop()
+            await to_thread.run_sync(search_log.stop)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -95,9 +105,8 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     )
     app.state.settings = settings
     app.state.retrievers = retrievers
-    app.state.search_service = SearchService(
-        settings.resolved_database_url, retrievers, rewriter, batcher
-    )
+    app.state.search_log = search_log
+    app.state.search_service = SearchService(search_log, retrievers, rewriter, batcher)
     app.state.rewriter = rewriter
     app.state.index_rebuilds = IndexRebuilds(settings, retrievers)
     if hasattr(rewriter, "status"):

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 
 from service.errors import Unauthorized
 from service.services.search import SearchService
+from service.services.search_log import SearchLogWriter
 from service.settings import Settings
 from service.state import RetrieverHolder
 
@@ -19,6 +20,10 @@ def _settings(request: Request) -> Settings:
 
 def _search_service(request: Request) -> SearchService:
     return request.app.state.search_service
+
+
+def _search_log(request: Request) -> SearchLogWriter:
+    return request.app.state.search_log
 
 
 def _retrievers(request: Request) -> RetrieverHolder:
@@ -37,5 +42,6 @@ def require_admin(
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SearchServiceDep = Annotated[SearchService, Depends(_search_service)]
+SearchLogDep = Annotated[SearchLogWriter, Depends(_search_log)]
 RetrieversDep = Annotated[RetrieverHolder, Depends(_retrievers)]
 AdminDep = Depends(require_admin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +24,11 @@ from sqlalchemy.types import TypeDecorator
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
 ADAPTER_STATUSES = ("candidate", "active", "retired", "rejected")
 RUN_STATUSES = ("queued", "running", "promoted", "rejected", "failed")
+
+
+class RewriteOrigin(StrEnum):
+    warmup = "warmup"  # generated ahead of traffic, before a promotion flips or at start-up
+    miss = "miss"  # generated in the background after a shopper's query missed the store
 
 
 def utcnow() -> datetime:
@@ -146,3 +152,18 @@ class TrainingRun(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class StoredRewrite(Base):
+    """A policy answer for one normalised query, shared by every API process and worker."""
+
+    __tablename__ = "rewrites"
+
+    adapter: Mapped[str] = mapped_column(String(128), primary_key=True)
+    prompt_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    normalized_query: Mapped[str] = mapped_column(String(512), primary_key=True)
+    # None: the policy answered nothing usable; search uses the raw query without asking again.
+    answer: Mapped[str | None] = mapped_column(Text)
+    raw_completion: Mapped[str] = mapped_column(Text, default="")
+    origin: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

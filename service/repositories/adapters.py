@@ -67,3 +67,10 @@ def set_status(
     row.status = status
     if metrics:
         row.metrics = {**(row.metrics or {}), **metrics}
+
+
+def set_warmup(session: Session, name: str, progress: dict[str, Any]) -> None:
+    """Record the progress of the adapter's rewrite warm-up (`metrics.warmup`)."""
+    row = session.get(Adapter, name)
+    if row is not None:
+        row.metrics = {**(row.metrics or {}), "warmup": progress}

@@ -52,3 +52,13 @@ def targets_by_query(
     for nq, pid, gain in session.execute(stmt):
         out[nq][pid] = max(gain, out[nq].get(pid, 0.0))
     return dict(out)
+
+
+def labelled_queries(session: Session) -> list[tuple[str, str]]:
+    """Every labelled normalised query with one of its spellings (the training queries)."""
+    stmt = (
+        select(RelevanceLabel.normalized_query, func.min(RelevanceLabel.query))
+        .group_by(RelevanceLabel.normalized_query)
+        .order_by(RelevanceLabel.normalized_query)
+    )
+    return [(nq, q) for nq, q in session.execute(stmt)]

@@ -13,8 +13,10 @@ from service.db.models import Event, Search, utcnow
 from service.repositories.upsert import upsert
 
 
-def add_search(session: Session, search: Search) -> None:
-    session.add(search)
+def add_searches(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert searches (one executemany); a row already stored (same id) is skipped, so a
+    retried batch that had in fact committed stores nothing twice."""
+    upsert(session, Search.__table__, rows, ["id"], None)
 
 
 def existing_search_ids(session: Session, ids: Sequence[str]) -> set[str]:
@@ -39,3 +41,15 @@ def searches_since(session: Session, since: datetime | None) -> Sequence[Search]
     if since is not None:
         stmt = stmt.where(Search.created_at > since)
     return session.scalars(stmt).all()
+
+
+def top_queries(session: Session, n: int) -> list[tuple[str, str]]:
+    """The `n` most searched normalised queries, each with one of its spellings, most first."""
+    count = func.count().label("n")
+    stmt = (
+        select(Search.normalized_query, func.min(Search.query), count)
+        .group_by(Search.normalized_query)
+        .order_by(count.desc(), Search.normalized_query)
+        .limit(n)
+    )
+    return [(nq, q) for nq, q, _ in session.execute(stmt)]

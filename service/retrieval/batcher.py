@@ -3,8 +3,9 @@
 
 Embedding one short query costs nearly as much as embedding a few dozen (the model runs the
 same kernels on a bigger matrix), so under concurrent traffic the API collects the queries that
-arrive within `window_ms` (or until `max_batch`) and retrieves them together. A lone request
-waits at most the window; a burst of 32 costs about one encoder call instead of 32 serial ones.
+queue while a batch is computing (plus, optionally, those arriving within `window_ms`), up to
+`max_batch`, and retrieves them together: a lone request does not wait, and a burst of 32
+costs about one encoder call instead of 32 serial ones.
 """
 
 from __future__ import annotations
@@ -67,11 +68,19 @@ class SearchBatcher:
 
     async def _run(self) -> None:
         assert self._queue is not None
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.window_s
+            # Whatever queued while the previous batch computed joins at once; the optional
+            # window waits for more (0 by default: a lone search never waits).
+            deadline = loop.time() + self.window_s
             while len(batch) < self.max_batch:
-                timeout = deadline - asyncio.get_running_loop().time()
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
                 try:

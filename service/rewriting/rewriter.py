@@ -1,12 +1,15 @@
-"""The policy-backed rewriter search uses: cache → policy within a latency budget → fallback.
+"""The policy-backed rewriter search uses: rewrite store → (maybe) policy → raw query.
 
 - With no active adapter the raw query is served and the policy is not called (unless
   `serve_base_policy` asks for the base model's rewrites).
-- A cache hit answers at once (`rewrite_source="cache"`).
-- A miss asks the policy with the active adapter; if the answer is not back within
-  `rewrite_budget_ms`, search goes on with the raw query (`"fallback"`) and the generation is left
-  to finish in the background, where it fills the cache for the next shopper.
-- Identical concurrent misses share one generation.
+- A stored rewrite (`service.rewriting.store`: local LRU, Redis, database) answers at once
+  (`rewrite_source="cache"`); head queries are stored before an adapter is promoted.
+- A miss is sent to the policy in the background and stored for the next shopper. Search waits
+  for it at most `rewrite_budget_ms` — 0 by default, so on a CPU deployment a miss is answered
+  at once with the raw query (`"fallback"`); a GPU deployment sets a budget that fits its
+  generation time. Identical concurrent misses share one generation; at most
+  `rewrite_max_pending` generations are in flight per process, and a miss beyond that is not
+  queued (its next search asks again), so a burst of new queries cannot pile up work.
 - When the policy server is down every search falls back immediately; a health loop notices
   when it is back and the rewriter recovers by itself (`/readyz` shows `degraded` meanwhile).
 """
@@ -20,10 +23,10 @@ import time
 from typing import Any
 
 from service.adapters.swap import ActiveAdapterWatcher
-from service.observability import POLICY_UP
+from service.observability import POLICY_UP, REWRITE_BACKGROUND, REWRITE_HIT_RATIO
 from service.policy.prompt import PromptConfig
 from service.policy.protocol import Policy, PolicyError, RewriteResult
-from service.rewriting.cache import CachedRewrite, RewriteCache, cache_key
+from service.rewriting.store import RewriteStore, StoredAnswer, cache_key
 from service.services.rewrite import Rewrite
 
 log = logging.getLogger(__name__)
@@ -33,16 +36,19 @@ class PolicyRewriter:
     def __init__(
         self,
         policy: Policy,
-        cache: RewriteCache,
+        store: RewriteStore,
         watcher: ActiveAdapterWatcher,
         prompt: PromptConfig,
         budget_ms: float,
         health_interval_s: float = 2.0,
         serve_base: bool = False,
+        max_pending: int = 64,
     ) -> None:
         self.policy = policy
-        self.cache = cache
+        self.store = store
         self.watcher = watcher
+        self.max_pending = max_pending
+        self.lookups = {"hit": 0, "miss": 0}
         self.prompt = prompt
         self.prompt_version = prompt.version
         self.budget_s = budget_ms / 1000.0
@@ -58,39 +64,58 @@ class PolicyRewriter:
         if adapter is None and not self.serve_base:
             # No adapter passed the gate: the raw query is the active policy; no generation.
             return Rewrite(query, "none", None, None)
-        key = cache_key(normalized, adapter, self.prompt_version)
-        hit = await self.cache.get(key)
+        hit = await self.store.get(normalized, adapter, self.prompt_version)
+        self._count("hit" if hit is not None else "miss")
         if hit is not None:
-            text = self.prompt.search_text(query, hit.text)
-            return Rewrite(text, "cache", adapter, self.prompt_version, hit.text)
+            text = query if hit.answer is None else self.prompt.search_text(query, hit.answer)
+            return Rewrite(text, "cache", adapter, self.prompt_version, hit.answer)
+        fallback = Rewrite(query, "fallback", None, self.prompt_version)
         if not self.up:
-            return Rewrite(query, "fallback", None, self.prompt_version)
+            return fallback
+        key = cache_key(normalized, adapter, self.prompt_version)
         task = self._pending.get(key)
         if task is None:
-            task = asyncio.create_task(self._generate(query, adapter, key))
+            if len(self._pending) >= self.max_pending:
+                REWRITE_BACKGROUND.labels("dropped").inc()
+                return fallback
+            REWRITE_BACKGROUND.labels("queued").inc()
+            task = asyncio.create_task(self._generate(query, normalized, adapter))
             self._pending[key] = task
-            task.add_done_callback(lambda _t, k=key: self._pending.pop(k, None))
+            task.add_done_callback(self._forget(key))
+        if self.budget_s <= 0:
+            return fallback
         try:
             result = await asyncio.wait_for(asyncio.shield(task), self.budget_s)
-        except TimeoutError:
-            return Rewrite(query, "fallback", None, self.prompt_version)
-        except PolicyError:
-            return Rewrite(query, "fallback", None, self.prompt_version)
+        except (TimeoutError, PolicyError):
+            return fallback
         if not result.ok:
             # The adapter answered but with nothing usable: name it, search with the raw query.
             return Rewrite(query, "fallback", result.adapter, self.prompt_version)
         text = self.prompt.search_text(query, result.answer)
         return Rewrite(text, "policy", result.adapter, self.prompt_version, result.answer)
 
-    async def _generate(self, query: str, adapter: str | None, key: str) -> RewriteResult:
+    def _forget(self, key: str):  # type: ignore[no-untyped-def]
+        def done(task: asyncio.Task[RewriteResult]) -> None:
+            self._pending.pop(key, None)
+            if not task.cancelled():
+                task.exception()  # retrieved: a background failure is logged, not re-raised
+
+        return done
+
+    def _count(self, outcome: str) -> None:
+        self.lookups[outcome] += 1
+        REWRITE_HIT_RATIO.set(self.lookups["hit"] / (self.lookups["hit"] + self.lookups["miss"]))
+
+    async def _generate(self, query: str, normalized: str, adapter: str | None) -> RewriteResult:
         with self.watcher.using(adapter):
             try:
                 result = await self.policy.rewrite(query, adapter=adapter)
             except PolicyError as e:
                 self._mark_down(e)
                 raise
-        if result.ok:
-            await self.cache.set(key, CachedRewrite(result.answer or "", result.raw_completion))
+        # An unusable answer is stored too (as None), so the query is not generated again.
+        answer = StoredAnswer(result.answer if result.ok else None, result.raw_completion)
+        await self.store.put(normalized, adapter, self.prompt_version, answer)
         return result
 
     def _mark_down(self, error: Exception) -> None:
@@ -127,9 +152,31 @@ class PolicyRewriter:
             "checked_at": time.time(),
         }
 
+    def store_status(self) -> dict[str, Any]:
+        """This process's rewrite-store view: lookups, hit ratio, pending generations, and the
+        latest warm-up's progress (from the adapter registry)."""
+        total = self.lookups["hit"] + self.lookups["miss"]
+        return {
+            "active_adapter": self.watcher.current,
+            "prompt_version": self.prompt_version,
+            "budget_ms": self.budget_s * 1000,
+            "hits": self.lookups["hit"],
+            "misses": self.lookups["miss"],
+            "hit_ratio": self.lookups["hit"] / total if total else None,
+            "pending": len(self._pending),
+            "local_entries": len(self.store.local),
+            "warmup": self.watcher.warmup,
+        }
+
     async def start(self) -> None:
+        self.watcher.before_switch = self._preload
         self._health_task = asyncio.create_task(self._health_loop())
         self.watcher.start()
+
+    async def _preload(self, adapter: str | None) -> None:
+        if adapter is not None or self.serve_base:
+            n = await self.store.preload(adapter, self.prompt_version)
+            log.info("preloaded %d stored rewrites of %s", n, adapter or "the base model")
 
     async def stop(self) -> None:
         await self.watcher.stop()
@@ -139,5 +186,5 @@ class PolicyRewriter:
                 await self._health_task
         for task in list(self._pending.values()):
             task.cancel()
-        await self.cache.aclose()
+        await self.store.aclose()
         await self.policy.aclose()

@@ -12,9 +12,10 @@ from service.catalog.records import ProductRecord
 from service.db.engine import session_scope
 from service.db.models import Adapter, TrainingRun
 from service.errors import Conflict, NotFound, Unavailable
-from service.queue import EXPLAIN_TASK, TRAIN_TASK, celery_client
+from service.queue import EXPLAIN_TASK, PROMOTE_TASK, TRAIN_TASK, celery_client
 from service.repositories.adapters import list_adapters
 from service.repositories.products import upsert_products
+from service.repositories.rewrites import count_rewrites
 from service.repositories.runs import (
     create_run,
     expire_stale_runs,
@@ -100,6 +101,23 @@ def enqueue_training(settings: Settings, algorithm: str, overrides: dict[str, An
             finish_run(s, run_id, "failed", error=f"could not enqueue: {e}")
         raise Unavailable(f"the task broker is unavailable: {e}") from e
     return run_id
+
+
+def enqueue_promotion(settings: Settings, name: str) -> None:
+    """Queue a promotion with warm-up for a worker of the serving queue (404/409 first)."""
+    from service.services.promotion import check_promotable, mark_queued
+
+    check_promotable(settings, name)
+    mark_queued(settings, name)
+    try:
+        celery_client(settings).send_task(PROMOTE_TASK, args=[name])
+    except Exception as e:  # noqa: BLE001
+        raise Unavailable(f"the task broker is unavailable: {e}") from e
+
+
+def count_stored_rewrites(url: str, adapter: str | None, prompt_version: str) -> int:
+    with session_scope(url) as s:
+        return count_rewrites(s, adapter, prompt_version)
 
 
 def explain(settings: Settings, query: str, timeout_s: float) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from service.api.schemas import EventIn, EventsResponse
@@ -10,9 +11,33 @@ from service.db.models import utcnow
 from service.errors import InvalidInput
 from service.observability import EVENTS
 from service.repositories.searches import existing_search_ids, insert_events
+from service.services.search_log import UNKNOWN_SEARCH_GRACE_S, SearchLogWriter
 
 
-def record_events(database_url: str, events: Sequence[EventIn], max_batch: int) -> EventsResponse:
+def _unknown_searches(
+    database_url: str, ids: set[str], search_log: SearchLogWriter | None
+) -> list[str]:
+    """The ids no stored search has, after this process's log buffer wrote them and, when
+    searches are logged in the background, a short grace for other processes' buffers."""
+    if search_log is not None:
+        search_log.wait_written(ids)
+    deadline = time.monotonic() + (
+        UNKNOWN_SEARCH_GRACE_S if search_log is not None and search_log.background else 0.0
+    )
+    while True:
+        with session_scope(database_url) as session:
+            unknown = ids - existing_search_ids(session, list(ids))
+        if not unknown or time.monotonic() >= deadline:
+            return sorted(unknown)
+        time.sleep(0.05)
+
+
+def record_events(
+    database_url: str,
+    events: Sequence[EventIn],
+    max_batch: int,
+    search_log: SearchLogWriter | None = None,
+) -> EventsResponse:
     if not events:
         raise InvalidInput(f"the batch is empty: send 1 to {max_batch} events")
     if len(events) > max_batch:
@@ -22,16 +47,15 @@ def record_events(database_url: str, events: Sequence[EventIn], max_batch: int) 
             code="batch_too_large",
         )
     unique = {e.event_id: e for e in events}  # a batch repeating an event_id stores it once
+    named = {e.search_id for e in unique.values()}
+    unknown = _unknown_searches(database_url, named, search_log)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        raise InvalidInput(
+            f"unknown search_id(s): {shown}; the batch was not stored", code="unknown_search"
+        )
     now = utcnow()
     with session_scope(database_url) as session:
-        known = existing_search_ids(session, [e.search_id for e in unique.values()])
-        unknown = sorted({e.search_id for e in unique.values()} - known)
-        if unknown:
-            shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-            raise InvalidInput(
-                f"unknown search_id(s): {shown}; the batch was not stored",
-                code="unknown_search",
-            )
         stored = insert_events(
             session,
             [

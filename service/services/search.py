@@ -6,24 +6,21 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from anyio import to_thread
-
 from service.api.schemas import SearchRequest, SearchResponse, SearchResult
-from service.db.engine import session_scope
-from service.db.models import Search
+from service.db.models import utcnow
 from service.errors import Conflict, Unavailable
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
-from service.repositories.searches import add_search
 from service.retrieval.batcher import SearchBatcher
 from service.retrieval.index import ModeUnavailableError
 from service.services.rewrite import Rewriter
+from service.services.search_log import SearchLogWriter
 from service.state import RetrieverHolder
 
 
 @dataclass
 class SearchService:
-    database_url: str
+    log: SearchLogWriter
     retrievers: RetrieverHolder
     rewriter: Rewriter
     batcher: SearchBatcher
@@ -45,7 +42,7 @@ class SearchService:
         t2 = time.perf_counter()
         search_id = str(uuid.uuid4())
         latency_ms = (t2 - t0) * 1000
-        row = Search(
+        row = dict(
             id=search_id,
             query=req.query,
             normalized_query=normalized,
@@ -60,8 +57,9 @@ class SearchService:
             latency_ms=latency_ms,
             user_id=req.user_id,
             session_id=req.session_id,
+            created_at=utcnow(),
         )
-        await to_thread.run_sync(self._log, row)
+        self.log.submit(row)
         t3 = time.perf_counter()
         SEARCHES.labels(rewrite.source).inc()
         SEARCH_LATENCY.observe(t3 - t0)
@@ -89,7 +87,3 @@ class SearchService:
                 "total_ms": round((t3 - t0) * 1000, 3),
             },
         )
-
-    def _log(self, row: Search) -> None:
-        with session_scope(self.database_url) as session:
-            add_search(session, row)

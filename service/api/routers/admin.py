@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from anyio import to_thread
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.adapters import swap
@@ -62,22 +62,93 @@ async def adapters(settings: SettingsDep) -> list[dict[str, Any]]:
     return await to_thread.run_sync(admin.get_adapters, settings.resolved_database_url)
 
 
-@router.post("/adapters/{name}/promote")
-async def promote(name: str, request: Request, settings: SettingsDep) -> dict[str, Any]:
-    """Load, verify and canary the adapter, then make it the active one."""
+class PromotionOut(BaseModel):
+    status: Literal["active", "warming"] = Field(
+        description="active: flipped (200); warming: a worker warms the rewrite store and then "
+        "flips (202; progress under `GET /admin/rewrites` and the adapter's `metrics.warmup`)."
+    )
+    active: str | None = None
+    previous: str | None = None
+    seconds: float | None = None
+    canary: dict[str, Any] = Field(default_factory=dict)
+    warmup: dict[str, Any] | None = None
+
+
+@router.post(
+    "/adapters/{name}/promote",
+    response_model=PromotionOut,
+    responses={
+        202: {"model": PromotionOut},
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+async def promote(
+    name: str,
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    warm: Annotated[
+        bool,
+        Query(
+            description="Rewrite the head queries with the adapter before it serves (a worker "
+            "does it, then flips; 202). false: load, canary and flip now (200)."
+        ),
+    ] = True,
+) -> PromotionOut:
+    """Make the adapter the active one: load and canary it, warm the rewrite store, flip."""
     rewriter, policy = _policy(request)
+    if warm and settings.policy_backend == "vllm":
+        await to_thread.run_sync(admin.enqueue_promotion, settings, name)
+        response.status_code = 202
+        return PromotionOut(status="warming", active=None)
     result = await swap.activate(policy, settings.resolved_database_url, name)
     await rewriter.watcher.sync_once()
-    return result.__dict__
+    return PromotionOut(status="active", **result.__dict__)
 
 
-@router.post("/adapters/rollback")
-async def rollback(request: Request, settings: SettingsDep) -> dict[str, Any]:
-    """Serve the previous adapter again (it stays loaded, so this is instant)."""
+@router.post(
+    "/adapters/rollback",
+    response_model=PromotionOut,
+    responses={409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
+async def rollback(request: Request, settings: SettingsDep) -> PromotionOut:
+    """Serve the previous adapter again (it stays loaded and its rewrites stay stored, so this
+    is instant)."""
     rewriter, policy = _policy(request)
     result = await swap.rollback(policy, settings.resolved_database_url)
     await rewriter.watcher.sync_once()
-    return result.__dict__
+    return PromotionOut(status="active", **result.__dict__)
+
+
+class RewriteStoreOut(BaseModel):
+    active_adapter: str | None
+    prompt_version: str
+    budget_ms: float = Field(description="How long a miss waits for the policy (0: not at all).")
+    stored: int = Field(description="Rewrites of the active policy in the database tier.")
+    hits: int = Field(description="Searches of this API process answered from the store.")
+    misses: int
+    hit_ratio: float | None
+    pending: int = Field(description="Background generations in flight in this process.")
+    local_entries: int
+    warmup: dict[str, Any] | None = Field(
+        description="The latest warm-up (any adapter): status, total, done, generated, times."
+    )
+
+
+@router.get("/rewrites", response_model=RewriteStoreOut)
+async def rewrites(request: Request, settings: SettingsDep) -> RewriteStoreOut:
+    """The rewrite store as this API process sees it, and the latest warm-up's progress."""
+    rewriter, _ = _policy(request)
+    status = rewriter.store_status()
+    stored = await to_thread.run_sync(
+        admin.count_stored_rewrites,
+        settings.resolved_database_url,
+        status["active_adapter"],
+        status["prompt_version"],
+    )
+    return RewriteStoreOut(stored=stored, **status)
 
 
 @router.post("/train", status_code=202)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import APIRouter
 
-from service.api.deps import SettingsDep
+from service.api.deps import SearchLogDep, SettingsDep
 from service.api.schemas import ErrorResponse, EventIn, EventsResponse
 from service.services.events import record_events
 
@@ -15,8 +15,14 @@ router = APIRouter(prefix="/v1", tags=["events"])
     response_model=EventsResponse,
     responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
-async def events(body: list[EventIn], settings: SettingsDep) -> EventsResponse:
+async def events(
+    body: list[EventIn], settings: SettingsDep, search_log: SearchLogDep
+) -> EventsResponse:
     """Store a batch of shopper events; idempotent on `event_id` (a replay stores nothing twice)."""
     return await to_thread.run_sync(
-        record_events, settings.resolved_database_url, body, settings.max_events_per_batch
+        record_events,
+        settings.resolved_database_url,
+        body,
+        settings.max_events_per_batch,
+        search_log,
     )

@@ -1,0 +1,166 @@
+"""Warm-up: rewrite the head queries with an adapter before it serves them.
+
+Production query rewriters serve stored rewrites for the head of the query distribution and
+never make a shopper wait for generation. Before a promotion flips the active pointer (and at
+start-up for the active adapter) this module:
+1. picks the head queries: the `queries` most searched normalised queries of the search log,
+   plus every labelled (training) query;
+2. skips those whose rewrite by this adapter and prompt version is already stored;
+3. asks the policy for the rest, `concurrency` at a time (vLLM batches them), and writes each
+   answer to the database tier of the rewrite store, where every API process finds it;
+4. stops at `time_limit_s`: the flip then goes ahead with what is stored, and misses are
+   rewritten in the background as searches ask for them.
+Progress is written to the adapter's row (`metrics.warmup`) about once a second, so `/admin`
+and every API process's `/metrics` show it while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from anyio import to_thread
+
+from service.db.engine import session_scope
+from service.db.models import RewriteOrigin
+from service.policy.protocol import Policy, PolicyError
+from service.repositories.adapters import set_warmup
+from service.repositories.labels import labelled_queries
+from service.repositories.rewrites import put_rewrites, stored_queries
+from service.repositories.searches import top_queries
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 1.0
+
+
+class WarmupStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    timed_out = "timed_out"  # the time limit passed; the flip went ahead with what was stored
+    failed = "failed"
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    queries: int = 500  # head queries of the search log (training queries come on top)
+    time_limit_s: float = 300.0
+    concurrency: int = 8
+
+
+def head_queries(database_url: str, n: int) -> list[tuple[str, str]]:
+    """(normalised query, a spelling) of the `n` most searched queries, then the labelled
+    queries not among them."""
+    with session_scope(database_url) as s:
+        head = top_queries(s, n) if n > 0 else []
+        labelled = labelled_queries(s)
+    chosen = dict(head)
+    for nq, q in labelled:
+        chosen.setdefault(nq, q)
+    return list(chosen.items())
+
+
+async def warm(
+    policy: Policy,
+    database_url: str,
+    adapter: str,
+    prompt_version: str,
+    config: WarmupConfig,
+) -> dict[str, Any]:
+    """Store the adapter's rewrites of the head queries; returns the final progress record."""
+    started = time.time()
+    queries = await to_thread.run_sync(head_queries, database_url, config.queries)
+
+    def missing() -> list[tuple[str, str]]:
+        with session_scope(database_url) as s:
+            have = stored_queries(s, adapter, prompt_version, [nq for nq, _ in queries])
+        return [(nq, q) for nq, q in queries if nq not in have]
+
+    todo = await to_thread.run_sync(missing)
+    progress: dict[str, Any] = {
+        "status": WarmupStatus.running,
+        "prompt_version": prompt_version,
+        "total": len(queries),
+        "done": len(queries) - len(todo),
+        "generated": 0,
+        "failed": 0,
+        "started_at": started,
+        "updated_at": started,
+    }
+    buffer: list[dict[str, Any]] = []
+
+    def flush(final: bool = False) -> None:
+        rows, buffer[:] = list(buffer), []
+        progress["updated_at"] = time.time()
+        if final:
+            progress["finished_at"] = progress["updated_at"]
+            progress["seconds"] = round(progress["finished_at"] - started, 2)
+        with session_scope(database_url) as s:
+            put_rewrites(s, rows)
+            set_warmup(s, adapter, dict(progress))
+
+    await to_thread.run_sync(flush)
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while True:
+            try:
+                nq, spelling = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                result = await policy.rewrite(spelling, adapter=adapter)
+            except PolicyError as e:
+                progress["failed"] += 1
+                log.warning("warm-up of %r with %s failed: %s", nq, adapter, e)
+                continue
+            buffer.append(
+                {
+                    "adapter": adapter,
+                    "prompt_version": prompt_version,
+                    "normalized_query": nq,
+                    "answer": result.answer if result.ok else None,
+                    "raw_completion": result.raw_completion,
+                    "origin": RewriteOrigin.warmup,
+                }
+            )
+            progress["done"] += 1
+            progress["generated"] += 1
+
+    async def reporter() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            await to_thread.run_sync(flush)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, config.concurrency))]
+    report = asyncio.create_task(reporter())
+    try:
+        async with asyncio.timeout(config.time_limit_s):
+            await asyncio.gather(*workers)
+        progress["status"] = WarmupStatus.done
+    except TimeoutError:
+        progress["status"] = WarmupStatus.timed_out
+    except BaseException:
+        progress["status"] = WarmupStatus.failed
+        raise
+    finally:
+        for task in (*workers, report):
+            task.cancel()
+        for task in (*workers, report):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await to_thread.run_sync(flush, True)
+    log.info(
+        "warm-up of %s: %s, %d/%d stored (%d generated) in %.1f s",
+        adapter, progress["status"], progress["done"], progress["total"],
+        progress["generated"], progress["seconds"],
+    )  # fmt: skip
+    return progress

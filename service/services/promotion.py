@@ -1,0 +1,96 @@
+"""Promotion from a worker or the CLI: warm the rewrite store, then flip the active pointer.
+
+The API's promote endpoint queues `ospo.promote_adapter` (see `service.queue`); the task, the
+online update and `ospo adapters activate` all come here. With vLLM the adapter is loaded,
+canaried and warmed (`service.rewriting.warmup`) before the flip; an in-process policy lives in
+the API process, so it is only verified and flipped (each API process's watcher loads it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any
+
+from service.adapters.registry import verify_files
+from service.adapters.swap import activate
+from service.db.engine import session_scope
+from service.errors import Conflict, NotFound
+from service.policy.factory import make_policy
+from service.policy.prompt import DEFAULT_PROMPT
+from service.repositories.adapters import active_adapter, get_adapter, set_active, set_warmup
+from service.rewriting.warmup import WarmupStatus, warm
+from service.settings import Settings
+
+
+def check_promotable(settings: Settings, name: str) -> None:
+    """404 for an unknown adapter, 409 for a rejected one, before anything is queued."""
+    with session_scope(settings.resolved_database_url) as s:
+        row = get_adapter(s, name)
+        if row is None:
+            raise NotFound(f"no adapter named {name!r}")
+        if row.status == "rejected":
+            raise Conflict(f"adapter {name!r} was rejected by the gate; promote refused")
+
+
+def mark_queued(settings: Settings, name: str) -> None:
+    with session_scope(settings.resolved_database_url) as s:
+        set_warmup(s, name, {"status": WarmupStatus.queued, "updated_at": time.time()})
+
+
+def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str, Any]:
+    url = settings.resolved_database_url
+    if settings.policy_backend != "vllm":
+        with session_scope(url) as s:
+            row = get_adapter(s, name)
+            if row is None:
+                raise NotFound(f"no adapter named {name!r}")
+            verify_files(row)
+            previous = set_active(s, name)
+        return {"active": name, "previous": previous}
+
+    async def go() -> dict[str, Any]:
+        policy = make_policy(settings)
+        try:
+            result = await activate(
+                policy, url, name, settings.warmup if warm_first else None, DEFAULT_PROMPT.version
+            )
+            return asdict(result)
+        finally:
+            await policy.aclose()
+
+    try:
+        return asyncio.run(go())
+    except Exception as e:
+        with session_scope(url) as s:
+            set_warmup(
+                s, name,
+                {"status": WarmupStatus.failed, "error": str(e)[:500], "updated_at": time.time()},
+            )  # fmt: skip
+        raise
+
+
+def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
+    """Start-up warm-up: store what is missing of the active adapter's head-query rewrites.
+    Skipped when another warm-up of it reported progress within `fresh_s`."""
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        row = active_adapter(s)
+        if row is None:
+            return {"skipped": "no active adapter"}
+        name, progress = row.name, (row.metrics or {}).get("warmup") or {}
+    if (
+        progress.get("status") == WarmupStatus.running
+        and time.time() - float(progress.get("updated_at", 0)) < fresh_s
+    ):
+        return {"skipped": f"a warm-up of {name} is running"}
+
+    async def go() -> dict[str, Any]:
+        policy = make_policy(settings)
+        try:
+            return await warm(policy, url, name, DEFAULT_PROMPT.version, settings.warmup)
+        finally:
+            await policy.aclose()
+
+    return asyncio.run(go())

@@ -1,0 +1,116 @@
+"""Warm-up: the head queries (most searched, then labelled) are rewritten with the adapter and
+stored before it serves; stored ones are skipped; the time limit cuts it short, keeping what was
+generated; progress is recorded on the adapter's row. (The promotion path with a real vLLM and
+worker is tested in test_e2e_loop.)"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from service.catalog.records import LabelRecord
+from service.db.engine import session_scope
+from service.db.models import Adapter, RewriteOrigin, StoredRewrite, utcnow
+from service.policy.protocol import RewriteResult
+from service.repositories.labels import upsert_labels
+from service.repositories.rewrites import put_rewrites
+from service.repositories.searches import add_searches
+from service.rewriting.warmup import WarmupConfig, WarmupStatus, head_queries, warm
+
+
+class SlowPolicy:
+    """Answers `<query> extra` after `delay_s`; records the queries it was asked."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.asked: list[tuple[str, str | None]] = []
+
+    async def rewrite(self, query: str, adapter: str | None = None) -> RewriteResult:
+        self.asked.append((query, adapter))
+        await asyncio.sleep(self.delay_s)
+        return RewriteResult(f"{query} extra", "extra", adapter, "v1", 1.0, answer="extra")
+
+
+def _seed(url: str) -> None:
+    counts = {"usb hub": 5, "Desk Lamp": 3, "mug": 1}
+    rows = []
+    for query, n in counts.items():
+        for _ in range(n):
+            rows.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "query": query,
+                    "normalized_query": query.lower(),
+                    "rewrite": query,
+                    "rewrite_source": "none",
+                    "k": 10,
+                    "product_ids": [],
+                    "scores": [],
+                    "latency_ms": 1.0,
+                    "created_at": utcnow(),
+                }
+            )
+    with session_scope(url) as s:
+        add_searches(s, rows)
+        upsert_labels(
+            s,
+            [
+                LabelRecord(query="Office Chair", product_id="p1", gain=1.0, source="chorus"),
+                LabelRecord(query="mug", product_id="p2", gain=1.0, source="chorus"),
+            ],
+        )
+        s.add(Adapter(name="a1", path="/x", checksum="c", base_model="m", status="candidate"))
+
+
+def test_head_queries_are_the_most_searched_then_the_labelled(db_url: str) -> None:
+    _seed(db_url)
+    assert head_queries(db_url, 2) == [
+        ("usb hub", "usb hub"),
+        ("desk lamp", "Desk Lamp"),
+        ("mug", "mug"),
+        ("office chair", "Office Chair"),
+    ]
+    assert [nq for nq, _ in head_queries(db_url, 0)] == ["mug", "office chair"]
+
+
+def test_warm_stores_what_is_missing_and_records_progress(db_url: str) -> None:
+    _seed(db_url)
+    with session_scope(db_url) as s:
+        put_rewrites(
+            s,
+            [
+                {
+                    "adapter": "a1",
+                    "prompt_version": "v1",
+                    "normalized_query": "usb hub",
+                    "answer": "powered",
+                    "raw_completion": "powered",
+                    "origin": RewriteOrigin.miss,
+                }
+            ],
+        )
+    policy = SlowPolicy()
+    progress = asyncio.run(warm(policy, db_url, "a1", "v1", WarmupConfig(queries=10)))  # type: ignore[arg-type]
+    assert progress["status"] == WarmupStatus.done
+    assert (progress["total"], progress["done"], progress["generated"]) == (4, 4, 3)
+    assert sorted(q for q, _ in policy.asked) == ["Desk Lamp", "Office Chair", "mug"]
+    assert {a for _, a in policy.asked} == {"a1"}
+    with session_scope(db_url) as s:
+        rows = {r.normalized_query: r for r in s.query(StoredRewrite).all()}
+        adapter = s.get(Adapter, "a1")
+        assert adapter is not None
+        recorded = adapter.metrics["warmup"]
+    assert rows["usb hub"].answer == "powered"  # stored before: untouched
+    assert rows["desk lamp"].answer == "extra" and rows["desk lamp"].origin == "warmup"
+    assert recorded["status"] == "done" and recorded["done"] == 4 and recorded["seconds"] >= 0
+
+
+def test_the_time_limit_cuts_warmup_short_and_keeps_what_was_generated(db_url: str) -> None:
+    _seed(db_url)
+    policy = SlowPolicy(delay_s=0.4)
+    config = WarmupConfig(queries=10, time_limit_s=0.6, concurrency=1)
+    progress = asyncio.run(warm(policy, db_url, "a1", "v1", config))  # type: ignore[arg-type]
+    assert progress["status"] == WarmupStatus.timed_out
+    assert progress["done"] == progress["generated"] == 1 < progress["total"] == 4
+    with session_scope(db_url) as s:
+        assert s.query(StoredRewrite).count() == 1
