@@ -136,6 +136,12 @@ def test_health_ready_metrics(client: TestClient) -> None:
     _search(client)
     metrics = client.get("/metrics").text
     assert "ospo_searches_total" in metrics and "ospo_index_products 392.0" in metrics
+    assert "ospo_rewrite_hit_ratio" in metrics and "ospo_search_log_buffered" in metrics
+    # no policy backend: nothing to promote and no rewrite store to show, said plainly
+    auth = {"Authorization": "Bearer s3cret"}
+    for method, path in (("POST", "/admin/adapters/x/promote"), ("GET", "/admin/rewrites")):
+        r = client.request(method, path, headers=auth)
+        assert r.status_code == 409 and "OSPO_POLICY_BACKEND=none" in r.json()["error"]["message"]
 
 
 def test_not_ready_without_index(db_url: str, tmp_path: Path) -> None:

@@ -147,3 +147,49 @@ def test_misses_beyond_the_backlog_are_not_queued() -> None:
     out = asyncio.run(go())
     assert {r.source for r in out} == {"fallback"}
     assert [q for q, _ in policy.calls] == ["q0", "q1"]
+
+
+class ListingPolicy(RecordingPolicy):
+    """Reports every adapter as loaded (the watcher's view of a policy server)."""
+
+    async def list_models(self) -> list[str]:
+        return ["base", "a1"]
+
+
+def test_a_process_preloads_the_new_adapters_rewrites_before_switching(db_url: str) -> None:
+    """Another process warmed `a1` into the database; this process's watcher sees the flip,
+    fills its LRU with those rewrites, and only then serves `a1`: the first search is a
+    local hit, not a miss."""
+    from service.db.engine import session_scope
+    from service.db.models import Adapter, RewriteOrigin
+    from service.repositories.adapters import set_active
+    from service.rewriting.store import StoredAnswer
+
+    async def go() -> tuple:
+        warmer = RewriteStore(16, database_url=db_url)
+        await warmer.put(
+            "usb hub", "a1", DEFAULT_PROMPT.version, StoredAnswer("powered", ""),
+            RewriteOrigin.warmup,
+        )  # fmt: skip
+        with session_scope(db_url) as s:
+            s.add(Adapter(name="a1", path="/x", checksum="c", base_model="m", status="candidate"))
+        with session_scope(db_url) as s:
+            set_active(s, "a1")
+        policy = ListingPolicy()
+        watcher = ActiveAdapterWatcher(policy, db_url)  # type: ignore[arg-type]
+        store = RewriteStore(16, database_url=db_url)
+        rewriter = PolicyRewriter(policy, store, watcher, DEFAULT_PROMPT, budget_ms=0)  # type: ignore[arg-type]
+        seen: list[tuple[str | None, int]] = []
+
+        async def before(adapter: str | None) -> None:
+            await rewriter._preload(adapter)
+            seen.append((watcher.current, len(store.local)))
+
+        watcher.before_switch = before
+        await watcher.sync_once()
+        return seen, watcher.current, await rewriter.rewrite("USB hub", "usb hub"), policy.calls
+
+    seen, current, first, calls = asyncio.run(go())
+    assert seen == [(None, 1)]  # preloaded while still serving the previous policy
+    assert current == "a1"
+    assert first.source == "cache" and first.text == "USB hub powered" and calls == []

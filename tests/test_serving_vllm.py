@@ -72,6 +72,64 @@ async def _searches(base: str, queries: list[str]) -> list[httpx.Response]:
         )
 
 
+def test_default_budget_never_waits_and_the_next_shopper_gets_the_rewrite(  # type: ignore[no-untyped-def]
+    vllm_server: str, random_adapters, small_index_root: Path, tmp_path: Path
+) -> None:
+    """The default deployment (budget 0): a miss is answered with the raw query, not after a
+    generation; the rewrite lands in the database tier in the background, and the next search of
+    the query — in this process or another — is served from the store."""
+    data_dir = tmp_path / "var"
+    shutil.copytree(small_index_root, data_dir / "indexes")
+    db_url = f"sqlite:///{data_dir / 'ospo.db'}"
+    upgrade(db_url)
+    register_adapter(db_url, data_dir / "adapters", "rand-a", random_adapters["rand-a"], "m")
+    env = {
+        "OSPO_DATA_DIR": str(data_dir),
+        "OSPO_DATABASE_URL": db_url,
+        "OSPO_ADMIN_API_KEY": "test-key",
+        "OSPO_POLICY_BACKEND": "vllm",
+        "OSPO_VLLM_URL": vllm_server,
+        "OSPO_ADAPTER_POLL_S": "0.5",
+    }
+    ports = [free_port(), free_port()]
+    children = [
+        Child([OSPO, "serve", "--port", str(p)], env, tmp_path / f"api-{p}.log") for p in ports
+    ]
+    try:
+        for p, c in zip(ports, children, strict=True):
+            wait_http(f"http://127.0.0.1:{p}/readyz", c, 180)
+        one, two = (httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=60) for p in ports)
+        r = one.post("/admin/adapters/rand-a/promote", params={"warm": "false"}, headers=KEY)
+        assert r.status_code == 200, r.text
+        wait_until(
+            lambda: two.get("/admin/rewrites", headers=KEY).json()["active_adapter"] == "rand-a",
+            10,
+            what="second process on rand-a",
+        )
+        miss = one.post("/v1/search", json={"query": "Kitchen Scale", "k": 3}).json()
+        assert miss["rewrite_source"] == "fallback" and miss["rewrite"] == "Kitchen Scale"
+        assert miss["adapter"] is None and len(miss["results"]) == 3
+        hit = wait_until(
+            lambda: (
+                (b := two.post("/v1/search", json={"query": "kitchen  scale", "k": 3}).json())[
+                    "rewrite_source"
+                ]
+                == "cache"
+                and b
+            ),
+            120,
+            interval=1,
+            what="the background rewrite stored and found by the other process",
+        )
+        assert hit["adapter"] == "rand-a"
+        assert hit["rewrite"] == DEFAULT_PROMPT.search_text("kitchen  scale", hit["expansion"])
+        store = one.get("/admin/rewrites", headers=KEY).json()
+        assert store["stored"] >= 1 and store["misses"] >= 1 and store["budget_ms"] == 0
+    finally:
+        for c in children:
+            c.stop()
+
+
 def test_search_hot_swap_rollback_and_outage(api, vllm_server: str, vllm_process) -> None:  # type: ignore[no-untyped-def]
     base, child = api
     http = httpx.Client(base_url=base, timeout=300)

@@ -67,7 +67,7 @@ class PolicyRewriter:
         hit = await self.store.get(normalized, adapter, self.prompt_version)
         self._count("hit" if hit is not None else "miss")
         if hit is not None:
-            text = query if hit.answer is None else self.prompt.search_text(query, hit.answer)
+            text = self.prompt.search_text(query, hit.answer)
             return Rewrite(text, "cache", adapter, self.prompt_version, hit.answer)
         fallback = Rewrite(query, "fallback", None, self.prompt_version)
         if not self.up:

@@ -14,9 +14,9 @@ from dataclasses import asdict
 from typing import Any
 
 from service.adapters.registry import verify_files
-from service.adapters.swap import activate
+from service.adapters.swap import activate, ensure_loaded
 from service.db.engine import session_scope
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, Unavailable
 from service.policy.factory import make_policy
 from service.policy.prompt import DEFAULT_PROMPT
 from service.repositories.adapters import active_adapter, get_adapter, set_active, set_warmup
@@ -79,7 +79,8 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
         row = active_adapter(s)
         if row is None:
             return {"skipped": "no active adapter"}
-        name, progress = row.name, (row.metrics or {}).get("warmup") or {}
+        name, path = row.name, row.path
+        progress = (row.metrics or {}).get("warmup") or {}
     if (
         progress.get("status") == WarmupStatus.running
         and time.time() - float(progress.get("updated_at", 0)) < fresh_s
@@ -89,6 +90,14 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         policy = make_policy(settings)
         try:
+            # Started with the stack: wait for the policy server, and load the adapter (a
+            # restarted server has none) before asking it anything.
+            deadline = time.monotonic() + settings.vllm_start_timeout_s
+            while not await policy.health():
+                if time.monotonic() > deadline:
+                    raise Unavailable("the policy server did not come up; warm-up skipped")
+                await asyncio.sleep(2)
+            await ensure_loaded(policy, name, path)
             return await warm(policy, url, name, DEFAULT_PROMPT.version, settings.warmup)
         finally:
             await policy.aclose()
