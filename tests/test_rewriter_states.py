@@ -193,3 +193,15 @@ def test_a_process_preloads_the_new_adapters_rewrites_before_switching(db_url: s
     assert seen == [(None, 1)]  # preloaded while still serving the previous policy
     assert current == "a1"
     assert first.source == "cache" and first.text == "USB hub powered" and calls == []
+
+
+def test_deferred_misses_are_served_raw_and_left_to_the_refresh() -> None:
+    """The CPU default: no API process generates; the search log is the refresh's queue."""
+    from service.services.rewrite import MissPolicy
+
+    policy = RecordingPolicy()
+    rewriter = _rewriter(policy, False, "a1", budget_ms=1000)
+    rewriter.misses = MissPolicy.deferred
+    out = asyncio.run(rewriter.rewrite("USB hub", "usb hub"))
+    assert (out.source, out.text, out.adapter) == ("fallback", "USB hub", None)
+    assert policy.calls == [] and rewriter._pending == {}

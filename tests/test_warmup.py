@@ -73,6 +73,24 @@ def test_head_queries_are_the_most_searched_then_the_labelled(db_url: str) -> No
     assert [nq for nq, _ in head_queries(db_url, 0)] == ["mug", "office chair"]
 
 
+def test_a_refresh_adds_the_queries_missed_since_the_last_warmup(db_url: str) -> None:
+    _seed(db_url)
+    before = utcnow()
+    rows = [
+        {"id": str(uuid.uuid4()), "query": q, "normalized_query": q, "rewrite": q,
+         "rewrite_source": source, "k": 10, "product_ids": [], "scores": [],
+         "latency_ms": 1.0, "created_at": utcnow()}
+        for q, source in (("rare lamp", "fallback"), ("rare lamp", "fallback"),
+                          ("odd kettle", "fallback"), ("served mug", "cache"))
+    ]  # fmt: skip
+    with session_scope(db_url) as s:
+        add_searches(s, rows)
+    got = [nq for nq, _ in head_queries(db_url, 1, missed_since=before)]
+    # the 1 most searched, the labelled, then the misses since `before`, most frequent first
+    assert got == ["usb hub", "mug", "office chair", "rare lamp", "odd kettle"]
+    assert [nq for nq, _ in head_queries(db_url, 5, missed_since=utcnow())][-1] == "office chair"
+
+
 def test_warm_stores_what_is_missing_and_records_progress(db_url: str) -> None:
     _seed(db_url)
     with session_scope(db_url) as s:

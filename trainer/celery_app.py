@@ -12,7 +12,7 @@ import os
 
 from celery import Celery
 
-from service.queue import SCHEDULED_TASK, celery_config
+from service.queue import SCHEDULED_TASK, WARMUP_TASK, celery_config
 from service.settings import get_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +25,7 @@ def make_celery() -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.beat_schedule = {
         "maybe-train": {"task": SCHEDULED_TASK, "schedule": float(settings.train_every_s)},
+        "refresh-rewrites": {"task": WARMUP_TASK, "schedule": float(settings.rewrite_refresh_s)},
     }
     app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
     return app

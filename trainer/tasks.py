@@ -82,7 +82,8 @@ def promote_adapter(name: str) -> dict[str, Any]:
 
 @app.task(name=WARMUP_TASK)
 def warm_rewrites() -> dict[str, Any]:
-    """Store the active adapter's missing head-query rewrites (start-up warm-up)."""
+    """Store the active adapter's missing rewrites: head queries and the queries missed since
+    the previous warm-up (start-up warm-up; beat's refresh every OSPO_REWRITE_REFRESH_S)."""
     from service.services.promotion import warm_active
 
     return warm_active(get_settings())

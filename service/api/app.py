@@ -67,6 +67,7 @@ def _make_rewriter(settings: Settings, policy: Policy | None):  # type: ignore[n
         settings.adapter_poll_s,
         serve_base=settings.serve_base_policy,
         max_pending=settings.rewrite_max_pending,
+        misses=settings.rewrite_misses,
     )
 
 

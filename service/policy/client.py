@@ -16,7 +16,13 @@ from typing import Any
 import httpx
 
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
-from service.policy.protocol import AdapterError, PolicyError, RewriteResult, model_name
+from service.policy.protocol import (
+    AdapterError,
+    PolicyBusy,
+    PolicyError,
+    RewriteResult,
+    model_name,
+)
 
 
 class VllmPolicyClient:
@@ -159,8 +165,10 @@ class VllmPolicyClient:
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             response = await self._http.post(path, json=body)
+        except httpx.ConnectTimeout as exc:
+            raise PolicyError(f"{path}: no connection within the timeout") from exc
         except httpx.TimeoutException as exc:
-            raise PolicyError(f"{path} timed out after {self.timeout_s} s") from exc
+            raise PolicyBusy(f"{path} timed out after {self.timeout_s} s") from exc
         except httpx.HTTPError as exc:
             raise PolicyError(f"{path} failed: {exc!r}") from exc
         return _json_or_raise(path, response)

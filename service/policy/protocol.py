@@ -17,6 +17,10 @@ class PolicyError(RuntimeError):
     """The policy could not produce a rewrite (server down, timeout, bad response)."""
 
 
+class PolicyBusy(PolicyError):
+    """The server accepted the request but did not answer in time (overloaded, not down)."""
+
+
 class AdapterError(PolicyError):
     """An adapter could not be loaded or unloaded."""
 

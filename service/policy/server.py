@@ -68,7 +68,6 @@ class VllmServer:
         dtype: str = DEFAULT_DTYPE,
         max_model_len: int = 1024,
         kv_cache_gib: int = 1,
-        nice: int = 0,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -83,7 +82,6 @@ class VllmServer:
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.kv_cache_gib = kv_cache_gib
-        self.nice = nice
         self.log_path = log_path
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
@@ -112,7 +110,6 @@ class VllmServer:
             "max_lora_rank": settings.vllm_max_lora_rank,
             "dtype": settings.vllm_dtype,
             "kv_cache_gib": settings.vllm_kv_cache_gib,
-            "nice": settings.vllm_nice,
             "log_path": settings.data_dir / "logs" / f"vllm-{port}.log",
         }
         kwargs.update(overrides)
@@ -129,7 +126,6 @@ class VllmServer:
     def command(self) -> list[str]:
         """The argv that starts the server (the `vllm` console script is broken on CPU)."""
         return [
-            *(["nice", "-n", str(self.nice)] if self.nice else []),
             self.python,
             "-m",
             "vllm.entrypoints.openai.api_server",

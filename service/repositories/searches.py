@@ -53,3 +53,16 @@ def top_queries(session: Session, n: int) -> list[tuple[str, str]]:
         .limit(n)
     )
     return [(nq, q) for nq, q, _ in session.execute(stmt)]
+
+
+def missed_queries(session: Session, since: datetime, n: int) -> list[tuple[str, str]]:
+    """Normalised queries served without a rewrite (`fallback`) since `since`, most first."""
+    count = func.count().label("n")
+    stmt = (
+        select(Search.normalized_query, func.min(Search.query), count)
+        .where(Search.rewrite_source == "fallback", Search.created_at > since)
+        .group_by(Search.normalized_query)
+        .order_by(count.desc(), Search.normalized_query)
+        .limit(n)
+    )
+    return [(nq, q) for nq, q, _ in session.execute(stmt)]

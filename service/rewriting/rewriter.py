@@ -4,12 +4,16 @@
   `serve_base_policy` asks for the base model's rewrites).
 - A stored rewrite (`service.rewriting.store`: local LRU, Redis, database) answers at once
   (`rewrite_source="cache"`); head queries are stored before an adapter is promoted.
-- A miss is sent to the policy in the background and stored for the next shopper. Search waits
-  for it at most `rewrite_budget_ms` — 0 by default, so on a CPU deployment a miss is answered
-  at once with the raw query (`"fallback"`); a GPU deployment sets a budget that fits its
-  generation time. Identical concurrent misses share one generation; at most
-  `rewrite_max_pending` generations are in flight per process, and a miss beyond that is not
-  queued (its next search asks again), so a burst of new queries cannot pile up work.
+- A miss is answered with the raw query (`"fallback"`) and rewritten for the next shopper:
+  - `rewrite_misses=deferred` (default): by the serving worker's periodic refresh, which
+    rewrites the queries missed since the last one in a batch (the search log is the queue).
+    On a CPU host a generation running beside the API slows every search on the box, so no
+    API process generates;
+  - `background`: this process asks the policy at once and stores the answer; search waits
+    for it at most `rewrite_budget_ms` (0 by default; a GPU deployment sets about its p99
+    generation time). Identical concurrent misses share one generation; at most
+    `rewrite_max_pending` are in flight per process, and a miss beyond that is not queued
+    (its next search asks again), so a burst of new queries cannot pile up work.
 - When the policy server is down every search falls back immediately; a health loop notices
   when it is back and the rewriter recovers by itself (`/readyz` shows `degraded` meanwhile).
 """
@@ -25,9 +29,9 @@ from typing import Any
 from service.adapters.swap import ActiveAdapterWatcher
 from service.observability import POLICY_UP, REWRITE_BACKGROUND, REWRITE_HIT_RATIO
 from service.policy.prompt import PromptConfig
-from service.policy.protocol import Policy, PolicyError, RewriteResult
+from service.policy.protocol import Policy, PolicyBusy, PolicyError, RewriteResult
 from service.rewriting.store import RewriteStore, StoredAnswer, cache_key
-from service.services.rewrite import Rewrite
+from service.services.rewrite import MissPolicy, Rewrite
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,14 @@ class PolicyRewriter:
         budget_ms: float,
         health_interval_s: float = 2.0,
         serve_base: bool = False,
-        max_pending: int = 64,
+        max_pending: int = 8,
+        misses: MissPolicy = MissPolicy.background,
     ) -> None:
         self.policy = policy
         self.store = store
         self.watcher = watcher
         self.max_pending = max_pending
+        self.misses = misses
         self.lookups = {"hit": 0, "miss": 0}
         self.prompt = prompt
         self.prompt_version = prompt.version
@@ -70,7 +76,7 @@ class PolicyRewriter:
             text = self.prompt.search_text(query, hit.answer)
             return Rewrite(text, "cache", adapter, self.prompt_version, hit.answer)
         fallback = Rewrite(query, "fallback", None, self.prompt_version)
-        if not self.up:
+        if not self.up or self.misses == MissPolicy.deferred:
             return fallback
         key = cache_key(normalized, adapter, self.prompt_version)
         task = self._pending.get(key)
@@ -110,6 +116,8 @@ class PolicyRewriter:
         with self.watcher.using(adapter):
             try:
                 result = await self.policy.rewrite(query, adapter=adapter)
+            except PolicyBusy:
+                raise  # overloaded, not down: the next search of the query asks again
             except PolicyError as e:
                 self._mark_down(e)
                 raise
@@ -160,6 +168,7 @@ class PolicyRewriter:
             "active_adapter": self.watcher.current,
             "prompt_version": self.prompt_version,
             "budget_ms": self.budget_s * 1000,
+            "miss_policy": self.misses,
             "hits": self.lookups["hit"],
             "misses": self.lookups["miss"],
             "hit_ratio": self.lookups["hit"] / total if total else None,

@@ -1,10 +1,11 @@
 """Warm-up: rewrite the head queries with an adapter before it serves them.
 
 Production query rewriters serve stored rewrites for the head of the query distribution and
-never make a shopper wait for generation. Before a promotion flips the active pointer (and at
-start-up for the active adapter) this module:
+never make a shopper wait for generation. Before a promotion flips the active pointer, at
+start-up, and as the periodic refresh of the active adapter, this module:
 1. picks the head queries: the `queries` most searched normalised queries of the search log,
-   plus every labelled (training) query;
+   plus every labelled (training) query, plus (a refresh) the queries served without a
+   rewrite since the previous warm-up — the misses, most frequent first;
 2. skips those whose rewrite by this adapter and prompt version is already stored;
 3. asks the policy for the rest, `concurrency` at a time (vLLM batches them), and writes each
    answer to the database tier of the rewrite store, where every API process finds it;
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -32,11 +34,12 @@ from service.policy.protocol import Policy, PolicyError
 from service.repositories.adapters import set_warmup
 from service.repositories.labels import labelled_queries
 from service.repositories.rewrites import put_rewrites, stored_queries
-from service.repositories.searches import top_queries
+from service.repositories.searches import missed_queries, top_queries
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
+MAX_MISSES = 10_000  # per refresh; the time limit usually ends one before this matters
 
 
 class WarmupStatus(StrEnum):
@@ -54,14 +57,17 @@ class WarmupConfig:
     concurrency: int = 8
 
 
-def head_queries(database_url: str, n: int) -> list[tuple[str, str]]:
+def head_queries(
+    database_url: str, n: int, missed_since: datetime | None = None
+) -> list[tuple[str, str]]:
     """(normalised query, a spelling) of the `n` most searched queries, then the labelled
-    queries not among them."""
+    queries, then the queries missed since `missed_since` (most frequent first), each once."""
     with session_scope(database_url) as s:
         head = top_queries(s, n) if n > 0 else []
         labelled = labelled_queries(s)
+        missed = missed_queries(s, missed_since, MAX_MISSES) if missed_since else []
     chosen = dict(head)
-    for nq, q in labelled:
+    for nq, q in [*labelled, *missed]:
         chosen.setdefault(nq, q)
     return list(chosen.items())
 
@@ -72,10 +78,12 @@ async def warm(
     adapter: str,
     prompt_version: str,
     config: WarmupConfig,
+    missed_since: datetime | None = None,
 ) -> dict[str, Any]:
-    """Store the adapter's rewrites of the head queries; returns the final progress record."""
+    """Store the adapter's rewrites of the head queries (and of the queries missed since
+    `missed_since`); returns the final progress record."""
     started = time.time()
-    queries = await to_thread.run_sync(head_queries, database_url, config.queries)
+    queries = await to_thread.run_sync(head_queries, database_url, config.queries, missed_since)
 
     def missing() -> list[tuple[str, str]]:
         with session_scope(database_url) as s:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from service.adapters.registry import verify_files
@@ -72,8 +73,11 @@ def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str,
 
 
 def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
-    """Start-up warm-up: store what is missing of the active adapter's head-query rewrites.
-    Skipped when another warm-up of it reported progress within `fresh_s`."""
+    """Start-up warm-up and periodic refresh of the active adapter: store what is missing of
+    its head-query rewrites and of the queries missed since its previous warm-up. Skipped when
+    another warm-up of it reported progress within `fresh_s`."""
+    if settings.policy_backend != "vllm":
+        return {"skipped": f"policy backend {settings.policy_backend}: nothing to warm"}
     url = settings.resolved_database_url
     with session_scope(url) as s:
         row = active_adapter(s)
@@ -86,6 +90,9 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
         and time.time() - float(progress.get("updated_at", 0)) < fresh_s
     ):
         return {"skipped": f"a warm-up of {name} is running"}
+    # The search log is the queue of misses: everything served raw since the last warm-up.
+    last = progress.get("started_at")
+    missed_since = datetime.fromtimestamp(float(last), UTC) if last else None
 
     async def go() -> dict[str, Any]:
         policy = make_policy(settings)
@@ -98,7 +105,9 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
                     raise Unavailable("the policy server did not come up; warm-up skipped")
                 await asyncio.sleep(2)
             await ensure_loaded(policy, name, path)
-            return await warm(policy, url, name, DEFAULT_PROMPT.version, settings.warmup)
+            return await warm(
+                policy, url, name, DEFAULT_PROMPT.version, settings.warmup, missed_since
+            )
         finally:
             await policy.aclose()
 

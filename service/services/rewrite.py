@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal, Protocol
 
 Source = Literal["policy", "cache", "fallback", "none"]
+
+
+class MissPolicy(StrEnum):
+    """Who rewrites a query that has no stored rewrite (search serves it raw meanwhile)."""
+
+    background = "background"  # the API process asks the policy at once
+    deferred = "deferred"  # the serving worker's next refresh (service.rewriting.warmup)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ class RewriteStoreOut(BaseModel):
     active_adapter: str | None
     prompt_version: str
     budget_ms: float = Field(description="How long a miss waits for the policy (0: not at all).")
+    miss_policy: str = Field(description="Who rewrites misses: `background` or `deferred`.")
     stored: int = Field(description="Rewrites of the active policy in the database tier.")
     hits: int = Field(description="Searches of this API process answered from the store.")
     misses: int
