@@ -157,13 +157,31 @@ def bootstrap() -> None:
 
 
 @app.command("serve")
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            help="one log line per request (off: /metrics counts requests, and the "
+            "line costs more than the rest of the HTTP handling)"
+        ),
+    ] = False,
+) -> None:
     """Run the HTTP API."""
     import uvicorn
 
     logging.basicConfig(level=get_settings().log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per policy call is noise
-    uvicorn.run("service.api.main:app", host=host, port=port, workers=workers, log_level="info")
+    uvicorn.run(
+        "service.api.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=access_log,
+    )
 
 
 @models_app.command("prepare")
