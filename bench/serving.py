@@ -22,6 +22,9 @@ Icecat + ESCI products, hybrid retrieval):
    head queries of the search log, then flips); recorded: warm-up size and time, and for each
    API process the time from the flip (`activated_at`, polled in the database) to its first
    search served with a stored `bench-b` rewrite (probed every 50 ms); then the Zipf stream.
+5. **policy off, after**: the policy-off API again, on the warm phase's streams, while vLLM, the
+   other API process and the worker still run and the search log has grown — what the box's
+   state costs, apart from the policy path.
 The goals of issue 9 are evaluated from these numbers and written under `goals`.
 
 Query pool: the distinct normalised queries of the Chorus judgments, the ESCI sample and WANDS
@@ -684,6 +687,15 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, result: dict[str, Any
             "levels": measure(bases[0], "warm", streams["warm"], args.levels, args.k),
             "store": admin(bases[0], "GET", "/admin/rewrites").json(),
         }
+        # The same policy-off API again, now beside everything the policy modes run (vLLM,
+        # a second API process, the worker) and over the grown search log: separates what
+        # the box's state costs from what the policy path costs.
+        off = api_env(args, workdir, db_url, OSPO_POLICY_BACKEND="none")
+        with running_api(off, workdir, "off-after") as api:
+            run_level(api.url, pool[:32], 1, args.k, "warm-up")
+            result["modes"]["policy_off_after"] = {
+                "levels": measure(api.url, "policy_off_after", streams["warm"], args.levels, args.k)
+            }
     finally:
         if worker is not None:
             worker.stop()
@@ -711,6 +723,13 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
                 "goal": "<= 1.15",
                 "met": on <= 1.15 * off,
             }
+    if "policy_off_after" in modes:  # context, not a goal: the same box state as `warm`
+        after = {lv["concurrency"]: lv for lv in modes["policy_off_after"]["levels"]}
+        out["warm_p99_vs_policy_off_after"] = {
+            c: round(by["warm"][c]["latency_ms"]["p99"] / after[c]["latency_ms"]["p99"], 3)
+            for c in by["warm"]
+            if c in after
+        }
     warm_hits = [lv["hit_ratio"] for lv in modes["warm"]["levels"]]
     out["warm_hit_ratio"] = {
         "per_level": warm_hits,

@@ -43,7 +43,10 @@ def api(vllm_server: str, random_adapters, small_index_root: Path, tmp_path_fact
         "OSPO_POLICY_BACKEND": "vllm",
         "OSPO_VLLM_URL": vllm_server,
         "OSPO_REWRITE_BUDGET_MS": "60000",
-        "OSPO_REWRITE_MISSES": "background",  # this module tests the generation path itself
+        # This module tests the generation path itself: every miss goes to the policy and
+        # search waits for it (a GPU-like configuration), 12 concurrent misses included.
+        "OSPO_REWRITE_MISSES": "background",
+        "OSPO_REWRITE_MAX_PENDING": "64",
         "OSPO_ADAPTER_POLL_S": "0.5",
         "OSPO_ADAPTER_UNLOAD_GRACE_S": "3600",
         # This module tests the policy path itself, so the base model serves before any
