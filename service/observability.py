@@ -21,7 +21,8 @@ INDEX_SIZE = Gauge("ospo_index_products", "Products in the serving index")
 POLICY_UP = Gauge("ospo_policy_up", "1 when the policy server answers its health check")
 REWRITE_LOOKUPS = Counter(
     "ospo_rewrite_lookups_total",
-    "Rewrite store lookups by the tier that answered (miss: none did)",
+    "Rewrite store lookups by the tier that answered (miss: none did; known_miss: a miss "
+    "remembered since the last warm-up)",
     ["tier"],
 )
 REWRITE_HIT_RATIO = Gauge(

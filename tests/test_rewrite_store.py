@@ -112,3 +112,23 @@ def test_redis_outage_degrades_to_local() -> None:
         await store.aclose()
 
     asyncio.run(go())
+
+
+def test_a_miss_is_remembered_until_a_warmup_finishes(db_url: str) -> None:
+    """Repeats of a miss do not go back to the database; what another process stores meanwhile
+    is seen after `forget_missing` (a finished warm-up or refresh) — or at once after this
+    process's own `put`."""
+
+    async def go() -> None:
+        api = RewriteStore(10, database_url=db_url)
+        worker = RewriteStore(10, database_url=db_url)
+        assert await api.get("usb hub", "a1", "v1") is None
+        await worker.put("usb hub", "a1", "v1", StoredAnswer("powered", ""), RewriteOrigin.warmup)
+        assert await api.get("usb hub", "a1", "v1") is None  # a known miss: no round trip
+        api.forget_missing()
+        assert await api.get("usb hub", "a1", "v1") == StoredAnswer("powered", "")
+        assert await api.get("mug", "a1", "v1") is None
+        await api.put("mug", "a1", "v1", StoredAnswer("ceramic", ""))
+        assert await api.get("mug", "a1", "v1") == StoredAnswer("ceramic", "")
+
+    asyncio.run(go())

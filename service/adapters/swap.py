@@ -157,6 +157,9 @@ class ActiveAdapterWatcher:
         # Awaited with the new adapter before this process switches to it (the rewriter
         # preloads its stored rewrites, so the first searches after the flip are local hits).
         self.before_switch: Callable[[str | None], Awaitable[Any]] | None = None
+        # Called when a warm-up or refresh finishes (any process): new rewrites are stored.
+        self.on_warmup_done: Callable[[], None] | None = None
+        self._warmup_seen: tuple[str, float] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager

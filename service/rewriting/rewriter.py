@@ -179,6 +179,7 @@ class PolicyRewriter:
 
     async def start(self) -> None:
         self.watcher.before_switch = self._preload
+        self.watcher.on_warmup_done = self.store.forget_missing
         self._health_task = asyncio.create_task(self._health_loop())
         self.watcher.start()
 

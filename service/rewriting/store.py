@@ -10,6 +10,11 @@ Redis and database errors never fail a search: the tier is skipped and the miss 
 
 A stored answer of None means the policy answered nothing usable for that query: search uses
 the raw query and the policy is not asked again for it.
+
+A query found in no tier is remembered as missing in this process (bounded, LRU), so repeats
+of a miss — the common case for a new query between refreshes — cost a dict lookup instead of
+a Redis and a database round trip. `put` of the key forgets it; `forget_missing` (called when
+a warm-up or refresh finishes, which the adapter watcher sees) forgets them all.
 """
 
 from __future__ import annotations
@@ -77,6 +82,8 @@ class RewriteStore:
         database_url: str | None = None,
     ) -> None:
         self.local = LruCache(capacity)
+        self.missing: OrderedDict[str, None] = OrderedDict()
+        self._missing_lock = threading.Lock()
         self.ttl_s = ttl_s
         self.database_url = database_url
         self._redis = None
@@ -95,6 +102,9 @@ class RewriteStore:
         if hit is not None:
             REWRITE_LOOKUPS.labels("local").inc()
             return hit
+        if key in self.missing:
+            REWRITE_LOOKUPS.labels("known_miss").inc()
+            return None
         hit = await self._redis_get(key)
         if hit is not None:
             REWRITE_LOOKUPS.labels("redis").inc()
@@ -107,7 +117,19 @@ class RewriteStore:
             await self._redis_set(key, hit)
             return hit
         REWRITE_LOOKUPS.labels("miss").inc()
+        self._remember_missing(key)
         return None
+
+    def _remember_missing(self, key: str) -> None:
+        with self._missing_lock:
+            self.missing[key] = None
+            self.missing.move_to_end(key)
+            while len(self.missing) > max(self.local.capacity, 1):
+                self.missing.popitem(last=False)
+
+    def forget_missing(self) -> None:
+        with self._missing_lock:
+            self.missing.clear()
 
     async def put(
         self,
@@ -119,6 +141,8 @@ class RewriteStore:
     ) -> None:
         key = cache_key(normalized, adapter, prompt_version)
         self.local.set(key, value)
+        with self._missing_lock:
+            self.missing.pop(key, None)
         await self._redis_set(key, value)
         if self.database_url is not None:
             row = {
