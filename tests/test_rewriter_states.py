@@ -205,3 +205,33 @@ def test_deferred_misses_are_served_raw_and_left_to_the_refresh() -> None:
     out = asyncio.run(rewriter.rewrite("USB hub", "usb hub"))
     assert (out.source, out.text, out.adapter) == ("fallback", "USB hub", None)
     assert policy.calls == [] and rewriter._pending == {}
+
+
+def test_the_watcher_reports_each_finished_warmup_once(db_url: str) -> None:
+    """A finished warm-up or refresh (by any process) is what lets a process forget the misses
+    it remembered; each one is reported once."""
+    import time
+
+    from service.db.engine import session_scope
+    from service.db.models import Adapter
+    from service.repositories.adapters import set_active, set_warmup
+
+    with session_scope(db_url) as s:
+        s.add(Adapter(name="a1", path="/x", checksum="c", base_model="m", status="candidate"))
+    with session_scope(db_url) as s:
+        set_active(s, "a1")
+    watcher = ActiveAdapterWatcher(ListingPolicy(), db_url)  # type: ignore[arg-type]
+    calls: list[int] = []
+    watcher.on_warmup_done = lambda: calls.append(1)
+
+    async def go() -> None:
+        await watcher.sync_once()
+        assert calls == []  # no warm-up yet
+        for finished in (time.time(), time.time() + 1):
+            with session_scope(db_url) as s:
+                set_warmup(s, "a1", {"status": "done", "finished_at": finished, "updated_at": 0})
+            await watcher.sync_once()
+            await watcher.sync_once()  # the same warm-up seen again: not reported twice
+
+    asyncio.run(go())
+    assert calls == [1, 1]

@@ -196,6 +196,12 @@ class ActiveAdapterWatcher:
         if self.warmup is not None:
             for state in ("total", "done"):
                 REWRITE_WARMUP.labels(self.warmup["adapter"], state).set(self.warmup.get(state, 0))
+            finished = self.warmup.get("finished_at")
+            if finished is not None:
+                seen = (self.warmup["adapter"], float(finished))
+                if seen != self._warmup_seen and self.on_warmup_done is not None:
+                    self.on_warmup_done()
+                self._warmup_seen = seen
         try:
             # After a policy-server restart nothing is loaded: put the active adapter back.
             loaded = (
