@@ -262,18 +262,15 @@ def compute_floor(args: argparse.Namespace, workdir: Path, pool: list[str]) -> d
 # ---------------------------------------------------------------------------- processes
 
 
-class ApiProcess:
-    """`ospo serve` (uvicorn, 1 worker) in its own process group, stopped with the group."""
+class GroupProcess:
+    """An `ospo` command in its own process group (OSPO_* from `env` only), stopped with it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path) -> None:
-        from service.policy.server import free_port
-
-        self.port = free_port()
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
         self.proc = subprocess.Popen(
-            [OSPO, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            argv,
             env={**clean, **env},
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -281,6 +278,32 @@ class ApiProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+class ApiProcess(GroupProcess):
+    """`ospo serve` (uvicorn, 1 worker) on a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        from service.policy.server import free_port
+
+        self.port = free_port()
+        argv = [OSPO, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        super().__init__(argv, env, log_path, cwd)
 
     @property
     def url(self) -> str:
@@ -296,21 +319,6 @@ class ApiProcess:
                     return time.monotonic() - started
             time.sleep(0.5)
         raise TimeoutError(f"ospo serve not ready after {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
 
 
 @contextlib.contextmanager
@@ -349,38 +357,19 @@ def effective_settings(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-class Worker:
-    """`ospo worker --queues serving` (promotions with warm-up), its own process group."""
+class Worker(GroupProcess):
+    """`ospo worker --queues serving` (promotions with warm-up)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, cwd: Path) -> None:
-        self._log = log_path.open("ab")
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
-        self.proc = subprocess.Popen(
-            [OSPO, "worker", "--queues", "serving", "--concurrency", "1"],
-            env={**clean, **env},
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = [OSPO, "worker", "--queues", "serving", "--concurrency", "1"]
+        super().__init__(argv, env, log_path, cwd)
 
-    def wait_ready(self, log_path: Path, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        while "ready." not in log_path.read_text(errors="replace"):
+        while "ready." not in self.log_path.read_text(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready:\n{log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"worker not ready:\n{self.tail()}")
             time.sleep(0.5)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self._log.close()
 
 
 # ---------------------------------------------------------------------------- load generation
@@ -656,7 +645,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, result: dict[str, Any
         )
         result["settings"]["policy_on"] = effective_settings(env)
         worker = Worker(env, workdir / "worker.log", workdir)
-        worker.wait_ready(workdir / "worker.log")  # its start-up warm-up finds no active adapter
+        worker.wait_ready()  # its start-up warm-up finds no active adapter
         apis = [ApiProcess(env, workdir / f"api-policy-{i}.log", workdir) for i in range(2)]
         for api in apis:
             api.wait_ready()
