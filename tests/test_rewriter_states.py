@@ -86,28 +86,40 @@ def test_adapter_answer_is_stored_as_additions_and_composed_per_request() -> Non
     assert len(policy.calls) == 1
 
 
+class GatedPolicy(RecordingPolicy):
+    """Answers only once `gate` is set: a generation that cannot finish before the test says."""
+
+    gate: asyncio.Event
+
+    async def rewrite(self, query: str, adapter: str | None = None) -> RewriteResult:
+        self.calls.append((query, adapter))
+        await self.gate.wait()
+        self.calls.pop()
+        return await super().rewrite(query, adapter)
+
+
 def test_a_miss_does_not_wait_and_the_next_shopper_gets_the_stored_rewrite(db_url: str) -> None:
-    """Budget 0 (the default): the miss is answered with the raw query before the (slow)
-    generation ends; identical misses meanwhile share one generation; once it lands, any
+    """Budget 0 (the default): the miss is answered with the raw query while its generation
+    is still blocked; identical misses meanwhile share that one generation; once it lands, any
     process finds it (here: a second rewriter on the same database)."""
-    policy = RecordingPolicy(delay_s=0.3)
+    policy = GatedPolicy()
     rewriter = _rewriter(policy, False, "a1", budget_ms=0, db_url=db_url)
     other = _rewriter(RecordingPolicy(), False, "a1", budget_ms=0, db_url=db_url)
 
     async def go() -> tuple:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        policy.gate = asyncio.Event()
         misses = [await rewriter.rewrite("USB hub", "usb hub") for _ in range(3)]
-        waited = loop.time() - t0
-        await asyncio.sleep(0.6)
+        in_flight = list(rewriter._pending.values())
+        policy.gate.set()
+        await asyncio.gather(*in_flight)
         later = await rewriter.rewrite("usb  HUB", "usb hub")
         elsewhere = await other.rewrite("usb hub", "usb hub")
-        return misses, waited, later, elsewhere
+        return misses, len(in_flight), later, elsewhere
 
-    misses, waited, later, elsewhere = asyncio.run(go())
+    misses, in_flight, later, elsewhere = asyncio.run(go())
     assert [m.source for m in misses] == ["fallback"] * 3
     assert all(m.text == "USB hub" for m in misses)
-    assert waited < policy.delay_s  # answered before the generation could have finished
+    assert in_flight == 1  # all three answered while the one shared generation was blocked
     assert policy.calls == [("USB hub", "a1")]
     assert later.source == "cache" and later.text == "usb  HUB usb hub"
     assert elsewhere.source == "cache" and other.policy.calls == []  # type: ignore[attr-defined]
