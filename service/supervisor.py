@@ -7,8 +7,6 @@ never leaves half a system running.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +15,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+
+from service.processes import signal_group, stop_group
 
 console = Console(stderr=True)
 
@@ -47,19 +47,14 @@ class Supervisor:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping = True
+        # SIGTERM every group first so they shut down in parallel, then collect each.
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
                 console.print(f"stopping {name}")
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in self.procs.values():
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, max(0.1, deadline - time.monotonic()))
 
     def run(self) -> int:
         def _on_signal(signum: int, _frame: object) -> None:

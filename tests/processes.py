@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+
+from service.processes import signal_group, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 OSPO = str(Path(sys.executable).with_name("ospo"))
@@ -34,17 +35,10 @@ class Child:
         return self.proc.poll() is None
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        signal_group(self.proc.pid, sig)
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.alive():
-            self.kill(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill(signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, timeout)
         self._fh.close()
 
     def tail(self, n: int = 60) -> str:

@@ -13,8 +13,9 @@ from service.policy import models
 from service.policy.models import (
     MANIFEST_NAME,
     POLICY_MODEL_DIRNAME,
-    default_policy_model_path,
+    PolicyModelError,
     is_prepared,
+    resolve_policy_model,
 )
 from service.policy.server import VllmServer, VllmServerError, free_port
 from service.settings import Settings
@@ -118,12 +119,22 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def test_default_policy_model_path(tmp_path: Path) -> None:
-    assert default_policy_model_path(Settings(data_dir=tmp_path)) == (
-        tmp_path / "models" / POLICY_MODEL_DIRNAME
+def test_resolve_policy_model(tmp_path: Path) -> None:
+    """One resolver: a configured or passed folder must be an HF folder; the default is the
+    SmolLM2 conversion under models_dir (not prepared when only its path is wanted)."""
+    assert (
+        resolve_policy_model(Settings(data_dir=tmp_path), prepare=False)
+        == (tmp_path / "models" / POLICY_MODEL_DIRNAME).resolve()
     )
-    custom = Settings(data_dir=tmp_path, policy_model="/models/qwen")
-    assert default_policy_model_path(custom) == Path("/models/qwen")
+    with pytest.raises(PolicyModelError, match="no config.json"):
+        resolve_policy_model(Settings(data_dir=tmp_path, policy_model=str(tmp_path / "qwen")))
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text("{}")
+    custom = Settings(data_dir=tmp_path, policy_model=str(tmp_path / "qwen"))
+    assert resolve_policy_model(custom) == tmp_path / "qwen"
+    # a command's --model wins over the setting
+    with pytest.raises(PolicyModelError):
+        resolve_policy_model(custom, tmp_path / "other")
 
 
 def test_manifest_marks_a_complete_folder(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from service.db.engine import session_scope
-from service.db.models import RewriteOrigin
+from service.domain import RewriteOrigin
 from service.repositories.rewrites import count_rewrites, stored_queries
 from service.rewriting.store import LruCache, RewriteStore, StoredAnswer, cache_key
 from tests.conftest import REDIS_URL, redis_error

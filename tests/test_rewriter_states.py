@@ -173,7 +173,8 @@ def test_a_process_preloads_the_new_adapters_rewrites_before_switching(db_url: s
     fills its LRU with those rewrites, and only then serves `a1`: the first search is a
     local hit, not a miss."""
     from service.db.engine import session_scope
-    from service.db.models import Adapter, RewriteOrigin
+    from service.db.models import Adapter
+    from service.domain import RewriteOrigin
     from service.repositories.adapters import set_active
     from service.rewriting.store import StoredAnswer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.api.schemas import EventIn
+from service.schemas.public import EventIn
 from service.db.engine import session_scope
 from service.db.migrate import upgrade
 from service.db.models import Search, utcnow

@@ -10,7 +10,8 @@ import uuid
 
 from service.catalog.records import LabelRecord
 from service.db.engine import session_scope
-from service.db.models import Adapter, RewriteOrigin, StoredRewrite, utcnow
+from service.db.models import Adapter, StoredRewrite, utcnow
+from service.domain import RewriteOrigin
 from service.policy.protocol import RewriteResult
 from service.repositories.labels import upsert_labels
 from service.repositories.rewrites import put_rewrites

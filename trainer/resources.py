@@ -26,21 +26,11 @@ class ResourceError(RuntimeError):
 
 
 def policy_model_path(settings: Settings, model: str | Path | None = None) -> Path:
-    """``model`` if given (must be an HF folder); else the default SmolLM2, prepared if needed."""
-    from service.policy.models import PolicyModelError, default_policy_model_path, is_prepared
-
-    if model is not None:
-        path = Path(model)
-        if not (path / "config.json").is_file():
-            raise ResourceError(f"{path} is not a Hugging Face model folder (no config.json)")
-        return path.resolve()
-    path = default_policy_model_path(settings)
-    if settings.policy_model or is_prepared(path):
-        return path.resolve()
-    from service.policy.models import prepare_policy_model
+    """``resolve_policy_model`` with its failure as a ``ResourceError`` (a command's message)."""
+    from service.policy.models import PolicyModelError, resolve_policy_model
 
     try:
-        return prepare_policy_model(settings.models_dir).resolve()
+        return resolve_policy_model(settings, model)
     except PolicyModelError as e:
         raise ResourceError(str(e)) from e
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from service.db.engine import session_scope
 from service.db.models import Adapter
+from service.domain import AdapterStatus
 from service.errors import Conflict, InvalidInput, NotFound
 from service.repositories.adapters import add_adapter, get_adapter
 
@@ -78,7 +79,7 @@ def register_adapter(
         checksum=digest,
         base_model=base_model,
         parent=parent,
-        status="candidate",
+        status=AdapterStatus.candidate,
         metrics=metrics or {},
     )
     with session_scope(database_url) as session:

@@ -14,7 +14,6 @@ After a policy-server restart the watcher finds the active adapter missing and l
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -26,7 +25,9 @@ from typing import Any
 from anyio import to_thread
 
 from service.adapters.registry import verify_files
+from service.background import BackgroundLoop
 from service.db.engine import session_scope
+from service.domain import AdapterStatus
 from service.errors import Conflict, NotFound, Unavailable
 from service.observability import REWRITE_WARMUP
 from service.policy.prompt import DEFAULT_PROMPT
@@ -83,7 +84,7 @@ async def activate(
             row = get_adapter(s, name)
             if row is None:
                 raise NotFound(f"no adapter named {name!r}")
-            if row.status == "rejected":
+            if row.status == AdapterStatus.rejected:
                 raise Conflict(f"adapter {name!r} was rejected by the gate; promote refused")
             return row
 
@@ -106,7 +107,7 @@ async def activate(
     def _flip() -> str | None:
         with session_scope(database_url) as s:
             previous = set_active(s, name)
-            set_status(s, name, "active", {"canary": canary_info})
+            set_status(s, name, AdapterStatus.active, {"canary": canary_info})
             return previous
 
     previous = await to_thread.run_sync(_flip)
@@ -160,7 +161,9 @@ class ActiveAdapterWatcher:
         # Called when a warm-up or refresh finishes (any process): new rewrites are stored.
         self.on_warmup_done: Callable[[], None] | None = None
         self._warmup_seen: tuple[str, float] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(
+            "adapter watcher", self.sync_once, interval_s, on_error=self._failed
+        )
 
     @contextlib.contextmanager
     def using(self, adapter: str | None):  # type: ignore[no-untyped-def]
@@ -181,7 +184,7 @@ class ActiveAdapterWatcher:
             retired = [
                 (a.name, a.retired_at.timestamp() if a.retired_at else None)
                 for a in rows
-                if a.status in ("retired", "rejected")
+                if a.status in (AdapterStatus.retired, AdapterStatus.rejected)
             ]
             warmups = [
                 {"adapter": a.name, **a.metrics["warmup"]}
@@ -237,20 +240,11 @@ class ActiveAdapterWatcher:
                     await self.policy.unload_adapter(name)
                     log.info("unloaded stale adapter %s", name)
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.sync_once()
-            except Exception as e:  # noqa: BLE001 - the watcher must survive anything
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("adapter watcher: %s", self.last_error)
-            await asyncio.sleep(self.interval_s)
+    def _failed(self, error: Exception) -> None:
+        self.last_error = f"{type(error).__name__}: {error}"
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,10 +11,13 @@ from fastapi import FastAPI
 
 from service.api.errors import install_error_handlers
 from service.api.routers import admin, events, health, search
+from service.background import BackgroundLoop
 from service.policy.protocol import Policy
 from service.retrieval.batcher import SearchBatcher
+from service.rewriting.rewriter import PolicyRewriter
 from service.services.admin import IndexRebuilds
-from service.services.rewrite import IdentityRewriter
+from service.services.promotion import ServingAdapters
+from service.services.rewrite import IdentityRewriter, Rewriter
 from service.services.search import SearchService
 from service.services.search_log import SearchLogWriter
 from service.settings import Settings, get_settings
@@ -27,24 +28,13 @@ log = logging.getLogger(__name__)
 INDEX_POLL_S = 5.0
 
 
-async def _watch_index(holder: RetrieverHolder) -> None:
-    """Pick up a new CURRENT index version written by another process (rebuild, CLI)."""
-    while True:
-        await asyncio.sleep(INDEX_POLL_S)
-        try:
-            await to_thread.run_sync(holder.refresh)
-        except Exception:  # noqa: BLE001 - keep serving the old index
-            log.exception("index refresh failed")
-
-
-def _make_rewriter(settings: Settings, policy: Policy | None):  # type: ignore[no-untyped-def]
+def _make_rewriter(settings: Settings, policy: Policy | None) -> Rewriter:
     """The policy-backed rewriter, or the identity when no policy is configured."""
     if policy is None and settings.policy_backend == "none":
         return IdentityRewriter()
     from service.adapters.swap import ActiveAdapterWatcher
     from service.policy.factory import make_policy
     from service.policy.prompt import DEFAULT_PROMPT
-    from service.rewriting.rewriter import PolicyRewriter
     from service.rewriting.store import RewriteStore
 
     policy = policy or make_policy(settings)
@@ -78,25 +68,29 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     rewriter = _make_rewriter(settings, policy)
     batcher = SearchBatcher(retrievers.get, settings.search_max_batch, settings.search_window_ms)
     search_log = SearchLogWriter(settings.resolved_database_url, settings.search_log_background)
+    # A new CURRENT index version written by another process (rebuild, CLI) is picked up here;
+    # a failed refresh keeps serving the old index.
+    index_watcher = BackgroundLoop(
+        "index watcher",
+        lambda: to_thread.run_sync(retrievers.refresh),
+        INDEX_POLL_S,
+        wait_first=True,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(retrievers.refresh)
-        watcher = asyncio.create_task(_watch_index(retrievers))
+        index_watcher.start()
         batcher.start()
         search_log.start()
-        if hasattr(rewriter, "start"):
-            await rewriter.start()
+        await rewriter.start()
         try:
             yield
         finally:
-            if hasattr(rewriter, "stop"):
-                await rewriter.stop()
+            await rewriter.stop()
             await batcher.stop()
             await to_thread.run_sync(search_log.stop)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await index_watcher.stop()
 
     app = FastAPI(
         title="OSPO Search",
@@ -110,8 +104,9 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     app.state.search_service = SearchService(search_log, retrievers, rewriter, batcher)
     app.state.rewriter = rewriter
     app.state.index_rebuilds = IndexRebuilds(settings, retrievers)
-    if hasattr(rewriter, "status"):
-        app.state.policy_status = rewriter.status
+    app.state.serving_adapters = ServingAdapters(
+        settings, rewriter if isinstance(rewriter, PolicyRewriter) else None
+    )
     install_error_handlers(app)
     app.include_router(search.router)
     app.include_router(events.router)

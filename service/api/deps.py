@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from service.errors import Unauthorized
+from service.services.admin import IndexRebuilds
+from service.services.promotion import ServingAdapters
 from service.services.search import SearchService
 from service.services.search_log import SearchLogWriter
 from service.settings import Settings
@@ -30,6 +32,14 @@ def _retrievers(request: Request) -> RetrieverHolder:
     return request.app.state.retrievers
 
 
+def _index_rebuilds(request: Request) -> IndexRebuilds:
+    return request.app.state.index_rebuilds
+
+
+def _serving_adapters(request: Request) -> ServingAdapters:
+    return request.app.state.serving_adapters
+
+
 def require_admin(
     settings: Annotated[Settings, Depends(_settings)],
     authorization: Annotated[str | None, Header()] = None,
@@ -44,4 +54,6 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 SearchServiceDep = Annotated[SearchService, Depends(_search_service)]
 SearchLogDep = Annotated[SearchLogWriter, Depends(_search_log)]
 RetrieversDep = Annotated[RetrieverHolder, Depends(_retrievers)]
+IndexRebuildsDep = Annotated[IndexRebuilds, Depends(_index_rebuilds)]
+ServingAdaptersDep = Annotated[ServingAdapters, Depends(_serving_adapters)]
 AdminDep = Depends(require_admin)

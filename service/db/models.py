@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -21,14 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
-ADAPTER_STATUSES = ("candidate", "active", "retired", "rejected")
-RUN_STATUSES = ("queued", "running", "promoted", "rejected", "failed")
-
-
-class RewriteOrigin(StrEnum):
-    warmup = "warmup"  # generated ahead of traffic, before a promotion flips or at start-up
-    miss = "miss"  # generated in the background after a shopper's query missed the store
+from service.domain import AdapterStatus, RunStatus
 
 
 def utcnow() -> datetime:
@@ -130,7 +122,7 @@ class Adapter(Base):
     checksum: Mapped[str] = mapped_column(String(64))
     base_model: Mapped[str] = mapped_column(Text)
     parent: Mapped[str | None] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    status: Mapped[str] = mapped_column(String(16), default=AdapterStatus.candidate)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -141,7 +133,7 @@ class TrainingRun(Base):
     __tablename__ = "training_runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.queued, index=True)
     algorithm: Mapped[str] = mapped_column(String(16))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.domain import BASE_ADAPTER
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
-from service.policy.protocol import BASE_ADAPTER, AdapterError, Policy, RewriteResult
+from service.policy.protocol import AdapterError, Policy, RewriteResult
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -64,12 +65,8 @@ def make_policy(settings: Settings, prompt: PromptConfig = DEFAULT_PROMPT) -> Po
         )
     if settings.policy_backend == "local":
         from service.policy.local import LocalPolicy
-        from service.policy.models import default_policy_model_path, prepare_policy_model
+        from service.policy.models import resolve_policy_model
 
-        model_path = (
-            default_policy_model_path(settings)
-            if settings.policy_model
-            else prepare_policy_model(settings.models_dir)
-        )
+        model_path = resolve_policy_model(settings)
         return LocalPolicy(model_path, prompt=prompt, max_tokens=prompt.max_tokens)
     return NullPolicy(prompt)

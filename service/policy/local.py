@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.domain import BASE_ADAPTER
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
-from service.policy.protocol import BASE_ADAPTER, AdapterError, PolicyError, RewriteResult
+from service.policy.protocol import AdapterError, PolicyError, RewriteResult
 
 if TYPE_CHECKING:
     import torch

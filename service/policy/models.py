@@ -45,11 +45,24 @@ class PolicyModelError(RuntimeError):
     """The policy model cannot be found or prepared."""
 
 
-def default_policy_model_path(settings: Settings) -> Path:
-    """The policy folder to serve: `policy_model` if configured, else the prepared SmolLM2."""
-    if settings.policy_model:
-        return Path(settings.policy_model)
-    return settings.models_dir / POLICY_MODEL_DIRNAME
+def resolve_policy_model(
+    settings: Settings, model: str | Path | None = None, *, prepare: bool = True
+) -> Path:
+    """The one answer to "which base-model folder?", for serving, training and tools alike.
+
+    `model` (a command's `--model`), else `OSPO_POLICY_MODEL`, must be a Hugging Face folder.
+    Otherwise it is the SmolLM2 conversion under `models_dir`, prepared first unless
+    `prepare=False` (callers that only record the path, like adapter registration).
+    """
+    chosen = model if model is not None else settings.policy_model
+    if chosen:
+        path = Path(chosen)
+        if not (path / "config.json").is_file():
+            raise PolicyModelError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return path.resolve()
+    if not prepare:
+        return (settings.models_dir / POLICY_MODEL_DIRNAME).resolve()
+    return prepare_policy_model(settings.models_dir).resolve()
 
 
 def find_smollm2_gguf() -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-BASE_ADAPTER = "base"
+from service.domain import BASE_ADAPTER
 
 
 class PolicyError(RuntimeError):

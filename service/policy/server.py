@@ -25,12 +25,14 @@ from typing import IO, TYPE_CHECKING
 
 import httpx
 
+from service.domain import BASE_ADAPTER
+from service.processes import signal_group, stop_group
+
 if TYPE_CHECKING:
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BASE_MODEL_NAME = "base"
 # fp32 is the default: vLLM's LoRA outputs then match HF PEFT's token for token, so rollouts
 # served by vLLM are exactly the trainer's policy. bf16 is ~1.5x faster on CPU but drifts.
 DEFAULT_DTYPE = "float32"
@@ -62,7 +64,7 @@ class VllmServer:
         *,
         port: int,
         host: str = "127.0.0.1",
-        served_model_name: str = BASE_MODEL_NAME,
+        served_model_name: str = BASE_ADAPTER,
         max_loras: int = 4,
         max_lora_rank: int = 32,
         dtype: str = DEFAULT_DTYPE,
@@ -224,19 +226,7 @@ class VllmServer:
             if process is None:
                 return None
             atexit.unregister(self.stop)
-            pgid = process.pid  # start_new_session: the leader's pid is the group id
-            if process.poll() is None:
-                _signal_group(pgid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    log.warning("vLLM (pid %s) ignored SIGTERM; killing it", pgid)
-            # Children (engine core, worker) may outlive the leader: give them a moment to
-            # finish their own shutdown, then kill whatever is left of the group.
-            if not _wait_group_gone(pgid, timeout=5.0):
-                _signal_group(pgid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
+            stop_group(process, timeout)
             self._close_log()
             self._process = None
             return process.returncode
@@ -245,7 +235,7 @@ class VllmServer:
         """Send SIGTERM to the process group without waiting (safe in a signal handler)."""
         process = self._process
         if process is not None and process.poll() is None:
-            _signal_group(process.pid, signal.SIGTERM)
+            signal_group(process.pid, signal.SIGTERM)
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.is_file():
@@ -277,62 +267,3 @@ class VllmServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _wait_group_gone(pgid: int, timeout: float) -> bool:
-    """True once no process of group `pgid` is left (signal 0 probes without signalling)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
-def serve_forever(settings: Settings, model_path: Path | str | None = None) -> int:
-    """Prepare the policy model if needed, run vLLM until it exits or we get SIGINT/SIGTERM.
-
-    For `ospo policy serve` and `make up`: returns the server's exit code (0 on a clean stop).
-    """
-    from service.policy.models import default_policy_model_path, prepare_policy_model
-
-    if model_path is None:
-        model_path = (
-            default_policy_model_path(settings)
-            if settings.policy_model
-            else prepare_policy_model(settings.models_dir)
-        )
-    server = VllmServer.from_settings(settings, model_path)
-    stopping = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        # Only signal here: the main thread sits in server.wait(), returns once vLLM exits,
-        # and `finally` reaps the group. Waiting inside the handler would block on that wait.
-        stopping.set()
-        server.terminate()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            server.start(wait=True, timeout=settings.vllm_start_timeout_s)
-        except VllmServerError:
-            if stopping.is_set():  # interrupted while starting
-                return 0
-            raise
-        print(f"vLLM serving {model_path} at {server.url} (log: {server.log_path})", flush=True)
-        code = server.wait()
-        return 0 if stopping.is_set() else code
-    finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import Adapter, utcnow
+from service.domain import AdapterStatus
 
 
 def get_adapter(session: Session, name: str) -> Adapter | None:
@@ -20,14 +21,14 @@ def list_adapters(session: Session) -> Sequence[Adapter]:
 
 
 def active_adapter(session: Session) -> Adapter | None:
-    return session.scalars(select(Adapter).where(Adapter.status == "active")).first()
+    return session.scalars(select(Adapter).where(Adapter.status == AdapterStatus.active)).first()
 
 
 def previous_adapter(session: Session) -> Adapter | None:
     """The adapter that served before the current one (retired most recently, was active)."""
     stmt = (
         select(Adapter)
-        .where(Adapter.status == "retired", Adapter.activated_at.is_not(None))
+        .where(Adapter.status == AdapterStatus.retired, Adapter.activated_at.is_not(None))
         .order_by(Adapter.retired_at.desc())
     )
     return session.scalars(stmt).first()
@@ -41,19 +42,19 @@ def set_active(session: Session, name: str | None) -> str | None:
     """Make `name` the only active adapter (None: serve the base model). Returns the previous."""
     # Row locks on PostgreSQL serialise concurrent promotions; SQLite locks the whole file.
     current = session.scalars(
-        select(Adapter).where(Adapter.status == "active").with_for_update()
+        select(Adapter).where(Adapter.status == AdapterStatus.active).with_for_update()
     ).all()
     now = utcnow()
     previous = current[0].name if current else None
     for row in current:
         if row.name != name:
-            row.status = "retired"
+            row.status = AdapterStatus.retired
             row.retired_at = now
     if name is not None:
         session.execute(
             update(Adapter)
             .where(Adapter.name == name)
-            .values(status="active", activated_at=now, retired_at=None)
+            .values(status=AdapterStatus.active, activated_at=now, retired_at=None)
         )
     return previous
 

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from service.db.models import RewriteOrigin, StoredRewrite
+from service.db.models import StoredRewrite
+from service.domain import RewriteOrigin
 from service.policy.protocol import model_name
 from service.repositories.upsert import upsert
 

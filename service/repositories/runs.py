@@ -11,13 +11,16 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import TrainingRun, utcnow
-
-LIVE = ("queued", "running")
+from service.domain import RunStatus
 
 
 def create_run(session: Session, algorithm: str, config: dict[str, Any]) -> TrainingRun:
     run = TrainingRun(
-        id=str(uuid.uuid4()), status="queued", algorithm=algorithm, config=config, metrics={}
+        id=str(uuid.uuid4()),
+        status=RunStatus.queued,
+        algorithm=algorithm,
+        config=config,
+        metrics={},
     )
     session.add(run)
     session.flush()
@@ -36,14 +39,18 @@ def list_runs(session: Session, limit: int = 50) -> Sequence[TrainingRun]:
 def last_finished_run(session: Session) -> TrainingRun | None:
     stmt = (
         select(TrainingRun)
-        .where(TrainingRun.status.in_(("promoted", "rejected")))
+        .where(TrainingRun.status.in_((RunStatus.promoted, RunStatus.rejected)))
         .order_by(TrainingRun.finished_at.desc())
     )
     return session.scalars(stmt).first()
 
 
 def live_run(session: Session) -> TrainingRun | None:
-    stmt = select(TrainingRun).where(TrainingRun.status.in_(LIVE)).order_by(TrainingRun.created_at)
+    stmt = (
+        select(TrainingRun)
+        .where(TrainingRun.status.in_(RunStatus.live()))
+        .order_by(TrainingRun.created_at)
+    )
     return session.scalars(stmt).first()
 
 
@@ -55,7 +62,7 @@ def acquire_lease(session: Session, run_id: str, owner: str, ttl: timedelta) -> 
         select(TrainingRun)
         .where(
             TrainingRun.id != run_id,
-            TrainingRun.status == "running",
+            TrainingRun.status == RunStatus.running,
             TrainingRun.lease_expires_at > now,
         )
         .with_for_update()
@@ -66,14 +73,16 @@ def acquire_lease(session: Session, run_id: str, owner: str, ttl: timedelta) -> 
         update(TrainingRun)
         .where(
             TrainingRun.id == run_id,
-            TrainingRun.status.in_(LIVE),
+            TrainingRun.status.in_(RunStatus.live()),
             or_(
                 TrainingRun.lease_owner.is_(None),
                 TrainingRun.lease_owner == owner,
                 TrainingRun.lease_expires_at < now,
             ),
         )
-        .values(lease_owner=owner, lease_expires_at=now + ttl, status="running", started_at=now)
+        .values(
+            lease_owner=owner, lease_expires_at=now + ttl, status=RunStatus.running, started_at=now
+        )
     )
     return (result.rowcount or 0) == 1
 
@@ -84,7 +93,7 @@ def renew_lease(session: Session, run_id: str, owner: str, ttl: timedelta) -> bo
         .where(
             TrainingRun.id == run_id,
             TrainingRun.lease_owner == owner,
-            TrainingRun.status == "running",
+            TrainingRun.status == RunStatus.running,
         )
         .values(lease_expires_at=utcnow() + ttl)
     )
@@ -121,9 +130,9 @@ def expire_stale_runs(
     now = now or utcnow()
     lost = session.execute(
         update(TrainingRun)
-        .where(TrainingRun.status == "running", TrainingRun.lease_expires_at < now)
+        .where(TrainingRun.status == RunStatus.running, TrainingRun.lease_expires_at < now)
         .values(
-            status="failed",
+            status=RunStatus.failed,
             error="worker lost: lease expired",
             finished_at=now,
             lease_owner=None,
@@ -132,7 +141,9 @@ def expire_stale_runs(
     )
     orphaned = session.execute(
         update(TrainingRun)
-        .where(TrainingRun.status == "queued", TrainingRun.created_at < now - queued_timeout)
-        .values(status="failed", error="never picked up by a worker", finished_at=now)
+        .where(
+            TrainingRun.status == RunStatus.queued, TrainingRun.created_at < now - queued_timeout
+        )
+        .values(status=RunStatus.failed, error="never picked up by a worker", finished_at=now)
     )
     return (lost.rowcount or 0) + (orphaned.rowcount or 0)

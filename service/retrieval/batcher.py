@@ -11,11 +11,11 @@ costs about one encoder call instead of 32 serial ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 from anyio import to_thread
 
+from service.background import BackgroundLoop
 from service.retrieval.fusion import RetrievalMode
 from service.retrieval.index import Hit, Retriever
 
@@ -36,17 +36,14 @@ class SearchBatcher:
         self.max_batch = max_batch
         self.window_s = window_ms / 1000.0
         self._queue: asyncio.Queue[_Pending] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("search batcher", self._next_batch)
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._run())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     async def search(self, text: str, k: int, mode: RetrievalMode | None = None) -> Answer:
         """Top-k hits for `text`, the retriever (index version) and mode that produced them, and
@@ -66,28 +63,27 @@ class SearchBatcher:
         hits = await to_thread.run_sync(retriever.search_many, texts, k, chosen, timings)
         return [(h, retriever, chosen, timings) for h in hits]
 
-    async def _run(self) -> None:
+    async def _next_batch(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            # Whatever queued while the previous batch computed joins at once; the optional
-            # window waits for more (0 by default: a lone search never waits).
-            deadline = loop.time() + self.window_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
-            await self._serve(batch)
+        batch = [await self._queue.get()]
+        # Whatever queued while the previous batch computed joins at once; the optional
+        # window waits for more (0 by default: a lone search never waits).
+        deadline = loop.time() + self.window_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            timeout = deadline - loop.time()
+            if timeout <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+            except TimeoutError:
+                break
+        await self._serve(batch)
 
     async def _serve(self, batch: list[_Pending]) -> None:
         retriever = self._get_retriever()

@@ -27,6 +27,8 @@ import time
 from typing import Any
 
 from service.adapters.swap import ActiveAdapterWatcher
+from service.background import BackgroundLoop
+from service.domain import RewriteSource
 from service.observability import POLICY_UP, REWRITE_BACKGROUND, REWRITE_HIT_RATIO
 from service.policy.prompt import PromptConfig
 from service.policy.protocol import Policy, PolicyBusy, PolicyError, RewriteResult
@@ -63,19 +65,19 @@ class PolicyRewriter:
         self.up = True
         self.last_error: str | None = None
         self._pending: dict[str, asyncio.Task[RewriteResult]] = {}
-        self._health_task: asyncio.Task[None] | None = None
+        self._health = BackgroundLoop("policy health", self._check_health, health_interval_s)
 
     async def rewrite(self, query: str, normalized: str) -> Rewrite:
         adapter = self.watcher.current
         if adapter is None and not self.serve_base:
             # No adapter passed the gate: the raw query is the active policy; no generation.
-            return Rewrite(query, "none", None, None)
+            return Rewrite(query, RewriteSource.none, None, None)
         hit = await self.store.get(normalized, adapter, self.prompt_version)
         self._count("hit" if hit is not None else "miss")
         if hit is not None:
             text = self.prompt.search_text(query, hit.answer)
-            return Rewrite(text, "cache", adapter, self.prompt_version, hit.answer)
-        fallback = Rewrite(query, "fallback", None, self.prompt_version)
+            return Rewrite(text, RewriteSource.cache, adapter, self.prompt_version, hit.answer)
+        fallback = Rewrite(query, RewriteSource.fallback, None, self.prompt_version)
         if not self.up or self.misses == MissPolicy.deferred:
             return fallback
         key = cache_key(normalized, adapter, self.prompt_version)
@@ -96,9 +98,11 @@ class PolicyRewriter:
             return fallback
         if not result.ok:
             # The adapter answered but with nothing usable: name it, search with the raw query.
-            return Rewrite(query, "fallback", result.adapter, self.prompt_version)
+            return Rewrite(query, RewriteSource.fallback, result.adapter, self.prompt_version)
         text = self.prompt.search_text(query, result.answer)
-        return Rewrite(text, "policy", result.adapter, self.prompt_version, result.answer)
+        return Rewrite(
+            text, RewriteSource.policy, result.adapter, self.prompt_version, result.answer
+        )
 
     def _forget(self, key: str):  # type: ignore[no-untyped-def]
         def done(task: asyncio.Task[RewriteResult]) -> None:
@@ -133,22 +137,20 @@ class PolicyRewriter:
         self.last_error = str(error)[:300]
         POLICY_UP.set(0)
 
-    async def _health_loop(self) -> None:
-        while True:
-            try:
-                ok = await self.policy.health()
-            except Exception as e:  # noqa: BLE001
-                ok, self.last_error = False, str(e)[:300]
-            if ok and not self.up:
-                log.info("policy is back")
-                # Re-load the active adapter before routing traffic to it again.
-                with contextlib.suppress(Exception):
-                    await self.watcher.sync_once()
-            self.up = ok
-            if ok:
-                self.last_error = None
-            POLICY_UP.set(1 if ok else 0)
-            await asyncio.sleep(self.health_interval_s)
+    async def _check_health(self) -> None:
+        try:
+            ok = await self.policy.health()
+        except Exception as e:  # noqa: BLE001 - any failure reads as down
+            ok, self.last_error = False, str(e)[:300]
+        if ok and not self.up:
+            log.info("policy is back")
+            # Re-load the active adapter before routing traffic to it again.
+            with contextlib.suppress(Exception):
+                await self.watcher.sync_once()
+        self.up = ok
+        if ok:
+            self.last_error = None
+        POLICY_UP.set(1 if ok else 0)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -180,7 +182,7 @@ class PolicyRewriter:
     async def start(self) -> None:
         self.watcher.before_switch = self._preload
         self.watcher.on_warmup_done = self.store.forget_missing
-        self._health_task = asyncio.create_task(self._health_loop())
+        self._health.start()
         self.watcher.start()
 
     async def _preload(self, adapter: str | None) -> None:
@@ -190,10 +192,7 @@ class PolicyRewriter:
 
     async def stop(self) -> None:
         await self.watcher.stop()
-        if self._health_task:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        await self._health.stop()
         for task in list(self._pending.values()):
             task.cancel()
         await self.store.aclose()

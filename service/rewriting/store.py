@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from anyio import to_thread
 
 from service.db.engine import session_scope
-from service.db.models import RewriteOrigin
+from service.domain import RewriteOrigin
 from service.observability import REWRITE_LOOKUPS
 from service.repositories.rewrites import get_rewrite, put_rewrites, recent_rewrites
 

@@ -29,7 +29,7 @@ from typing import Any
 from anyio import to_thread
 
 from service.db.engine import session_scope
-from service.db.models import RewriteOrigin
+from service.domain import RewriteOrigin
 from service.policy.protocol import Policy, PolicyError
 from service.repositories.adapters import set_warmup
 from service.repositories.labels import labelled_queries

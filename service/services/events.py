@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from service.api.schemas import EventIn, EventsResponse
 from service.db.engine import session_scope
 from service.db.models import utcnow
 from service.errors import InvalidInput
 from service.observability import EVENTS
 from service.repositories.searches import existing_search_ids, insert_events
+from service.schemas.public import EventIn, EventsResponse
 from service.services.search_log import UNKNOWN_SEARCH_GRACE_S, SearchLogWriter
 
 

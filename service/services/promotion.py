@@ -1,27 +1,38 @@
-"""Promotion from a worker or the CLI: warm the rewrite store, then flip the active pointer.
+"""Promotion: warm the rewrite store, then flip the active pointer; and rollback.
 
-The API's promote endpoint queues `ospo.promote_adapter` (see `service.queue`); the task, the
-online update and `ospo adapters activate` all come here. With vLLM the adapter is loaded,
-canaried and warmed (`service.rewriting.warmup`) before the flip; an in-process policy lives in
-the API process, so it is only verified and flipped (each API process's watcher loads it).
+Two sides:
+- `promote` runs on a worker of the serving queue (task `ospo.promote_adapter`), in the online
+  update and in `ospo adapters activate`. With vLLM the adapter is loaded, canaried and warmed
+  (`service.rewriting.warmup`) before the flip; an in-process policy lives in the API process,
+  so it is only verified and flipped (each API process's watcher loads it).
+- `ServingAdapters` is what an API process does for `/admin/adapters/*`: queue a warm
+  promotion for that worker (202), or load, canary and flip here (`warm=false`, rollback) and
+  switch this process at once instead of at its watcher's next poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from anyio import to_thread
+
 from service.adapters.registry import verify_files
-from service.adapters.swap import activate, ensure_loaded
+from service.adapters.swap import activate, ensure_loaded, rollback
 from service.db.engine import session_scope
+from service.domain import AdapterStatus
 from service.errors import Conflict, NotFound, Unavailable
 from service.policy.factory import make_policy
 from service.policy.prompt import DEFAULT_PROMPT
+from service.queue import PROMOTE_TASK, celery_client
 from service.repositories.adapters import active_adapter, get_adapter, set_active, set_warmup
+from service.repositories.rewrites import count_rewrites
+from service.rewriting.rewriter import PolicyRewriter
 from service.rewriting.warmup import WarmupStatus, warm
+from service.schemas.admin import PromotionOut, RewriteStoreOut
 from service.settings import Settings
 
 
@@ -31,13 +42,62 @@ def check_promotable(settings: Settings, name: str) -> None:
         row = get_adapter(s, name)
         if row is None:
             raise NotFound(f"no adapter named {name!r}")
-        if row.status == "rejected":
+        if row.status == AdapterStatus.rejected:
             raise Conflict(f"adapter {name!r} was rejected by the gate; promote refused")
 
 
 def mark_queued(settings: Settings, name: str) -> None:
     with session_scope(settings.resolved_database_url) as s:
         set_warmup(s, name, {"status": WarmupStatus.queued, "updated_at": time.time()})
+
+
+def enqueue_promotion(settings: Settings, name: str) -> None:
+    """Queue a promotion with warm-up for a worker of the serving queue (404/409 first)."""
+    check_promotable(settings, name)
+    mark_queued(settings, name)
+    try:
+        celery_client(settings).send_task(PROMOTE_TASK, args=[name])
+    except Exception as e:  # noqa: BLE001 - any broker failure
+        raise Unavailable(f"the task broker is unavailable: {e}") from e
+
+
+@dataclass
+class ServingAdapters:
+    """Adapter promotion, rollback and the rewrite store, seen from one API process."""
+
+    settings: Settings
+    rewriter: PolicyRewriter | None  # None: no policy backend configured
+
+    def _policy_rewriter(self) -> PolicyRewriter:
+        if self.rewriter is None:
+            raise Conflict("no policy backend is configured (OSPO_POLICY_BACKEND=none)")
+        return self.rewriter
+
+    async def promote(self, name: str, warm: bool) -> PromotionOut:
+        rewriter = self._policy_rewriter()
+        if warm and self.settings.policy_backend == "vllm":
+            await to_thread.run_sync(enqueue_promotion, self.settings, name)
+            return PromotionOut(status="warming")
+        result = await activate(rewriter.policy, self.settings.resolved_database_url, name)
+        await rewriter.watcher.sync_once()
+        return PromotionOut(status="active", **asdict(result))
+
+    async def rollback(self) -> PromotionOut:
+        rewriter = self._policy_rewriter()
+        result = await rollback(rewriter.policy, self.settings.resolved_database_url)
+        await rewriter.watcher.sync_once()
+        return PromotionOut(status="active", **asdict(result))
+
+    async def rewrite_store(self) -> RewriteStoreOut:
+        status = self._policy_rewriter().store_status()
+        stored = await to_thread.run_sync(
+            self._count_stored, status["active_adapter"], status["prompt_version"]
+        )
+        return RewriteStoreOut(stored=stored, **status)
+
+    def _count_stored(self, adapter: str | None, prompt_version: str) -> int:
+        with session_scope(self.settings.resolved_database_url) as s:
+            return count_rewrites(s, adapter, prompt_version)
 
 
 def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str, Any]:

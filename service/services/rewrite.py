@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Any, Protocol
 
-Source = Literal["policy", "cache", "fallback", "none"]
+from service.domain import RewriteSource
 
 
 class MissPolicy(StrEnum):
@@ -19,18 +19,38 @@ class MissPolicy(StrEnum):
 @dataclass(frozen=True)
 class Rewrite:
     text: str  # what retrieval searches with
-    source: Source
+    source: RewriteSource
     adapter: str | None = None
     prompt_version: str | None = None
     answer: str | None = None  # the policy's own answer (expand mode: the added terms)
 
 
 class Rewriter(Protocol):
+    """What search and the app's lifespan need of a rewriter."""
+
     async def rewrite(self, query: str, normalized: str) -> Rewrite: ...
+
+    async def start(self) -> None:
+        """Start background work (health checks, adapter watching); called once at start-up."""
+
+    async def stop(self) -> None:
+        """Stop it; called once at shutdown."""
+
+    def status(self) -> dict[str, Any] | None:
+        """The policy's health for `/readyz`, or None when no policy is involved."""
 
 
 class IdentityRewriter:
     """No policy configured: search with the shopper's own words."""
 
     async def rewrite(self, query: str, normalized: str) -> Rewrite:
-        return Rewrite(text=query, source="none")
+        return Rewrite(text=query, source=RewriteSource.none)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def status(self) -> dict[str, Any] | None:
+        return None

@@ -6,13 +6,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from service.api.schemas import SearchRequest, SearchResponse, SearchResult
 from service.db.models import utcnow
 from service.errors import Conflict, Unavailable
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.retrieval.batcher import SearchBatcher
 from service.retrieval.index import ModeUnavailableError
+from service.schemas.public import SearchRequest, SearchResponse, SearchResult
 from service.services.rewrite import Rewriter
 from service.services.search_log import SearchLogWriter
 from service.state import RetrieverHolder

@@ -4,7 +4,7 @@ from anyio import to_thread
 from fastapi import APIRouter
 
 from service.api.deps import SearchLogDep, SettingsDep
-from service.api.schemas import ErrorResponse, EventIn, EventsResponse
+from service.schemas.public import ErrorResponse, EventIn, EventsResponse
 from service.services.events import record_events
 
 router = APIRouter(prefix="/v1", tags=["events"])

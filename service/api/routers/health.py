@@ -42,9 +42,9 @@ async def readyz(
         },
         "database": {"ok": db_error is None, "error": db_error},
     }
-    policy_status = getattr(request.app.state, "policy_status", None)
+    policy_status = request.app.state.rewriter.status()
     if policy_status is not None:
-        checks["policy"] = policy_status()
+        checks["policy"] = policy_status
     ready = retriever is not None and db_error is None
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import SearchServiceDep
-from service.api.schemas import ErrorResponse, SearchRequest, SearchResponse
+from service.schemas.public import ErrorResponse, SearchRequest, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
 

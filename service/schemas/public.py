@@ -1,16 +1,14 @@
-"""Request and response bodies of the public API."""
+"""Request and response bodies of the public API (search and events) and the error body."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.domain import EventType, RewriteSource
 from service.retrieval.fusion import RetrievalMode
-
-EventType = Literal["impression", "click", "add_to_cart", "purchase"]
-RewriteSource = Literal["policy", "cache", "fallback", "none"]
 
 
 class SearchRequest(BaseModel):

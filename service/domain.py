@@ -1,0 +1,88 @@
+"""The product's named sets of values: one `StrEnum` per set, used by the database models, the
+API schemas, the CLI and the trainer alike.
+
+A `StrEnum` member *is* its string (`EventType.click == "click"`), so rows, JSON bodies and
+Celery arguments carry plain strings while code names the members; FastAPI documents each set
+as an OpenAPI enum and typer offers it as a choice.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# The adapter name under which the bare base model is served and loaded (vLLM's served model
+# name, the local backend's "no adapter", and the rewrite store's key for "no adapter").
+BASE_ADAPTER = "base"
+
+
+class EventType(StrEnum):
+    """A shopper's interaction with one result of one search."""
+
+    impression = "impression"
+    click = "click"
+    add_to_cart = "add_to_cart"
+    purchase = "purchase"
+
+
+class RewriteSource(StrEnum):
+    """Where a search's text came from."""
+
+    policy = "policy"  # the policy answered within the request
+    cache = "cache"  # a stored rewrite of this (query, adapter, prompt version)
+    fallback = "fallback"  # the policy was wanted but missed, failed or was down: raw query
+    none = "none"  # no policy is configured or active: raw query
+
+
+class RewriteOrigin(StrEnum):
+    """Why a stored rewrite was generated."""
+
+    warmup = "warmup"  # ahead of traffic, before a promotion flips or at start-up
+    miss = "miss"  # in the background after a shopper's query missed the store
+
+
+class Algorithm(StrEnum):
+    """How an update trains the policy."""
+
+    ospo = "ospo"  # GRPO with Shapley/Owen-shaped token advantages
+    grpo = "grpo"  # GRPO: the sequence advantage on every token
+
+
+class IndexType(StrEnum):
+    """The FAISS index kind of a new index version."""
+
+    auto = "auto"  # HNSW above OSPO_HNSW_THRESHOLD products, exact (flat) below
+    flat = "flat"
+    hnsw = "hnsw"
+
+
+class RebuildStatus(StrEnum):
+    """An API process's latest index rebuild."""
+
+    idle = "idle"
+    building = "building"
+    done = "done"
+    failed = "failed"
+
+
+class AdapterStatus(StrEnum):
+    candidate = "candidate"  # registered, never served
+    active = "active"  # the one being served (at most one)
+    retired = "retired"  # served before; a rollback target
+    rejected = "rejected"  # failed the gate or its canary; never promoted
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    promoted = "promoted"  # passed the gate and serves
+    rejected = "rejected"  # trained, but the gate kept the baseline
+    failed = "failed"
+
+    @classmethod
+    def live(cls) -> tuple[RunStatus, ...]:
+        """Statuses of a run that still holds the one-run-at-a-time slot."""
+        return (cls.queued, cls.running)
+
+    @classmethod
+    def finished(cls) -> tuple[RunStatus, ...]:
+        return (cls.promoted, cls.rejected, cls.failed)

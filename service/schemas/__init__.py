@@ -1,0 +1,1 @@
+"""Request and response bodies, shared by the API routers and the services behind them."""
