@@ -56,8 +56,8 @@ from rich.console import Console
 from tqdm import tqdm
 
 from service.catalog.formats import parse_chorus_labels, parse_icecat_products
-from service.catalog.records import ProductRecord
 from service.normalize import normalize_query
+from service.records import ProductRecord
 from service.retrieval.metrics import bootstrap_ci, ndcg_at_k, recall_at_k
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,6 +15,24 @@ from enum import StrEnum
 BASE_ADAPTER = "base"
 
 
+def model_name(adapter: str | None) -> str:
+    """The served model name of `adapter` (None: the base model)."""
+    return adapter or BASE_ADAPTER
+
+
+class RetrievalMode(StrEnum):
+    """Which arms a search uses."""
+
+    dense = "dense"
+    lexical = "lexical"
+    hybrid = "hybrid"  # both, fused (service.retrieval.fusion)
+
+
+class FusionMethod(StrEnum):
+    rrf = "rrf"  # reciprocal rank fusion
+    score = "score"  # weighted sum of min-max normalised scores
+
+
 class EventType(StrEnum):
     """A shopper's interaction with one result of one search."""
 
@@ -31,6 +49,13 @@ class RewriteSource(StrEnum):
     cache = "cache"  # a stored rewrite of this (query, adapter, prompt version)
     fallback = "fallback"  # the policy was wanted but missed, failed or was down: raw query
     none = "none"  # no policy is configured or active: raw query
+
+
+class MissPolicy(StrEnum):
+    """Who rewrites a query that has no stored rewrite (search serves it raw meanwhile)."""
+
+    background = "background"  # the API process asks the policy at once
+    deferred = "deferred"  # the serving worker's next refresh (service.rewriting.warmup)
 
 
 class RewriteOrigin(StrEnum):

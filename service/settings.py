@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.domain import IndexType
-from service.retrieval.fusion import FusionConfig, FusionMethod, RetrievalMode
-from service.services.rewrite import MissPolicy
-
-if TYPE_CHECKING:
-    from service.rewriting.warmup import WarmupConfig
+from service.domain import FusionMethod, IndexType, MissPolicy, RetrievalMode
 
 
 class Settings(BaseSettings):
@@ -199,26 +194,6 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
-
-    @property
-    def fusion(self) -> FusionConfig:
-        return FusionConfig(
-            method=self.fusion_method,
-            rrf_k=self.rrf_k,
-            dense_weight=self.dense_weight,
-            lexical_weight=self.lexical_weight,
-            depth=self.fusion_depth,
-        )
-
-    @property
-    def warmup(self) -> WarmupConfig:
-        from service.rewriting.warmup import WarmupConfig
-
-        return WarmupConfig(
-            queries=self.warmup_queries,
-            time_limit_s=self.warmup_time_limit_s,
-            concurrency=self.warmup_concurrency,
-        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 
-from service.catalog.records import LabelRecord, ProductRecord
 from service.db.engine import get_engine, session_scope
 from service.db.migrate import downgrade, upgrade
+from service.records import LabelRecord, ProductRecord
 from service.repositories.labels import count_labels, targets_by_query, upsert_labels
 from service.repositories.products import count_products, upsert_products
 

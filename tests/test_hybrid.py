@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.domain import FusionMethod, RetrievalMode
 from service.retrieval.embedder import get_embedder
-from service.retrieval.fusion import FusionConfig, FusionMethod, RetrievalMode, fuse
+from service.retrieval.fusion import FusionConfig, fuse
 from service.retrieval.index import ModeUnavailableError, Retriever, write_index
 from service.retrieval.lexical import LexicalIndex, analyze, top_k
 
@@ -110,8 +111,8 @@ class CountingEmbedder:
 
 
 def test_rebuild_from_db_embeds_only_changed_products(db_url: str, tmp_path: Path) -> None:
-    from service.catalog.records import ProductRecord
     from service.db.engine import session_scope
+    from service.records import ProductRecord
     from service.repositories.products import upsert_products
     from service.retrieval.build import build_index_from_db
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import ndcg_score
 
@@ -55,8 +55,7 @@ def test_recall_and_mrr() -> None:
 )
 def test_ndcg_matches_sklearn(gains: list[int], seed: int, k: int) -> None:
     """Whole-list rankings: our NDCG@k equals scikit-learn's (linear gains, log2 discount)."""
-    if sum(gains) == 0:
-        return
+    assume(sum(gains) > 0)  # scikit-learn's NDCG of an all-zero truth is undefined (0/0)
     rng = np.random.default_rng(seed)
     scores = rng.permutation(len(gains)).astype(float)  # distinct: no tie handling differences
     ids = [f"p{i}" for i in range(len(gains))]

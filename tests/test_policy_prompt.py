@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from service.policy.prompt import (
     DEFAULT_PROMPT,
     REPLACE_PROMPT,
     PromptConfig,
-    RewriteMode,
-    build_messages,
     parse_rewrite,
 )
 
 QUERY = "hdmi cable 2m"
 
 
-def test_prompt_config_is_frozen_and_versioned() -> None:
-    assert DEFAULT_PROMPT.version
-    assert DEFAULT_PROMPT.temperature == 0.0
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        DEFAULT_PROMPT.version = "x"  # type: ignore[misc]
-
-
 def test_build_messages_puts_query_in_user_turn() -> None:
-    messages = build_messages("  wireless mouse ")
+    messages = DEFAULT_PROMPT.build_messages("  wireless mouse ")
     assert [m["role"] for m in messages][0] == "system"
     assert messages[-1]["role"] == "user" and "wireless mouse" in messages[-1]["content"]
     assert messages[0]["content"] == DEFAULT_PROMPT.system_prompt
@@ -131,9 +120,14 @@ def test_parse_handles_none_like_input() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_default_prompt_expands() -> None:
-    assert DEFAULT_PROMPT.mode == RewriteMode.expand
-    assert REPLACE_PROMPT.mode == RewriteMode.replace
+def test_default_prompt_keeps_the_shoppers_words() -> None:
+    """Served search text: the query plus the policy's terms by default (the shopper's own
+    words are never lost); replace mode searches with the answer alone; no answer: the query."""
+    assert DEFAULT_PROMPT.search_text("usb hub", "powered 4 port") == "usb hub powered 4 port"
+    assert REPLACE_PROMPT.search_text("usb hub", "powered usb hub") == "powered usb hub"
+    for prompt in (DEFAULT_PROMPT, REPLACE_PROMPT):
+        assert prompt.search_text("usb hub", None) == "usb hub"
+        assert prompt.search_text("usb hub", "") == "usb hub"
     assert DEFAULT_PROMPT.version != REPLACE_PROMPT.version  # never mixed in logs or training
 
 

@@ -11,7 +11,7 @@ import pytest
 from service.db.engine import session_scope
 from service.domain import RewriteOrigin
 from service.repositories.rewrites import count_rewrites, stored_queries
-from service.rewriting.store import LruCache, RewriteStore, StoredAnswer, cache_key
+from service.rewriting.store import RewriteStore, StoredAnswer, cache_key
 from tests.conftest import REDIS_URL, redis_error
 
 
@@ -21,13 +21,26 @@ def test_keys_separate_adapters_and_prompt_versions() -> None:
     assert cache_key("mug", None, "v1") == cache_key("mug", None, "v1")
 
 
-def test_lru_evicts_least_recently_used() -> None:
-    lru = LruCache(2)
-    lru.set("a", StoredAnswer("A", ""))
-    lru.set("b", StoredAnswer("B", ""))
-    assert lru.get("a") is not None  # a is now the most recent
-    lru.set("c", StoredAnswer("C", ""))
-    assert lru.get("b") is None and lru.get("a") and lru.get("c") and len(lru) == 2
+def test_local_tier_keeps_the_most_recently_used() -> None:
+    """No Redis, no database: the in-process tier alone, bounded by its capacity; a search
+    (get) refreshes an entry; capacity 0 keeps nothing."""
+
+    async def go() -> None:
+        store = RewriteStore(2)
+        await store.put("a", None, "v1", StoredAnswer("A", ""))
+        await store.put("b", None, "v1", StoredAnswer("B", ""))
+        assert await store.get("a", None, "v1") == StoredAnswer("A", "")  # a: most recent
+        await store.put("c", None, "v1", StoredAnswer("C", ""))
+        assert await store.get("b", None, "v1") is None
+        assert [await store.get(q, None, "v1") for q in "ac"] == [
+            StoredAnswer("A", ""),
+            StoredAnswer("C", ""),
+        ]
+        off = RewriteStore(0)
+        await off.put("a", None, "v1", StoredAnswer("A", ""))
+        assert await off.get("a", None, "v1") is None and len(off.local) == 0
+
+    asyncio.run(go())
 
 
 def test_database_tier_is_shared_by_processes(db_url: str) -> None:

@@ -210,7 +210,7 @@ def test_a_process_preloads_the_new_adapters_rewrites_before_switching(db_url: s
 
 def test_deferred_misses_are_served_raw_and_left_to_the_refresh() -> None:
     """The CPU default: no API process generates; the search log is the refresh's queue."""
-    from service.services.rewrite import MissPolicy
+    from service.domain import MissPolicy
 
     policy = RecordingPolicy()
     rewriter = _rewriter(policy, False, "a1", budget_ms=1000)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.schemas.public import EventIn
 from service.db.engine import session_scope
 from service.db.migrate import upgrade
 from service.db.models import Search, utcnow
 from service.errors import InvalidInput
+from service.schemas.public import EventIn
 from service.services.events import record_events
 from service.services.search_log import SearchLogWriter
 

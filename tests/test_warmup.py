@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from service.catalog.records import LabelRecord
 from service.db.engine import session_scope
 from service.db.models import Adapter, StoredRewrite, utcnow
 from service.domain import RewriteOrigin
 from service.policy.protocol import RewriteResult
+from service.records import LabelRecord
 from service.repositories.labels import upsert_labels
 from service.repositories.rewrites import put_rewrites
 from service.repositories.searches import add_searches

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from service.domain import RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
-from service.retrieval.fusion import RetrievalMode
 from service.retrieval.index import Retriever
 from service.retrieval.metrics import bootstrap_ci, ndcg_at_k, recall_at_k, reciprocal_rank
 from trainer.data import Example

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from service.catalog.formats import FormatError, parse_labels
 from service.db.engine import session_scope
-from service.db.models import EVENT_TYPES, Search
+from service.db.models import Search
+from service.domain import EventType
 from service.normalize import normalize_query
 from service.repositories.searches import insert_events
 from service.repositories.upsert import upsert
@@ -94,9 +95,10 @@ def read_log(path: Path) -> Iterator[LoggedSearch]:
                 raise FormatError(f"{where}: search_id longer than 36 characters")
             events = []
             for i, ev in enumerate(obj.get("events") or []):
-                if ev.get("type") not in EVENT_TYPES or not ev.get("product_id"):
+                if ev.get("type") not in set(EventType) or not ev.get("product_id"):
                     raise FormatError(
-                        f"{where}: event {i} needs product_id and a type in {EVENT_TYPES}"
+                        f"{where}: event {i} needs product_id and a type in "
+                        f"{', '.join(EventType)}"
                     )
                 events.append({
                     "event_id": str(ev.get("event_id") or f"{sid}:{i}"),

@@ -14,10 +14,10 @@ from service.api.routers import admin, events, health, search
 from service.background import BackgroundLoop
 from service.policy.protocol import Policy
 from service.retrieval.batcher import SearchBatcher
+from service.rewriting.rewrite import IdentityRewriter, Rewriter
 from service.rewriting.rewriter import PolicyRewriter
 from service.services.admin import IndexRebuilds
 from service.services.promotion import ServingAdapters
-from service.services.rewrite import IdentityRewriter, Rewriter
 from service.services.search import SearchService
 from service.services.search_log import SearchLogWriter
 from service.settings import Settings, get_settings

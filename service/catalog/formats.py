@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from service.catalog.records import LabelRecord, ProductRecord
+from service.records import LabelRecord, ProductRecord
 
 CatalogFormat = Literal["esci", "wands", "icecat", "jsonl"]
 LabelFormat = Literal["esci", "wands", "chorus", "jsonl"]

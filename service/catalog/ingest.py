@@ -9,8 +9,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.catalog.formats import CatalogFormat, LabelFormat, parse_catalog, parse_labels
-from service.catalog.records import LabelRecord, ProductRecord
 from service.db.engine import session_scope
+from service.records import LabelRecord, ProductRecord
 from service.repositories.labels import upsert_labels
 from service.repositories.products import upsert_products
 

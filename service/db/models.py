@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from service.domain import AdapterStatus, RunStatus
+from service.domain import AdapterStatus, EventType, RunStatus
 
 
 def utcnow() -> datetime:
@@ -93,7 +93,7 @@ class Event(Base):
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
     search_id: Mapped[str] = mapped_column(ForeignKey("searches.id"), index=True)
     product_id: Mapped[str] = mapped_column(String(64))
-    type: Mapped[str] = mapped_column(String(16))
+    type: Mapped[EventType] = mapped_column(String(16))
     ts: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -122,7 +122,7 @@ class Adapter(Base):
     checksum: Mapped[str] = mapped_column(String(64))
     base_model: Mapped[str] = mapped_column(Text)
     parent: Mapped[str | None] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16), default=AdapterStatus.candidate)
+    status: Mapped[AdapterStatus] = mapped_column(String(16), default=AdapterStatus.candidate)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -133,7 +133,7 @@ class TrainingRun(Base):
     __tablename__ = "training_runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default=RunStatus.queued, index=True)
+    status: Mapped[RunStatus] = mapped_column(String(16), default=RunStatus.queued, index=True)
     algorithm: Mapped[str] = mapped_column(String(16))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)

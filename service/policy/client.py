@@ -15,13 +15,13 @@ from typing import Any
 
 import httpx
 
+from service.domain import model_name
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
 from service.policy.protocol import (
     AdapterError,
     PolicyBusy,
     PolicyError,
     RewriteResult,
-    model_name,
 )
 
 

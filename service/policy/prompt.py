@@ -117,11 +117,6 @@ REPLACE_PROMPT = PromptConfig(
 PROMPTS = {p.mode: p for p in (DEFAULT_PROMPT, REPLACE_PROMPT)}
 
 
-def build_messages(query: str, config: PromptConfig = DEFAULT_PROMPT) -> list[dict[str, str]]:
-    """Chat messages asking the policy to rewrite `query` (see `PromptConfig`)."""
-    return config.build_messages(query)
-
-
 _OPEN_TAG = re.compile(r"<\s*rewrite\s*>", re.IGNORECASE)
 _CLOSE_TAG = re.compile(r"<\s*/\s*rewrite\s*>", re.IGNORECASE)
 _OTHER_TAG = re.compile(r"<\s*/?\s*[a-z_|][^<>]{0,40}>", re.IGNORECASE)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from service.domain import BASE_ADAPTER
-
 
 class PolicyError(RuntimeError):
     """The policy could not produce a rewrite (server down, timeout, bad response)."""
@@ -67,8 +65,3 @@ class Policy(Protocol):
     async def unload_adapter(self, name: str) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-def model_name(adapter: str | None) -> str:
-    """The served model name for `adapter`: vLLM serves the base model as `base`."""
-    return adapter or BASE_ADAPTER

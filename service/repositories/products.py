@@ -7,8 +7,8 @@ from collections.abc import Iterator, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.catalog.records import ProductRecord
 from service.db.models import Product, utcnow
+from service.records import ProductRecord
 from service.repositories.upsert import upsert
 
 _UPDATABLE = ("title", "brand", "description", "attributes", "search_text", "source", "updated_at")

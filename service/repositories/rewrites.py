@@ -9,8 +9,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from service.db.models import StoredRewrite
-from service.domain import RewriteOrigin
-from service.policy.protocol import model_name
+from service.domain import RewriteOrigin, model_name
 from service.repositories.upsert import upsert
 
 _IN_CHUNK = 500  # bound the size of one IN (...) list

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from anyio import to_thread
 
 from service.background import BackgroundLoop
-from service.retrieval.fusion import RetrievalMode
+from service.domain import RetrievalMode
 from service.retrieval.index import Hit, Retriever
 
 Answer = tuple[list[Hit], Retriever, RetrievalMode, dict[str, float]]

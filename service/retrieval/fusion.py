@@ -16,22 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.domain import FusionMethod
 
-class RetrievalMode(StrEnum):
-    """Which arms a search uses."""
-
-    dense = "dense"
-    lexical = "lexical"
-    hybrid = "hybrid"
-
-
-class FusionMethod(StrEnum):
-    rrf = "rrf"
-    score = "score"
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -49,6 +41,16 @@ class FusionConfig:
             raise ValueError("rrf_k and arm weights must be >= 0")
         if self.depth < 1:
             raise ValueError("fusion depth must be >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FusionConfig:
+        return cls(
+            method=settings.fusion_method,
+            rrf_k=settings.rrf_k,
+            dense_weight=settings.dense_weight,
+            lexical_weight=settings.lexical_weight,
+            depth=settings.fusion_depth,
+        )
 
 
 Arm = tuple[np.ndarray, np.ndarray]  # (rows (m,), scores (m,)), best first, no -1 rows

@@ -30,8 +30,9 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from service.domain import RetrievalMode
 from service.retrieval.embedder import Embedder
-from service.retrieval.fusion import Arm, FusionConfig, RetrievalMode, fuse
+from service.retrieval.fusion import Arm, FusionConfig, fuse
 from service.retrieval.lexical import LEXICAL_DIRNAME, LexicalIndex
 
 IndexKind = Literal["flat", "hnsw"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.retrieval.embedder import get_embedder
+from service.retrieval.fusion import FusionConfig
 from service.retrieval.index import Retriever
 from service.settings import Settings
 
@@ -19,7 +20,7 @@ def open_retriever(
     """
     root = settings.index_dir if root is None else Path(root)
     embedder = get_embedder(settings.embedder, settings.embed_batch_size)
-    kwargs = {"mode": settings.retrieval_mode, "fusion": settings.fusion}
+    kwargs = {"mode": settings.retrieval_mode, "fusion": FusionConfig.from_settings(settings)}
     if version is None:
         return Retriever.load_current(root, embedder, settings.hnsw_ef_search, **kwargs)
     return Retriever(root / version, embedder, settings.hnsw_ef_search, **kwargs)

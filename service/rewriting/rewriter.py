@@ -28,12 +28,12 @@ from typing import Any
 
 from service.adapters.swap import ActiveAdapterWatcher
 from service.background import BackgroundLoop
-from service.domain import RewriteSource
+from service.domain import MissPolicy, RewriteSource
 from service.observability import POLICY_UP, REWRITE_BACKGROUND, REWRITE_HIT_RATIO
 from service.policy.prompt import PromptConfig
 from service.policy.protocol import Policy, PolicyBusy, PolicyError, RewriteResult
+from service.rewriting.rewrite import Rewrite
 from service.rewriting.store import RewriteStore, StoredAnswer, cache_key
-from service.services.rewrite import MissPolicy, Rewrite
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from anyio import to_thread
+from cachetools import LRUCache
 
 from service.db.engine import session_scope
-from service.domain import RewriteOrigin
+from service.domain import BASE_ADAPTER, RewriteOrigin
 from service.observability import REWRITE_LOOKUPS
 from service.repositories.rewrites import get_rewrite, put_rewrites, recent_rewrites
 
@@ -44,33 +43,7 @@ class StoredAnswer:
 
 def cache_key(normalized_query: str, adapter: str | None, prompt_version: str) -> str:
     digest = hashlib.sha256(normalized_query.encode()).hexdigest()[:32]
-    return f"ospo:rw:{prompt_version}:{adapter or 'base'}:{digest}"
-
-
-class LruCache:
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[str, StoredAnswer] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> StoredAnswer | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def set(self, key: str, value: StoredAnswer) -> None:
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
+    return f"ospo:rw:{prompt_version}:{adapter or BASE_ADAPTER}:{digest}"
 
 
 class RewriteStore:
@@ -81,9 +54,10 @@ class RewriteStore:
         ttl_s: int = 86_400,
         database_url: str | None = None,
     ) -> None:
-        self.local = LruCache(capacity)
-        self.missing: OrderedDict[str, None] = OrderedDict()
-        self._missing_lock = threading.Lock()
+        # Both in-process tiers are touched only from the event loop's thread (no locks).
+        self.capacity = capacity
+        self.local: LRUCache[str, StoredAnswer] = LRUCache(max(capacity, 1))
+        self.missing: LRUCache[str, None] = LRUCache(max(capacity, 1))
         self.ttl_s = ttl_s
         self.database_url = database_url
         self._redis = None
@@ -98,7 +72,7 @@ class RewriteStore:
         self, normalized: str, adapter: str | None, prompt_version: str
     ) -> StoredAnswer | None:
         key = cache_key(normalized, adapter, prompt_version)
-        hit = self.local.get(key)
+        hit = self.local.get(key)  # a get refreshes the entry's recency
         if hit is not None:
             REWRITE_LOOKUPS.labels("local").inc()
             return hit
@@ -108,28 +82,27 @@ class RewriteStore:
         hit = await self._redis_get(key)
         if hit is not None:
             REWRITE_LOOKUPS.labels("redis").inc()
-            self.local.set(key, hit)
+            self._keep(key, hit)
             return hit
         hit = await self._db_get(normalized, adapter, prompt_version)
         if hit is not None:
             REWRITE_LOOKUPS.labels("database").inc()
-            self.local.set(key, hit)
+            self._keep(key, hit)
             await self._redis_set(key, hit)
             return hit
         REWRITE_LOOKUPS.labels("miss").inc()
         self._remember_missing(key)
         return None
 
+    def _keep(self, key: str, value: StoredAnswer) -> None:
+        if self.capacity > 0:
+            self.local[key] = value
+
     def _remember_missing(self, key: str) -> None:
-        with self._missing_lock:
-            self.missing[key] = None
-            self.missing.move_to_end(key)
-            while len(self.missing) > max(self.local.capacity, 1):
-                self.missing.popitem(last=False)
+        self.missing[key] = None
 
     def forget_missing(self) -> None:
-        with self._missing_lock:
-            self.missing.clear()
+        self.missing.clear()
 
     async def put(
         self,
@@ -140,9 +113,8 @@ class RewriteStore:
         origin: RewriteOrigin = RewriteOrigin.miss,
     ) -> None:
         key = cache_key(normalized, adapter, prompt_version)
-        self.local.set(key, value)
-        with self._missing_lock:
-            self.missing.pop(key, None)
+        self._keep(key, value)
+        self.missing.pop(key, None)
         await self._redis_set(key, value)
         if self.database_url is not None:
             row = {
@@ -161,12 +133,12 @@ class RewriteStore:
     async def preload(self, adapter: str | None, prompt_version: str) -> int:
         """Fill the LRU with the adapter's stored rewrites (warm-up ones first), so the first
         searches after this process switches to it are local hits. Returns how many."""
-        if self.database_url is None or self.local.capacity <= 0:
+        if self.database_url is None or self.capacity <= 0:
             return 0
 
         def load() -> list[tuple[str, StoredAnswer]]:
             with session_scope(self.database_url) as s:  # type: ignore[arg-type]
-                rows = recent_rewrites(s, adapter, prompt_version, self.local.capacity)
+                rows = recent_rewrites(s, adapter, prompt_version, self.capacity)
                 return [
                     (r.normalized_query, StoredAnswer(r.answer, r.raw_completion)) for r in rows
                 ]
@@ -174,7 +146,7 @@ class RewriteStore:
         rows = await to_thread.run_sync(load)
         # Oldest first, so the warm-up rows end up most recently used.
         for normalized, value in reversed(rows):
-            self.local.set(cache_key(normalized, adapter, prompt_version), value)
+            self._keep(cache_key(normalized, adapter, prompt_version), value)
         return len(rows)
 
     async def _redis_get(self, key: str) -> StoredAnswer | None:

@@ -35,6 +35,7 @@ from service.repositories.adapters import set_warmup
 from service.repositories.labels import labelled_queries
 from service.repositories.rewrites import put_rewrites, stored_queries
 from service.repositories.searches import missed_queries, top_queries
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,14 @@ class WarmupConfig:
     queries: int = 500  # head queries of the search log (training queries come on top)
     time_limit_s: float = 300.0
     concurrency: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WarmupConfig:
+        return cls(
+            queries=settings.warmup_queries,
+            time_limit_s=settings.warmup_time_limit_s,
+            concurrency=settings.warmup_concurrency,
+        )
 
 
 def head_queries(

@@ -7,8 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from service.domain import EventType, RewriteSource
-from service.retrieval.fusion import RetrievalMode
+from service.domain import EventType, RetrievalMode, RewriteSource
 
 
 class SearchRequest(BaseModel):

@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.catalog.records import ProductRecord
 from service.db.engine import session_scope
 from service.domain import Algorithm, IndexType, RebuildStatus, RunStatus
 from service.errors import Conflict, InvalidInput, NotFound, ServiceError, Unavailable
 from service.queue import EXPLAIN_TASK, TRAIN_TASK, celery_client
+from service.records import ProductRecord
 from service.repositories.adapters import list_adapters
 from service.repositories.products import upsert_products
 from service.repositories.runs import (

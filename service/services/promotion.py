@@ -31,7 +31,7 @@ from service.queue import PROMOTE_TASK, celery_client
 from service.repositories.adapters import active_adapter, get_adapter, set_active, set_warmup
 from service.repositories.rewrites import count_rewrites
 from service.rewriting.rewriter import PolicyRewriter
-from service.rewriting.warmup import WarmupStatus, warm
+from service.rewriting.warmup import WarmupConfig, WarmupStatus, warm
 from service.schemas.admin import PromotionOut, RewriteStoreOut
 from service.settings import Settings
 
@@ -115,7 +115,11 @@ def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str,
         policy = make_policy(settings)
         try:
             result = await activate(
-                policy, url, name, settings.warmup if warm_first else None, DEFAULT_PROMPT.version
+                policy,
+                url,
+                name,
+                WarmupConfig.from_settings(settings) if warm_first else None,
+                DEFAULT_PROMPT.version,
             )
             return asdict(result)
         finally:
@@ -166,7 +170,12 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
                 await asyncio.sleep(2)
             await ensure_loaded(policy, name, path)
             return await warm(
-                policy, url, name, DEFAULT_PROMPT.version, settings.warmup, missed_since
+                policy,
+                url,
+                name,
+                DEFAULT_PROMPT.version,
+                WarmupConfig.from_settings(settings),
+                missed_since,
             )
         finally:
             await policy.aclose()

@@ -12,8 +12,8 @@ from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.retrieval.batcher import SearchBatcher
 from service.retrieval.index import ModeUnavailableError
+from service.rewriting.rewrite import Rewriter
 from service.schemas.public import SearchRequest, SearchResponse, SearchResult
-from service.services.rewrite import Rewriter
 from service.services.search_log import SearchLogWriter
 from service.state import RetrieverHolder
 

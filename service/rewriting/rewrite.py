@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 from service.domain import RewriteSource
-
-
-class MissPolicy(StrEnum):
-    """Who rewrites a query that has no stored rewrite (search serves it raw meanwhile)."""
-
-    background = "background"  # the API process asks the policy at once
-    deferred = "deferred"  # the serving worker's next refresh (service.rewriting.warmup)
 
 
 @dataclass(frozen=True)
