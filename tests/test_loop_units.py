@@ -14,7 +14,9 @@ from service.adapters.registry import register_adapter
 from service.db.engine import session_scope
 from service.db.models import Event, Search, utcnow
 from service.errors import Conflict, InvalidInput
+from service.records import LabelRecord
 from service.repositories.adapters import active_adapter, previous_adapter, set_active
+from service.repositories.labels import count_labels, replace_labels, upsert_labels
 from service.repositories.runs import (
     acquire_lease,
     create_run,
@@ -66,9 +68,19 @@ def test_interaction_labels(db_url: str) -> None:
     assert labels["c"].gain == pytest.approx(0.6)
     assert labels["a"].source == "interactions" and labels["a"].query == "Red Mug"
     with session_scope(db_url) as s:
+        stale = LabelRecord("Red Mug", "gone", 1.0, "interactions")
+        upsert_labels(s, [stale, LabelRecord("Red Mug", "z", 1.0, "chorus")])
+    with session_scope(db_url) as s:
         assert refresh_interaction_labels(s, EventWeights(), 1) == 3
     with session_scope(db_url) as s:
-        assert refresh_interaction_labels(s, EventWeights(), 1) == 3  # replaces, never doubles
+        assert refresh_interaction_labels(s, EventWeights(), 1) == 3
+    with session_scope(db_url) as s:  # the stale label is replaced; the dataset judgment stays
+        assert count_labels(s) == 3 + 1
+
+
+def test_replace_labels_keeps_to_its_source(db_url: str) -> None:
+    with session_scope(db_url) as s, pytest.raises(ValueError, match="another source"):
+        replace_labels(s, "interactions", [LabelRecord("q", "p", 1.0, "chorus")])
 
 
 def test_training_lease(db_url: str) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.catalog.records import LabelRecord
 from service.db.engine import session_scope
 from service.db.models import utcnow
+from service.records import LabelRecord
 from service.repositories.labels import upsert_labels
 from service.repositories.runs import create_run, finish_run, live_run
 from service.settings import get_settings

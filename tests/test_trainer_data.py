@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.catalog.formats import FormatError
-from service.catalog.records import LabelRecord
+from service.records import LabelRecord
 from trainer.data import (
     Example,
     examples_from_labels,
@@ -88,15 +88,12 @@ def test_bad_files_raise_format_errors(tmp_path: Path) -> None:
         load_examples("db")
 
 
-def test_examples_from_database(tmp_path: Path) -> None:
+def test_examples_from_database(db_url: str) -> None:
     from service.db.engine import session_scope
-    from service.db.migrate import upgrade
     from service.repositories.labels import upsert_labels
     from trainer.data import load_db_examples
 
-    url = f"sqlite:///{tmp_path / 'labels.db'}"
-    upgrade(url)
-    with session_scope(url) as session:
+    with session_scope(db_url) as session:
         upsert_labels(
             session,
             [
@@ -105,8 +102,8 @@ def test_examples_from_database(tmp_path: Path) -> None:
                 LabelRecord("dining chairs", "p3", 1.0, "esci"),
             ],
         )
-    every = load_db_examples(url)
+    every = load_db_examples(db_url)
     assert [e.key for e in every] == ["aa battery", "dining chairs"]
     assert every[0].targets == {"p1": 1.0, "p2": 0.5}
     assert every[0].query.lower() == "aa battery"
-    assert [e.key for e in load_db_examples(url, ["esci"])] == ["dining chairs"]
+    assert [e.key for e in load_db_examples(db_url, ["esci"])] == ["dining chairs"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.catalog.formats import FormatError, LabelFormat, parse_labels
-from service.catalog.records import LabelRecord
 from service.normalize import normalize_query
+from service.records import LabelRecord
 
 LABEL_FORMATS: tuple[str, ...] = ("chorus", "esci", "wands", "jsonl")
 
@@ -98,20 +98,12 @@ def load_file_examples(path: Path, fmt: str | None = None) -> list[Example]:
 
 def load_db_examples(database_url: str, sources: Sequence[str] | None = None) -> list[Example]:
     """Examples from the relevance labels in the database (``targets_by_query``)."""
-    from sqlalchemy import func, select
-
     from service.db.engine import session_scope
-    from service.db.models import RelevanceLabel
-    from service.repositories.labels import targets_by_query
+    from service.repositories.labels import labelled_queries, targets_by_query
 
     with session_scope(database_url) as session:
         targets = targets_by_query(session, sources)
-        stmt = select(RelevanceLabel.normalized_query, func.min(RelevanceLabel.query)).group_by(
-            RelevanceLabel.normalized_query
-        )
-        if sources:
-            stmt = stmt.where(RelevanceLabel.source.in_(list(sources)))
-        texts = {nq: " ".join(q.split()) for nq, q in session.execute(stmt)}
+        texts = {nq: " ".join(q.split()) for nq, q in labelled_queries(session, sources)}
     return examples_from_targets(targets, texts)
 
 

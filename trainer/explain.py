@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from service.db.engine import session_scope
+from service.errors import NoLabels
 from service.normalize import normalize_query
-from service.policy.models import default_policy_model_path, prepare_policy_model
+from service.policy.models import resolve_policy_model
 from service.repositories.adapters import active_adapter
 from service.repositories.labels import targets_by_query
 from service.retrieval.open import open_retriever
@@ -53,12 +54,8 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
         act = active_adapter(s)
         adapter_name, adapter_path = (act.name, act.path) if act else (None, None)
     if not targets:
-        raise ValueError(f"no labels for query {query!r}: explain needs judged products")
-    model_path = (
-        default_policy_model_path(settings)
-        if settings.policy_model
-        else prepare_policy_model(settings.models_dir)
-    )
+        raise NoLabels(f"no labels for query {query!r}: explain needs judged products")
+    model_path = resolve_policy_model(settings)
     retriever = open_retriever(settings)
     tokenizer, model = _policy(model_path, adapter_path)
     [rollout] = greedy_rollouts(

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from service.catalog.records import LabelRecord
-from service.db.models import Event, RelevanceLabel, Search
-from service.repositories.labels import upsert_labels
+from service.records import LabelRecord
+from service.repositories.labels import replace_labels
+from service.repositories.searches import product_events, shown_products
 
 SOURCE = "interactions"
 
@@ -37,15 +36,13 @@ def mine_labels(session: Session, weights: EventWeights, min_support: int) -> li
     shown: dict[tuple[str, str], int] = defaultdict(int)
     query_text: dict[str, str] = {}
     search_query: dict[str, str] = {}
-    for sid, q, nq, pids in session.execute(
-        select(Search.id, Search.query, Search.normalized_query, Search.product_ids)
-    ):
+    for sid, q, nq, pids in shown_products(session):
         search_query[sid] = nq
         query_text.setdefault(nq, q)
         for pid in set(pids or []):
             shown[(nq, pid)] += 1
     best: dict[tuple[str, str], float] = defaultdict(float)  # (search id, product) → weight
-    for sid, pid, etype in session.execute(select(Event.search_id, Event.product_id, Event.type)):
+    for sid, pid, etype in product_events(session):
         key = (sid, pid)
         best[key] = max(best[key], weights.of(etype))
     engagement: dict[tuple[str, str], float] = defaultdict(float)
@@ -70,7 +67,5 @@ def mine_labels(session: Session, weights: EventWeights, min_support: int) -> li
 def refresh_interaction_labels(session: Session, weights: EventWeights, min_support: int) -> int:
     """Recompute every interaction label from the logs (replacing the previous ones)."""
     labels = mine_labels(session, weights, min_support)
-    session.execute(delete(RelevanceLabel).where(RelevanceLabel.source == SOURCE))
-    for start in range(0, len(labels), 1000):
-        upsert_labels(session, labels[start : start + 1000])
+    replace_labels(session, SOURCE, labels)
     return len(labels)

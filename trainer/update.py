@@ -25,14 +25,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from service.adapters.registry import register_adapter
 from service.db.engine import session_scope
-from service.db.models import RelevanceLabel
-from service.policy.models import default_policy_model_path, prepare_policy_model
+from service.domain import AdapterStatus, RunStatus
+from service.policy.models import resolve_policy_model
 from service.repositories.adapters import active_adapter, set_status
+from service.repositories.labels import count_labelled_queries
 from service.repositories.runs import (
     acquire_lease,
     expire_stale_runs,
@@ -51,7 +51,6 @@ from trainer.interaction_labels import EventWeights, refresh_interaction_labels
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("promoted", "rejected", "failed")
 # POST /admin/train body field -> TrainConfig field
 OVERRIDES = {
     "steps": "steps",
@@ -73,10 +72,7 @@ def refresh_labels(settings: Settings) -> int:
 def labelled_query_count(session: Session) -> int:
     """Queries with interaction labels: the online signal the schedule waits for. Dataset
     judgments are ingested by hand, and an operator trains on them with POST /admin/train."""
-    stmt = select(func.count(distinct(RelevanceLabel.normalized_query))).where(
-        RelevanceLabel.source == INTERACTIONS
-    )
-    return session.scalar(stmt) or 0
+    return count_labelled_queries(session, INTERACTIONS)
 
 
 def last_labelled_count(session: Session) -> int:
@@ -162,7 +158,7 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
         run = get_run(s, run_id)
         if run is None:
             return {"skipped": f"unknown run {run_id}"}
-        if run.status in FINISHED:
+        if run.status in RunStatus.finished():
             return {"skipped": f"run already {run.status}"}
         algorithm, overrides = run.algorithm, dict((run.config or {}).get("overrides", {}))
     with session_scope(url) as s:
@@ -170,9 +166,9 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
     if not acquired:
         with session_scope(url) as s:
             run = get_run(s, run_id)
-            if run is not None and run.status == "running":
+            if run is not None and run.status == RunStatus.running:
                 return {"skipped": "this run is being trained by another worker"}
-            finish_run(s, run_id, "failed", error="another training run holds the lease")
+            finish_run(s, run_id, RunStatus.failed, error="another training run holds the lease")
         return {"skipped": "another training run holds the lease"}
 
     workdir = settings.data_dir / "runs" / run_id
@@ -193,7 +189,7 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
             finish_run(
                 s,
                 run_id,
-                "failed",
+                RunStatus.failed,
                 error=f"{type(e).__name__}: {e}"[:2000],
                 metrics={"seconds": time.perf_counter() - started},
             )
@@ -219,11 +215,7 @@ def _train_gate_promote(
         act = active_adapter(s)
         active_name, active_path = (act.name, Path(act.path)) if act else (None, None)
         labelled = labelled_query_count(s)
-    model_path = (
-        default_policy_model_path(settings)
-        if settings.policy_model
-        else prepare_policy_model(settings.models_dir)
-    )
+    model_path = resolve_policy_model(settings)
     # TrainConfig's defaults are the online recipe; the deployment (OSPO_TRAIN_OVERRIDES) and
     # then the request may change fields.
     unknown = set(settings.train_overrides) - {f.name for f in fields(TrainConfig)}
@@ -263,8 +255,8 @@ def _train_gate_promote(
     }
     if not gate["passed"]:
         with session_scope(url) as s:
-            set_status(s, name, "rejected")
-        return {**summary, "status": "rejected"}
+            set_status(s, name, AdapterStatus.rejected)
+        return {**summary, "status": RunStatus.rejected}
     try:
         summary["promotion"] = promote(settings, name)
     except Exception as e:  # noqa: BLE001 - previous adapter keeps serving
@@ -272,4 +264,4 @@ def _train_gate_promote(
         raise RuntimeError(
             f"promotion of {name} failed; the previous adapter keeps serving: {e}"
         ) from e
-    return {**summary, "status": "promoted"}
+    return {**summary, "status": RunStatus.promoted}

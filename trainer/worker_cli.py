@@ -1,4 +1,4 @@
-"""`ospo worker`, `ospo beat` and `ospo labels refresh`: the trainer's long-running processes."""
+"""`ospo worker` and `ospo beat`: the trainer's long-running processes."""
 
 from __future__ import annotations
 

@@ -32,6 +32,18 @@ def insert_events(session: Session, events: Sequence[dict[str, Any]]) -> int:
     return upsert(session, Event.__table__, rows, ["event_id"], None)
 
 
+def shown_products(session: Session) -> list[tuple[str, str, str, list[str]]]:
+    """(search id, query, normalised query, product ids shown) for every logged search."""
+    stmt = select(Search.id, Search.query, Search.normalized_query, Search.product_ids)
+    return [(sid, q, nq, pids) for sid, q, nq, pids in session.execute(stmt)]
+
+
+def product_events(session: Session) -> list[tuple[str, str, str]]:
+    """(search id, product id, event type) for every logged event."""
+    stmt = select(Event.search_id, Event.product_id, Event.type)
+    return [(sid, pid, etype) for sid, pid, etype in session.execute(stmt)]
+
+
 def count_events(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Event)) or 0
 

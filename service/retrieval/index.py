@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -115,7 +114,13 @@ def write_index(
     if lexical_texts is not None and len(lexical_texts) != len(ids):
         raise ValueError("lexical_texts must have one text per id")
     checksum = _checksum(ids, vectors)
-    version = time.strftime("%Y%m%dT%H%M%S") + f"-{checksum[:8]}"
+    stem = time.strftime("%Y%m%dT%H%M%S") + f"-{checksum[:8]}"
+    version, n = stem, 1
+    # The same products rebuilt within a second (another kind, say) get a new name: a version
+    # folder may be serving, so it is never replaced.
+    while (root / version).exists():
+        n += 1
+        version = f"{stem}.{n}"
     manifest = Manifest(
         version=version,
         embedder=embedder_name,
@@ -139,10 +144,7 @@ def write_index(
     if lexical_texts is not None:
         LexicalIndex.build(lexical_texts).save(tmp / LEXICAL_DIRNAME)
     (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
-    final = root / version
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    tmp.rename(root / version)
     if activate:
         set_current(root, version)
     return manifest
