@@ -15,7 +15,6 @@ becomes one synthetic search, and each judged product an event whose strength fo
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from service.catalog.formats import FormatError, parse_labels
+from service.catalog.formats import FormatError, jsonl_objects, parse_labels
 from service.db.engine import session_scope
 from service.db.models import Search
 from service.domain import EventType
@@ -79,53 +78,44 @@ def _ts(value: Any, where: str) -> datetime:
 
 
 def read_log(path: Path) -> Iterator[LoggedSearch]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FormatError(f"{where}: invalid JSON ({e.msg})") from e
-            if not isinstance(obj, dict) or not obj.get("search_id") or not obj.get("query"):
-                raise FormatError(f"{where}: each line needs `search_id` and `query`")
-            sid = str(obj["search_id"])
-            if len(sid) > 36:
-                raise FormatError(f"{where}: search_id longer than 36 characters")
-            events = []
-            for i, ev in enumerate(obj.get("events") or []):
-                if ev.get("type") not in set(EventType) or not ev.get("product_id"):
-                    raise FormatError(
-                        f"{where}: event {i} needs product_id and a type in "
-                        f"{', '.join(EventType)}"
-                    )
-                events.append({
-                    "event_id": str(ev.get("event_id") or f"{sid}:{i}"),
-                    "search_id": sid,
-                    "product_id": str(ev["product_id"]),
-                    "type": ev["type"],
-                    "ts": _ts(ev.get("ts") or obj.get("ts"), where),
-                })  # fmt: skip
-            yield LoggedSearch(
-                search_id=sid,
-                query=str(obj["query"]),
-                ts=_ts(obj.get("ts"), where),
-                results=[str(p) for p in obj.get("results") or []],
-                events=events,
-                rewrite=obj.get("rewrite"),
-                adapter=obj.get("adapter"),
-                user_id=obj.get("user_id"),
-                session_id=obj.get("session_id"),
-            )
+    for where, obj in jsonl_objects(path):
+        if not isinstance(obj, dict) or not obj.get("search_id") or not obj.get("query"):
+            raise FormatError(f"{where}: each line needs `search_id` and `query`")
+        sid = str(obj["search_id"])
+        if len(sid) > 36:
+            raise FormatError(f"{where}: search_id longer than 36 characters")
+        events = []
+        for i, ev in enumerate(obj.get("events") or []):
+            if ev.get("type") not in set(EventType) or not ev.get("product_id"):
+                raise FormatError(
+                    f"{where}: event {i} needs product_id and a type in {', '.join(EventType)}"
+                )
+            events.append({
+                "event_id": str(ev.get("event_id") or f"{sid}:{i}"),
+                "search_id": sid,
+                "product_id": str(ev["product_id"]),
+                "type": ev["type"],
+                "ts": _ts(ev.get("ts") or obj.get("ts"), where),
+            })  # fmt: skip
+        yield LoggedSearch(
+            search_id=sid,
+            query=str(obj["query"]),
+            ts=_ts(obj.get("ts"), where),
+            results=[str(p) for p in obj.get("results") or []],
+            events=events,
+            rewrite=obj.get("rewrite"),
+            adapter=obj.get("adapter"),
+            user_id=obj.get("user_id"),
+            session_id=obj.get("session_id"),
+        )
 
 
-def _event_type(gain: float) -> str:
+def _event_type(gain: float) -> EventType:
     if gain >= 1.0:
-        return "purchase"
+        return EventType.purchase
     if gain >= 0.5:
-        return "add_to_cart"
-    return "click" if gain > 0 else "impression"
+        return EventType.add_to_cart
+    return EventType.click if gain > 0 else EventType.impression
 
 
 def labels_as_log(fmt: str, path: Path) -> Iterator[LoggedSearch]:

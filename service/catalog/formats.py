@@ -170,36 +170,43 @@ def parse_icecat_products(path: Path) -> Iterator[tuple[ProductRecord, None]]:
                 yield _icecat_product(obj), None
 
 
+def jsonl_objects(path: Path) -> Iterator[tuple[str, Any]]:
+    """(`path:line`, parsed value) of each non-blank line of a JSON Lines file; invalid JSON is
+    a `FormatError` naming the line. Callers check the value's shape."""
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FormatError(f"{where}: invalid JSON ({e.msg})") from e
+
+
 def parse_jsonl_products(path: Path) -> Iterator[tuple[ProductRecord | None, LabelRecord | None]]:
     """Our JSONL: one product per line.
 
     `{"id": str, "title": str, "brand"?: str, "description"?: str, "attributes"?: {...},
     "labels"?: [{"query": str, "gain": float}]}`
     """
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FormatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
-            if not isinstance(obj, dict) or not obj.get("id") or not obj.get("title"):
-                raise FormatError(f"{path}:{lineno}: each line needs non-empty `id` and `title`")
-            pid = str(obj["id"])
-            yield (
-                ProductRecord(
-                    id=pid,
-                    title=str(obj["title"]),
-                    brand=obj.get("brand"),
-                    description=obj.get("description"),
-                    attributes=dict(obj.get("attributes") or {}),
-                    source=str(obj.get("source") or "jsonl"),
-                ),
-                None,
-            )
-            for lab in obj.get("labels") or []:
-                yield None, LabelRecord(str(lab["query"]), pid, float(lab["gain"]), "jsonl")
+    for where, obj in jsonl_objects(path):
+        if not isinstance(obj, dict) or not obj.get("id") or not obj.get("title"):
+            raise FormatError(f"{where}: each line needs non-empty `id` and `title`")
+        pid = str(obj["id"])
+        yield (
+            ProductRecord(
+                id=pid,
+                title=str(obj["title"]),
+                brand=obj.get("brand"),
+                description=obj.get("description"),
+                attributes=dict(obj.get("attributes") or {}),
+                source=str(obj.get("source") or "jsonl"),
+            ),
+            None,
+        )
+        for lab in obj.get("labels") or []:
+            yield None, LabelRecord(str(lab["query"]), pid, float(lab["gain"]), "jsonl")
 
 
 def parse_catalog(fmt: CatalogFormat, path: Path):  # type: ignore[no-untyped-def]
