@@ -6,7 +6,6 @@ Service commands live here; the trainer adds its own (train, eval, worker, repla
 
 from __future__ import annotations
 
-import logging
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -19,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from service.catalog.formats import CatalogFormat, FormatError, LabelFormat  # noqa: E402
 from service.domain import IndexType  # noqa: E402
+from service.logs import configure_logging  # noqa: E402
 from service.settings import get_settings  # noqa: E402
 
 console = Console(stderr=True)
@@ -173,15 +173,22 @@ def serve(
     """Run the HTTP API."""
     import uvicorn
 
-    logging.basicConfig(level=get_settings().log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per policy call is noise
+    from service.security import WeakAdminKey, check_admin_key
+
+    s = get_settings()
+    try:
+        check_admin_key(s, host)
+    except WeakAdminKey as e:
+        raise fail(str(e)) from e
+    configure_logging(s.log_level)
     uvicorn.run(
         "service.api.main:app",
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        log_config=None,  # keep configure_logging's handler: every line carries the request id
         access_log=access_log,
+        timeout_graceful_shutdown=s.shutdown_grace_s,
     )
 
 
@@ -205,7 +212,7 @@ def policy_serve() -> None:
     """Run vLLM for the policy model with LoRA and runtime LoRA updating, until stopped."""
     from service.policy.server import serve_forever
 
-    logging.basicConfig(level=get_settings().log_level)
+    configure_logging(get_settings().log_level)
     raise typer.Exit(serve_forever(get_settings()))
 
 
@@ -314,9 +321,18 @@ def up(
     worker: Annotated[bool, typer.Option(help="also run the Celery worker and beat")] = True,
 ) -> None:
     """Bootstrap, then run policy server, API, worker and beat together; Ctrl-C stops all."""
+    from service.security import WeakAdminKey, check_admin_key, ensure_admin_key
     from service.supervisor import Supervisor
 
     s = get_settings()
+    key_file = ensure_admin_key(s)
+    if key_file is not None:  # the key the children inherit through the environment
+        s = get_settings()
+        console.print(f"admin key: {s.admin_api_key.get_secret_value()} (stored in {key_file})")
+    try:
+        check_admin_key(s, host)
+    except WeakAdminKey as e:
+        raise fail(str(e)) from e
     bootstrap()
     if s.policy_backend != "none":
         models_prepare()

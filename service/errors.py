@@ -1,4 +1,5 @@
-"""Errors that carry their HTTP status and a stable machine-readable code."""
+"""Errors that carry their HTTP status, a stable machine-readable code and, where the status
+calls for them, response headers (`Retry-After` on 429)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ class ServiceError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
         if code:
             self.code = code
         if status_code:
@@ -19,6 +28,11 @@ class ServiceError(Exception):
 class InvalidInput(ServiceError):
     status_code = 422
     code = "invalid_input"
+
+
+class TooLarge(ServiceError):
+    status_code = 413
+    code = "too_large"
 
 
 class NotFound(ServiceError):
@@ -38,9 +52,21 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class RateLimited(ServiceError):
+    status_code = 429
+    code = "rate_limited"
+
+
 class Unavailable(ServiceError):
     status_code = 503
     code = "unavailable"
+
+
+class WorkerTimeout(ServiceError):
+    """A request that waits on a worker got no answer in time (the work may still finish)."""
+
+    status_code = 504
+    code = "worker_timeout"
 
 
 class Unauthorized(ServiceError):

@@ -43,3 +43,6 @@ REWRITE_WARMUP = Gauge(
 SEARCH_LOG_BUFFER = Gauge(
     "ospo_search_log_buffered", "Searches answered and waiting in this process's log buffer"
 )
+RATE_LIMITED = Counter(
+    "ospo_rate_limited_total", "Requests refused with 429 by the per-client limit", ["endpoint"]
+)

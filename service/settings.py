@@ -57,7 +57,37 @@ class Settings(BaseSettings):
     )
     fusion_depth: int = Field(100, ge=1, description="Candidates each arm brings to fusion.")
 
-    max_events_per_batch: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body of /v1/* (413 above; 1000 events take ~300 kB).",
+    )
+    max_admin_body_bytes: int = Field(
+        64 * 1_048_576, ge=1024, description="Largest request body of /admin/* (catalogue upserts)."
+    )
+    rate_limit_search: str | None = Field(
+        "200/second",
+        description="Per-client limit of /v1/search (the `limits` notation, e.g. `50/second`, "
+        "`1000/minute`); empty: off. Counted in Redis when configured (shared by every API "
+        "process), else per process. A client is its address (behind a proxy, uvicorn's "
+        "--forwarded-allow-ips makes it X-Forwarded-For).",
+    )
+    rate_limit_events: str | None = Field(
+        "200/second", description="Per-client limit of /v1/events batches; empty: off."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins allowed to call the API (JSON list, e.g. ["https://shop.'
+        'example"]); empty: no CORS headers (server-to-server storefronts need none).',
+    )
+    worker_timeout_s: float = Field(
+        30.0, gt=0, description="How long a request waits on a worker (explain) before a 504."
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        gt=0,
+        description="On SIGTERM, requests in flight get this long to finish, then are dropped.",
+    )
 
     search_max_batch: int = Field(64, ge=1, description="Concurrent searches embedded together.")
     search_window_ms: float = Field(

@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
+from service.api.edge import install_edge
 from service.api.errors import install_error_handlers
+from service.api.ratelimit import RateLimits
 from service.api.routers import admin, events, health, search
 from service.background import BackgroundLoop
 from service.policy.protocol import Policy
@@ -107,7 +109,9 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     app.state.serving_adapters = ServingAdapters(
         settings, rewriter if isinstance(rewriter, PolicyRewriter) else None
     )
+    app.state.rate_limits = RateLimits(settings)
     install_error_handlers(app)
+    install_edge(app, settings)
     app.include_router(search.router)
     app.include_router(events.router)
     app.include_router(health.router)

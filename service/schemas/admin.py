@@ -103,6 +103,12 @@ class ProductIn(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
+MAX_CATALOG_BATCH = 10_000
+ProductBatch = Annotated[
+    list[ProductIn], Field(min_length=1, max_length=MAX_CATALOG_BATCH, description="1 to 10,000.")
+]
+
+
 class CatalogOut(BaseModel):
     upserted: int
 

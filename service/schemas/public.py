@@ -61,6 +61,18 @@ class EventIn(BaseModel):
     ts: datetime | None = None
 
 
+MAX_EVENTS_PER_BATCH = 1000
+EventBatch = Annotated[
+    list[EventIn],
+    Field(
+        min_length=1,
+        max_length=MAX_EVENTS_PER_BATCH,
+        description="1 to 1000 events; every search_id must name a logged search, or the "
+        "whole batch is refused (422) and nothing of it stored.",
+    ),
+]
+
+
 class EventsResponse(BaseModel):
     received: int
     stored: int

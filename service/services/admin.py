@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import TimeoutError as CeleryTimeout
+
 from service.db.engine import session_scope
 from service.domain import Algorithm, IndexType, RebuildStatus, RunStatus
-from service.errors import Conflict, InvalidInput, NotFound, ServiceError, Unavailable
+from service.errors import Conflict, NotFound, ServiceError, Unavailable, WorkerTimeout
 from service.queue import EXPLAIN_TASK, TRAIN_TASK, celery_client
 from service.records import ProductRecord
 from service.repositories.adapters import list_adapters
@@ -36,8 +38,6 @@ from service.settings import Settings
 from service.state import RetrieverHolder
 
 log = logging.getLogger(__name__)
-
-MAX_CATALOG_BATCH = 10_000
 
 
 def get_adapters(url: str) -> list[AdapterOut]:
@@ -84,25 +84,25 @@ def enqueue_training(settings: Settings, algorithm: Algorithm, overrides: dict[s
     return run_id
 
 
-def explain(settings: Settings, query: str, timeout_s: float) -> ExplainOut:
+def explain(settings: Settings, query: str) -> ExplainOut:
     """The active policy's rewrite of `query` with per-segment attributions, computed by a
     worker (attribution lives in the trainer). The task raises `NoLabels` (a `ServiceError`)
-    for an unjudged query; Celery brings the type back, so it keeps its 404."""
+    for an unjudged query; Celery brings the type back, so it keeps its 404. No answer within
+    `worker_timeout_s`: 504, and the task expires instead of running for nobody later."""
+    timeout_s = settings.worker_timeout_s
     try:
-        result = celery_client(settings).send_task(EXPLAIN_TASK, args=[query])
+        result = celery_client(settings).send_task(EXPLAIN_TASK, args=[query], expires=timeout_s)
         return ExplainOut.model_validate(result.get(timeout=timeout_s))
     except ServiceError:
         raise
-    except TimeoutError as e:
-        raise Unavailable(f"no worker answered within {timeout_s:.0f}s") from e
+    except CeleryTimeout as e:
+        raise WorkerTimeout(f"no worker answered within {timeout_s:g} s") from e
     except Exception as e:  # noqa: BLE001
         raise Unavailable(f"explain failed: {type(e).__name__}: {e}") from e
 
 
 def upsert_catalog(url: str, products: list[ProductIn]) -> CatalogOut:
     """Upsert products by id; they are searchable after the next index rebuild."""
-    if not products or len(products) > MAX_CATALOG_BATCH:
-        raise InvalidInput(f"send 1 to {MAX_CATALOG_BATCH} products per request")
     records = [
         ProductRecord(
             id=p.id,

@@ -4,7 +4,8 @@ from anyio import to_thread
 from fastapi import APIRouter
 
 from service.api.deps import SearchLogDep, SettingsDep
-from service.schemas.public import ErrorResponse, EventIn, EventsResponse
+from service.api.ratelimit import RETRY_AFTER, EventsRateLimit
+from service.schemas.public import ErrorResponse, EventBatch, EventsResponse
 from service.services.events import record_events
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -13,16 +14,20 @@ router = APIRouter(prefix="/v1", tags=["events"])
 @router.post(
     "/events",
     response_model=EventsResponse,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse, "headers": RETRY_AFTER},
+        503: {"model": ErrorResponse},
+    },
 )
 async def events(
-    body: list[EventIn], settings: SettingsDep, search_log: SearchLogDep
+    body: EventBatch, settings: SettingsDep, search_log: SearchLogDep, _: EventsRateLimit
 ) -> EventsResponse:
     """Store a batch of shopper events; idempotent on `event_id` (a replay stores nothing twice)."""
     return await to_thread.run_sync(
         record_events,
         settings.resolved_database_url,
         body,
-        settings.max_events_per_batch,
         search_log,
     )

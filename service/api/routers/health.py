@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from service.api.deps import RetrieversDep, SettingsDep
@@ -12,10 +15,21 @@ from service.db.engine import get_engine
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+class Alive(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, dict[str, Any]] = Field(
+        description="index (version), database, and policy (degraded: raw queries are served)."
+    )
+
+
+@router.get("/healthz", response_model=Alive)
+async def healthz() -> Alive:
     """The process is alive."""
-    return {"status": "ok"}
+    return Alive()
 
 
 def _db_ok(url: str) -> str | None:
@@ -27,7 +41,7 @@ def _db_ok(url: str) -> str | None:
         return f"{type(e).__name__}: {e}"[:300]
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(
     request: Request, settings: SettingsDep, retrievers: RetrieversDep
 ) -> JSONResponse:
@@ -46,9 +60,15 @@ async def readyz(
     if policy_status is not None:
         checks["policy"] = policy_status
     ready = retriever is not None and db_error is None
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    body = Readiness(ready=ready, checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics() -> Response:
+    """Prometheus text exposition of this process's metrics."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
