@@ -46,3 +46,7 @@ SEARCH_LOG_BUFFER = Gauge(
 RATE_LIMITED = Counter(
     "ospo_rate_limited_total", "Requests refused with 429 by the per-client limit", ["endpoint"]
 )
+SEARCH_LOG_DROPPED = Counter(
+    "ospo_search_log_dropped_total",
+    "Searches the database refused for their content (never for an outage), dropped",
+)

@@ -122,7 +122,7 @@ def test_events_reject_bad_batches_atomically(client: TestClient) -> None:
     r = client.post("/v1/events", json=good + bad_type)
     assert r.status_code == 422 and "type" in r.json()["error"]["message"]
     r = client.post("/v1/events", json=_events(sid, 1001))
-    assert r.status_code == 413 and "at most 1000" in r.json()["error"]["message"]
+    assert r.status_code == 422 and "at most 1000" in r.json()["error"]["message"]
     r = client.post("/v1/events", json=[])
     assert r.status_code == 422
     assert _count_events(client.db_url) == 0  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from service.db.engine import session_scope
@@ -77,6 +78,28 @@ def test_an_outage_keeps_rows_buffered_until_the_database_is_back(tmp_path: Path
     log.stop()
 
 
+def test_a_row_the_database_refuses_never_holds_up_the_others(db_url: str) -> None:
+    """A row that cannot be stored for its content (here: a value JSON cannot encode; in the
+    field, a NUL in a query on PostgreSQL) is dropped and counted; every other row of its
+    batch and of later batches is stored, and the writer keeps going."""
+    dropped = REGISTRY.get_sample_value("ospo_search_log_dropped_total") or 0.0
+    log = SearchLogWriter(db_url)
+    rows = [_row(f"q{i}") for i in range(20)]
+    poison = {**_row("poison"), "product_ids": [object()]}
+    with log._cond:  # one batch: the poison in the middle of good rows
+        for r in [*rows[:10], poison, *rows[10:]]:
+            log._buffer.append(r)
+            log._unwritten.add(r["id"])
+    log.start()
+    assert log.wait_written([r["id"] for r in [*rows, poison]], timeout=30)
+    later = _row("after")
+    log.submit(later)
+    assert log.wait_written([later["id"]], timeout=30)
+    assert _stored(db_url) == {r["id"] for r in [*rows, later]}
+    assert REGISTRY.get_sample_value("ospo_search_log_dropped_total") == dropped + 1
+    log.stop()
+
+
 def test_stop_flushes_the_buffer(db_url: str) -> None:
     log = SearchLogWriter(db_url)
     log.start()
@@ -98,12 +121,11 @@ def test_an_event_finds_a_search_still_buffered_here_or_in_another_process(db_ur
         EventIn(event_id=str(uuid.uuid4()), search_id=sid, product_id="p1", type="click")
         for sid in (mine["id"], theirs["id"])
     ]
-    assert record_events(db_url, events, 100, here).stored == 2
+    assert record_events(db_url, events, here).stored == 2
     with pytest.raises(InvalidInput) as e:
         record_events(
             db_url,
             [EventIn(event_id="x", search_id="never", product_id="p1", type="click")],
-            100,
             here,
         )
     assert "unknown search_id" in e.value.message

@@ -35,6 +35,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's only 400: a body it could not decode (bytes that are not UTF-8). It is
+            # invalid input like any other, so it gets the documented 422.
+            return JSONResponse(
+                error_body("invalid_input", "the body is not UTF-8 encoded JSON"),
+                status_code=422,
+            )
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
 from service.domain import AdapterStatus, Algorithm, IndexType, RebuildStatus, RunStatus
+from service.schemas.text import SAFE_CHARS, SafeText
 
 
 class AdapterOut(BaseModel):
@@ -96,10 +97,14 @@ class RewriteStoreOut(BaseModel):
 class ProductIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-    brand: str | None = None
-    description: str | None = None
+    id: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), SAFE_CHARS
+    ]
+    title: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), SAFE_CHARS
+    ]
+    brand: SafeText | None = None
+    description: SafeText | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 

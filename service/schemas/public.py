@@ -8,15 +8,18 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.domain import EventType, RetrievalMode, RewriteSource
+from service.schemas.text import SAFE_CHARS
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
+    query: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512), SAFE_CHARS
+    ]
     k: int = Field(10, ge=1, le=100)
-    user_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    session_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    user_id: Annotated[str, StringConstraints(max_length=128), SAFE_CHARS] | None = None
+    session_id: Annotated[str, StringConstraints(max_length=128), SAFE_CHARS] | None = None
     mode: RetrievalMode | None = Field(
         None,
         description="Retrieval arms: dense, lexical or hybrid (fused); default: the "
@@ -54,9 +57,11 @@ class SearchResponse(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
-    search_id: Annotated[str, StringConstraints(min_length=1, max_length=36)]
-    product_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    event_id: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), SAFE_CHARS
+    ]
+    search_id: Annotated[str, StringConstraints(min_length=1, max_length=36), SAFE_CHARS]
+    product_id: Annotated[str, StringConstraints(min_length=1, max_length=64), SAFE_CHARS]
     type: EventType
     ts: datetime | None = None
 

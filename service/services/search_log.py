@@ -8,6 +8,9 @@ stored before the event is. `wait_written` blocks until the named searches of th
 committed; the events service calls it first, then gives searches buffered by another API
 process a short grace (`UNKNOWN_SEARCH_GRACE_S`) before rejecting an id as unknown. A database
 outage keeps the rows buffered and retried (with backoff), never dropped; stopping flushes.
+A row the database refuses for itself (not an outage) is found by halving the batch, logged,
+counted (`ospo_search_log_dropped_total`) and dropped, so it can never hold up the others;
+`service.schemas.text` refuses the inputs known to cause that at the door.
 `OSPO_SEARCH_LOG_BACKGROUND=false` commits each search before answering it instead.
 """
 
@@ -18,16 +21,26 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from tenacity import Retrying, before_sleep_log, stop_after_delay, stop_never, wait_exponential
+from sqlalchemy.exc import InterfaceError, OperationalError
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+)
 
 from service.db.engine import session_scope
-from service.observability import SEARCH_LOG_BUFFER
+from service.observability import SEARCH_LOG_BUFFER, SEARCH_LOG_DROPPED
 from service.repositories.searches import add_searches
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_SEARCH_GRACE_S = 0.5  # another API process commits its buffer well within this
 STOP_FLUSH_S = 30.0  # how long stopping keeps retrying a failing database
+# The database or the connection to it is down: wait and retry the same rows.
+OUTAGE = (OperationalError, InterfaceError)
 
 
 class SearchLogWriter:
@@ -90,6 +103,7 @@ class SearchLogWriter:
 
     def _write_retrying(self, rows: list[dict[str, Any]], give_up_after: float | None) -> None:
         retrying = Retrying(
+            retry=retry_if_exception_type(OUTAGE),
             wait=wait_exponential(multiplier=0.1, max=5.0),
             stop=stop_after_delay(give_up_after) if give_up_after else stop_never,
             before_sleep=before_sleep_log(log, logging.WARNING),
@@ -98,9 +112,25 @@ class SearchLogWriter:
         try:
             for attempt in retrying:
                 with attempt:
-                    self._write(rows)
+                    self._write_isolating(rows)
         except Exception:  # noqa: BLE001 - only when stopping: say what could not be stored
             log.error("search log: %d searches could not be stored before stopping", len(rows))
+
+    def _write_isolating(self, rows: list[dict[str, Any]]) -> None:
+        """Write `rows`; an outage propagates (retried), any other refusal is narrowed down to
+        the rows that cause it, which are dropped."""
+        try:
+            self._write(rows)
+        except OUTAGE:
+            raise
+        except Exception as e:  # noqa: BLE001 - a refusal of the data, not of the database
+            if len(rows) == 1:
+                SEARCH_LOG_DROPPED.inc()
+                log.error("search %s cannot be stored, dropped: %s", rows[0]["id"], e)
+                return
+            half = len(rows) // 2
+            self._write_isolating(rows[:half])
+            self._write_isolating(rows[half:])
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         with session_scope(self.database_url) as session:
