@@ -1,10 +1,10 @@
 """GPU benchmark: one OSPO / GRPO training step, and the retrieval reward path at scale.
 
 Writes ``bench/results/gpu_step.json`` (``--tiny``: ``bench/results/tmp/gpu_step_tiny.json``)
-and prints it. Made for the lent GPU machine (DESIGN.md §6): PyTorch, transformers and peft,
-but no vLLM, no faiss, no model weights and no network. It imports only the standard library,
-numpy, torch, transformers, peft and the project's pure ``trainer.attribution`` /
-``trainer.ospo``; tokenizers come from files carried in ``bench/gpu_assets/`` (SmolLM2-135M-
+and prints it. Made for the lent GPU machine: PyTorch, transformers and peft, but no vLLM, no
+faiss, no database, no matplotlib, no model weights and no network. Besides those it imports
+numpy and the project's ``trainer.train`` (its step needs nothing more: the reward is a
+function it is given); tokenizers come from files carried in ``bench/gpu_assets/`` (SmolLM2-135M-
 Instruct's and all-MiniLM-L6-v2's tokenizer files, both Apache-2.0).
 
 Run on the GPU machine:   python bench/gpu_step.py
@@ -13,15 +13,17 @@ CPU smoke test (minutes): .venv/bin/python bench/gpu_step.py --tiny
 What is measured, in this order (the most valuable numbers first, so a time budget that runs
 out still leaves them): Qwen2.5-1.5B GRPO, 1.5B OSPO, 7B GRPO, 7B OSPO, then the retrieval path.
 
-1. One training step, phase by phase (``torch.cuda.synchronize`` around each):
-   generate (``model.generate``, P prompts × G samples, temperature 1.0, pure sampling) ·
-   old_logprobs (log-softmax of the sampling logits ``generate`` returned, or a no-grad
-   forward with ``--old-logprobs forward``) · decode (completion text and per-token character
-   offsets) · reward (NDCG@k of retrieving with each rollout's text, one batched embed + search)
-   · attribution (OSPO only: every coalition text of every rollout of the step valued in one
-   batched call through ``trainer.attribution.attribute_batch``) · advantages (GRPO: A_g on
-   every token; OSPO: ``trainer.ospo.group_token_advantages``) · update (forward, clipped
-   surrogate loss, backward over micro-batches, grad-norm clip, AdamW step on the LoRA weights).
+1. One training step: the project's own ``trainer.train.train_step``, the one ``ospo train`` and
+   the online update run, with the serving prompt (``service.policy.prompt.DEFAULT_PROMPT``)
+   and the project's parser, timed phase by phase through the step's ``phase`` hook
+   (``torch.cuda.synchronize`` around each; trainer/phases.py): generate (``model.generate``,
+   P prompts × G samples, pure sampling at temperature τ) · decode (completion text, parsed
+   rewrite, per-token character offsets) · old_logprobs (log-softmax of the sampling logits
+   ``generate`` returned) · reward (one call of the reward function below on every rollout's
+   search text) · attribution (OSPO only: every coalition text of every rollout of the step
+   valued in one call, through ``trainer.attribution.attribute_batch``) · advantages · update
+   (forward, clipped surrogate loss, backward over micro-batches, grad-norm clip, AdamW step on
+   the LoRA weights; rows whose advantages are all zero are skipped, as in training).
    One untimed warm-up step per (model, algorithm) precedes ``--steps`` timed ones.
 2. The reward path alone with realistic rewrites (hard-coded phrase templates): coalition texts
    per second valued one by one (one embed + one search per text, as a naive per-coalition
@@ -29,23 +31,30 @@ out still leaves them): Qwen2.5-1.5B GRPO, 1.5B OSPO, 7B GRPO, 7B OSPO, then the
    batched with the text cache (each distinct text embedded and searched once), per catalogue
    size; plus the CPU cost of the estimators themselves.
 
+Every TrainConfig field but ``algo`` (``--algos`` runs both) is an option with the field's help
+(trainer/config_cli.py); LoRA ranks, targets, G, P, the estimators and the advantages are the
+project's. This benchmark's own defaults: P=4, G=8, 2 timed steps, LoRA r=32, lr 5e-6
+(``--tiny``: P=2, G=4, 8 new tokens, 1 step). The warm-start, evaluation and retriever fields
+have no effect here.
+
 What is and is not representative (numbers are about speed and memory, never quality):
 * Policies are Qwen2.5 architectures (``Qwen2Config`` with the published sizes) with RANDOM
-  weights in bf16, LoRA r=32 α=16 on all linear projections. Throughput and memory do not
-  depend on the weight values. The vocabulary is the carried SmolLM2 tokenizer's (49,152
-  tokens) instead of Qwen's 151,936, so prompts are encoded and samples decoded by a real
-  tokenizer; that removes ~0.16B parameters from the tied 1.5B embedding and ~0.74B from the
-  untied 7B embedding + LM head, and shrinks the logits. ``--vocab-size 151936`` restores the
-  real size (ids >= 49,152 are then decoded modulo 49,152).
-* Random weights sample near-uniform token salad, so completions usually run to
-  ``max_new_tokens`` and decode to word soup. The whole decoded completion is taken as the
-  rewrite (no tag parsing), so OSPO attributes ~``max_new_tokens`` tokens' worth of phrases —
-  typically more players than a real short rewrite, so sampled Owen with the full budget runs
-  more often than in production; the retrieval section uses realistic rewrites instead.
+  weights in bf16. Throughput and memory do not depend on the weight values. The vocabulary is
+  the carried SmolLM2 tokenizer's (49,152 tokens) instead of Qwen's 151,936, so prompts are
+  encoded and samples decoded by a real tokenizer; that removes ~0.16B parameters from the
+  tied 1.5B embedding and ~0.74B from the untied 7B embedding + LM head, and shrinks the logits.
+* Random weights sample near-uniform token salad, which the serving parser rejects (no item
+  ends before the token limit): such a step would have no rewrite to attribute and no advantage
+  to update with. So the stand-in policy gets a fixed logit bias (``--rewrite-bias``, added to
+  the LM head's output, in sampling and training alike) towards the tokens of the words below,
+  commas and the end token: completions become comma-separated word soup of a trained policy's
+  length and shape, which the parser keeps as additions; the ones it cannot use score the raw
+  query and have no players (``parse_rate`` in the results). The bias costs one addition on
+  the logits.
 * Reward: an all-MiniLM-L6-v2-architecture encoder (BertModel from the carried config.json,
   random weights, mean pooling, L2 norm) and a synthetic catalogue of random unit vectors on
   the GPU; retrieval is ``torch.topk`` of ``q @ P.T`` (exact search, what faiss-gpu flat does);
-  NDCG@10 with linear gains against per-query graded targets (half drawn near the query's own
+  NDCG@k with linear gains against per-query graded targets (half drawn near the query's own
   embedding so some rewards are non-zero, half random). Reward values are meaningless; their
   cost is real.
 """
@@ -54,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -64,7 +74,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +87,7 @@ import numpy as np  # noqa: E402
 import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertModel,
@@ -88,13 +97,9 @@ from transformers import (  # noqa: E402
 )
 
 from trainer.attribution import attribute, attribute_batch  # noqa: E402
-from trainer.ospo import (  # noqa: E402
-    AdvantageConfig,
-    clipped_surrogate_loss,
-    group_token_advantages,
-    grpo_advantages,
-    pad_advantages,
-)
+from trainer.config_cli import add_config_arguments, config_from_args  # noqa: E402
+from trainer.phases import PhaseTimes  # noqa: E402
+from trainer.train import TrainConfig, lora_config, make_optimizer, train_step  # noqa: E402
 
 ASSETS = ROOT / "bench" / "gpu_assets"
 RESULTS = ROOT / "bench" / "results"
@@ -143,12 +148,6 @@ PHRASES = (
     "under 50 dollars",
     "for travel",
 )
-SYSTEM_PROMPT = (
-    "You rewrite online shop search queries. Expand the shopper's query into a better product "
-    "search query: keep every word of the query, add the product type, key attributes and "
-    "common synonyms. Reply with the rewritten query only, on one line."
-)
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Published Qwen2.5 sizes: hidden, intermediate, layers, attention heads, KV heads, tied.
 QWEN25 = {
@@ -164,8 +163,10 @@ TINY = {
     "3b": (96, 192, 2, 6, 2, True),
     "7b": (96, 192, 2, 6, 2, False),
 }
-TOKENIZER_VOCAB = 49152  # SmolLM2's vocabulary, the carried policy tokenizer
-EOS_ID = 2  # <|im_end|>, also the pad id
+# TrainConfig fields where this benchmark's defaults differ from the project's (a full run),
+# and where --tiny's differ from those.
+CONFIG_DEFAULTS = {"prompts_per_step": 4, "steps": 2, "lora_r": 32, "lr": 5e-6}
+TINY_CONFIG = {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 8, "steps": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,23 +196,26 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-class Phases:
-    """Wall seconds (synchronised) and peak allocated GPU memory of named phases of a step."""
+class Phases(PhaseTimes):
+    """The step's ``phase`` hook: seconds synchronised with the GPU, each phase's peak GPU memory
+    and what the retrieval engine counted while it ran (``RetrievalEngine.stats``)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds: dict[str, float] = {}
+    def __init__(self, device: torch.device, engine: RetrievalEngine) -> None:
+        super().__init__()
+        self.device, self.engine = device, engine
         self.peak: dict[str, float | None] = {}
+        self.engine_stats: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         sync(self.device)
         reset_peak(self.device)
-        t0 = time.perf_counter()
-        yield
-        sync(self.device)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        self.engine.stats.clear()
+        with super().__call__(name):
+            yield
+            sync(self.device)
         self.peak[name] = peak_gib(self.device)
+        self.engine_stats[name] = dict(self.engine.stats)
 
 
 def error_record(exc: BaseException) -> dict[str, str]:
@@ -265,13 +269,34 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
+def rewrite_bias(tok: PreTrainedTokenizerFast, strength: float) -> torch.Tensor | None:
+    """(V,) logit bias under which a random policy writes rewrite-shaped completions.
+
+    A random model's logits hardly vary, so with ``strength`` well above their spread token t
+    is sampled with probability ∝ exp(bias_t): one of the words of QUERIES, ADJECTIVES and
+    PHRASES (their space-prefixed tokens) 76% of the time, a comma 20% (items of ~4 tokens),
+    the end token 4%. None (no bias) when ``strength`` is 0.
+    """
+    if strength <= 0:
+        return None
+    words = {w for text in (*QUERIES, *ADJECTIVES, *PHRASES) for w in text.split()}
+    ids = sorted({i for w in words for i in tok(" " + w, add_special_tokens=False)["input_ids"]})
+    (comma,) = tok(",", add_special_tokens=False)["input_ids"]
+    bias = torch.zeros(len(tok))
+    bias[ids] = strength
+    bias[comma] = strength + math.log(0.20 / 0.76 * len(ids))
+    bias[tok.eos_token_id] = strength + math.log(0.04 / 0.76 * len(ids))
+    return bias
+
+
 def build_policy(
-    name: str, tiny: bool, vocab_size: int, device: torch.device, dtype: torch.dtype
+    name: str, config: TrainConfig, tok: PreTrainedTokenizerFast, device: torch.device
 ) -> tuple[Any, dict[str, Any]]:
-    """Qwen2.5-``name`` architecture with random weights, LoRA on all linear projections."""
-    hidden, inter, layers, heads, kv, tied = (TINY if tiny else QWEN25)[name]
+    """Qwen2.5-``name`` architecture with random weights and the project's LoRA (``config``),
+    writing rewrite-shaped word soup (``rewrite_bias``)."""
+    hidden, inter, layers, heads, kv, tied = (TINY if ARGS.tiny else QWEN25)[name]
     cfg = Qwen2Config(
-        vocab_size=vocab_size,
+        vocab_size=len(tok),
         hidden_size=hidden,
         intermediate_size=inter,
         num_hidden_layers=layers,
@@ -280,23 +305,20 @@ def build_policy(
         max_position_embeddings=32768,
         rms_norm_eps=1e-6,
         tie_word_embeddings=tied,
-        bos_token_id=1,
-        eos_token_id=EOS_ID,
-        pad_token_id=EOS_ID,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         use_cache=True,
         attn_implementation=ARGS.attn_implementation,
     )
-    with default_dtype(dtype), torch.device(device):
+    with default_dtype(DTYPE), torch.device(device):
         base = Qwen2ForCausalLM(cfg)
     base.eval()
-    lora = LoraConfig(
-        r=ARGS.lora_r,
-        lora_alpha=ARGS.lora_alpha,
-        lora_dropout=0.0,
-        target_modules=list(LORA_TARGETS),
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(base, lora)
+    bias = rewrite_bias(tok, ARGS.rewrite_bias)
+    if bias is not None:
+        bias = bias.to(device=device, dtype=DTYPE)
+        base.lm_head.register_forward_hook(lambda _module, _inputs, logits: logits + bias)
+    model = get_peft_model(base, lora_config(config))
     model.eval()
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -307,10 +329,11 @@ def build_policy(
         "heads": heads,
         "kv_heads": kv,
         "tied_embeddings": tied,
-        "vocab_size": vocab_size,
+        "vocab_size": len(tok),
         "params_total": n_total,
         "params_trainable": n_train,
         "attn_implementation": getattr(base.config, "_attn_implementation", None),
+        "rewrite_bias": ARGS.rewrite_bias,
     }
     return model, info
 
@@ -350,7 +373,7 @@ class RetrievalEngine:
         seed: int,
     ) -> None:
         self.encoder, self.tokenizer, self.device = encoder, tokenizer, device
-        self.k = ARGS.k
+        self.k = ARGS.config.reward_k
         self.dim = int(encoder.config.hidden_size)
         g = torch.Generator(device=device).manual_seed(seed)
         cat = torch.randn(n_products, self.dim, generator=g, device=device)
@@ -453,254 +476,81 @@ class RetrievalEngine:
 
 
 # ---------------------------------------------------------------------------------------------
-# One training step
+# One training step: the project's own, timed phase by phase
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Rollouts:
-    sequences: torch.Tensor  # (B, Lp + T) prompt left-padded, completion right-padded
-    attention: torch.Tensor  # (B, Lp + T) 1 on real prompt and completion tokens
-    completion: torch.Tensor  # (B, T) sampled ids
-    mask: torch.Tensor  # (B, T) bool, through the first EOS
-    logits: tuple[torch.Tensor, ...] | None  # T × (B, V) raw sampling logits
-    prompt_len: int
-
-
-def prompt_batch(tok: PreTrainedTokenizerFast, queries: Sequence[str], device: torch.device):
-    """Chat-template prompts, each repeated G times, left-padded: ids and mask (B, Lp)."""
-    rows = []
-    for q in queries:
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"Query: {q}\nRewritten query:"},
-        ]
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        rows.extend([tok(text, add_special_tokens=False)["input_ids"]] * ARGS.group_size)
-    width = max(len(x) for x in rows)
-    ids = torch.full((len(rows), width), EOS_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, x in enumerate(rows):
-        ids[b, width - len(x) :] = torch.tensor(x)
-        mask[b, width - len(x) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def generate(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> Rollouts:
-    want_logits = ARGS.old_logprobs == "generate"
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        do_sample=True,
-        temperature=ARGS.temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=ARGS.max_new_tokens,
-        pad_token_id=EOS_ID,
-        eos_token_id=EOS_ID,
-        return_dict_in_generate=True,
-        output_logits=want_logits,
-        use_cache=True,
-    )
-    lp = ids.shape[1]
-    completion = out.sequences[:, lp:]
-    is_eos = completion == EOS_ID
-    done_before = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
-    comp_mask = ~done_before
-    attention = torch.cat([mask, comp_mask.long()], dim=1)
-    logits = tuple(out.logits) if want_logits else None
-    return Rollouts(out.sequences, attention, completion, comp_mask, logits, lp)
-
-
-def token_logprobs(model: Any, ro: Rollouts, rows: slice) -> torch.Tensor:
-    """(b, T) log softmax(logits / τ)[sampled token] for the completion positions of ``rows``."""
-    seq, att = ro.sequences[rows], ro.attention[rows]
-    t = ro.completion.shape[1]
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    kwargs: dict[str, Any] = {"input_ids": seq, "attention_mask": att, "position_ids": pos}
-    if HAS_LOGITS_TO_KEEP:
-        kwargs["logits_to_keep"] = t + 1
-    logits = model(**kwargs, use_cache=False).logits
-    logits = logits[:, -(t + 1) : -1]  # position i predicts token i + 1
-    logp = torch.log_softmax(logits.float() / ARGS.temperature, dim=-1)
-    return logp.gather(-1, ro.completion[rows].unsqueeze(-1)).squeeze(-1)
-
-
-def decode(tok: PreTrainedTokenizerFast, ro: Rollouts) -> tuple[list[str], list[np.ndarray]]:
-    """Completion texts (special tokens skipped) and (T_b, 2) character offsets per token.
-
-    Offsets from decoding growing prefixes: token t spans [len(prefix_{t-1}), len(prefix_t)),
-    empty when the prefix is not a prefix of the full text (split multi-byte characters).
-    """
-    texts, offsets = [], []
-    lengths = ro.mask.sum(1).tolist()
-    comp = ro.completion.cpu().numpy() % TOKENIZER_VOCAB
-    for b, n in enumerate(lengths):
-        ids = comp[b, :n].tolist()
-        text = tok.decode(ids, skip_special_tokens=True)
-        prefixes = tok.batch_decode([ids[: t + 1] for t in range(n)], skip_special_tokens=True)
-        off = np.zeros((n, 2), dtype=np.int64)
-        prev = 0
-        for t, p in enumerate(prefixes):
-            end = len(p) if len(p) >= prev and text.startswith(p) else prev
-            off[t] = (prev, end)
-            prev = end
-        texts.append(text)
-        offsets.append(off)
-    return texts, offsets
-
-
-def attribution_kwargs() -> dict[str, Any]:
-    return {
-        "segmentation": "phrase",
-        "estimator": ARGS.estimator,
-        "max_exact_players": ARGS.max_exact_players,
-        "budget": ARGS.budget,
-        "width": ARGS.width,
-    }
-
-
-def train_step(
+def timed_step(
     model: Any,
     optimizer: torch.optim.Optimizer,
     tok: PreTrainedTokenizerFast,
     engine: RetrievalEngine,
-    algo: str,
+    config: TrainConfig,
     step_seed: int,
 ) -> dict[str, Any]:
-    device = ENGINE_DEVICE
-    ph = Phases(device)
-    P, G = ARGS.prompts, ARGS.group_size
+    """``trainer.train.train_step`` on P of the QUERIES, rewarded by ``engine``; its record."""
+    P = config.prompts_per_step
     queries = [QUERIES[(step_seed * P + i) % len(QUERIES)] for i in range(P)]
-    qidx = [QUERIES.index(q) for q in queries]
-    ids, mask = prompt_batch(tok, queries, device)
-    torch.manual_seed(step_seed)
-    engine.stats.clear()
     cache = ValueCache() if ARGS.text_cache else None
-
-    with ph("generate"):
-        ro = generate(model, ids, mask)
-    with ph("old_logprobs"), torch.no_grad():
-        if ro.logits is not None:
-            logits = torch.stack(ro.logits, dim=1).float()  # (B, T, V)
-            logp = torch.log_softmax(logits / ARGS.temperature, dim=-1)
-            logp_old = logp.gather(-1, ro.completion.unsqueeze(-1)).squeeze(-1)
-            del logits, logp
-            ro.logits = None
-        else:
-            logp_old = token_logprobs(model, ro, slice(None))
-        logp_old = torch.where(ro.mask, logp_old, torch.zeros_like(logp_old))
-    with ph("decode"):
-        texts, offsets = decode(tok, ro)
-        rewrites = [t.strip() or None for t in texts]
-    ctx = [qidx[b // G] for b in range(P * G)]
-    with ph("reward"):
-        scored = [(rw, c) for rw, c in zip(rewrites, ctx, strict=True) if rw is not None]
-        values = iter(engine.values(scored, cache).tolist())
-        rewards = np.array([next(values) if rw is not None else 0.0 for rw in rewrites])
-    reward_stats = dict(engine.stats)
-
-    att_info: dict[str, Any] = {}
-    atts: list[Any] = [None] * (P * G)
-    if algo == "ospo":
-        engine.stats.clear()
-        items = [(rw, c) for rw, c in zip(rewrites, ctx, strict=True) if rw is not None]
-        with ph("attribution"):
-            done = attribute_batch(
-                items,
-                lambda pairs: engine.values(pairs, cache),
-                rng=np.random.default_rng(step_seed),
-                **attribution_kwargs(),
-            )
-        it = iter(done)
-        atts = [next(it) if rw is not None else None for rw in rewrites]
-        present = [a for a in atts if a is not None]
-        att_info = {
-            "coalitions_requested": int(sum(a.n_evaluations for a in present)),
-            "pairs_valued": int(engine.stats["pairs_valued"]),
-            "texts_embedded": int(engine.stats["texts_embedded"]),
-            "value_calls": int(engine.stats["calls"]),
-            "players_mean": r(float(np.mean([len(a.segments) for a in present])) if present else 0),
-            "players_max": int(max((len(a.segments) for a in present), default=0)),
-            "estimators": dict(Counter(a.estimator for a in present)),
-            "embed_s": r(engine.stats["embed_s"]),
-            "tokenize_s": r(engine.stats["tokenize_s"]),
-            "search_s": r(engine.stats["search_s"]),
-            "score_s": r(engine.stats["score_s"]),
-        }
-
-    cfg = AdvantageConfig()
-    with ph("advantages"):
-        lengths = ro.mask.sum(1).tolist()
-        adv_rows: list[np.ndarray] = []
-        for p in range(P):
-            grp = slice(p * G, (p + 1) * G)
-            if algo == "ospo":
-                adv_rows.extend(
-                    group_token_advantages(
-                        rewards[grp],
-                        texts[grp],
-                        rewrites[grp],
-                        offsets[grp],
-                        [
-                            None if a is None else [(s.start, s.end) for s in a.segments]
-                            for a in atts[grp]
-                        ],
-                        [None if a is None else a.phi for a in atts[grp]],
-                        cfg,
-                    )
-                )
-            else:
-                A = grpo_advantages(rewards[grp], cfg.eps)
-                adv_rows.extend(np.full(n, a) for a, n in zip(A, lengths[grp], strict=True))
-        adv_np, _ = pad_advantages(adv_rows, length=ro.completion.shape[1])
-        adv = torch.from_numpy(adv_np).to(device)
-    if algo == "ospo":  # rollouts whose advantage OSPO actually moved between tokens
-        att_info["rollouts_shaped"] = sum(1 for a in adv_rows if a.size and np.ptp(a) > 1e-12)
-
-    with ph("update"):
-        model.train()
-        n_active = ro.mask.sum().clamp(min=1)
-        B = ro.sequences.shape[0]
-        mb = ARGS.micro_batch if ARGS.micro_batch > 0 else B
-        loss_total, clip_frac = 0.0, 0.0
-        for a in range(0, B, mb):
-            rows = slice(a, a + mb)
-            logp_new = token_logprobs(model, ro, rows)
-            loss, stats = clipped_surrogate_loss(
-                logp_new, logp_old[rows], adv[rows], ro.mask[rows], eps_clip=ARGS.clip_eps
-            )
-            share = ro.mask[rows].sum() / n_active  # dapo over the whole batch
-            (loss * share).backward()
-            loss_total += float(loss.detach() * share)
-            clip_frac += stats["clip_frac"] * float(share)
-        params = [p for p in model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(params, ARGS.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.eval()
-
+    ph = Phases(ENGINE_DEVICE, engine)
+    out = train_step(
+        model,
+        tok,
+        optimizer,
+        [(q, QUERIES.index(q)) for q in queries],  # the key is the query's row in the targets
+        lambda pairs: engine.values(pairs, cache),
+        config,
+        np.random.default_rng(step_seed),
+        seed=step_seed,
+        phase=ph,
+    )
+    batch, rewards = out.batch, out.rewards
     step_s = sum(ph.seconds.values())
-    comp_tokens = int(ro.mask.sum())
-    seq_tokens = int(ro.attention.sum())
-    return {
+    comp_tokens = batch.n_tokens
+    seq_tokens = int(batch.attention_mask.sum())
+    rec: dict[str, Any] = {
         "phase_s": ph.seconds,
         "phase_peak_gib": ph.peak,
         "step_s": step_s,
         "completion_tokens": comp_tokens,
         "sequence_tokens": seq_tokens,
-        "generated_positions": int(ro.completion.numel()),
-        "prompt_tokens": ro.prompt_len,
+        "generated_positions": int(batch.completion_mask.numel()),
+        "prompt_tokens": batch.prompt_length,
         "generate_tokens_per_s": comp_tokens / max(ph.seconds["generate"], 1e-9),
         "update_tokens_per_s": comp_tokens / max(ph.seconds["update"], 1e-9),
         "update_seq_tokens_per_s": seq_tokens / max(ph.seconds["update"], 1e-9),
         "reward_mean": float(rewards.mean()),
         "reward_nonzero_frac": float((rewards > 0).mean()),
-        "reward_value_stats": {k: r(v) for k, v in reward_stats.items()},
-        "loss": loss_total,
-        "clip_frac": clip_frac,
-        "attribution": att_info,
+        "parse_rate": float(np.mean([ro.rewrite is not None for ro in batch.rollouts])),
+        "active_rows": out.stats["active_rows"],
+        "reward_value_stats": {k: r(v) for k, v in ph.engine_stats["reward"].items()},
+        "loss": out.stats["loss"],
+        "clip_frac": out.stats["clip_frac"],
+        "attribution": {},
     }
+    if config.algo == "ospo":
+        present = [a for a in out.attributions if a is not None]
+        counted = Counter(ph.engine_stats["attribution"])
+        adv = out.advantages.float().cpu().numpy()
+        lengths = batch.completion_mask.sum(1).tolist()
+        rec["attribution"] = {
+            "coalitions_requested": int(sum(a.n_evaluations for a in present)),
+            "pairs_valued": int(counted["pairs_valued"]),
+            "texts_embedded": int(counted["texts_embedded"]),
+            "value_calls": int(counted["calls"]),
+            "players_mean": r(out.stats["players_mean"]),
+            "players_max": int(max((len(a.segments) for a in present), default=0)),
+            "estimators": dict(Counter(a.estimator for a in present)),
+            "embed_s": r(counted["embed_s"]),
+            "tokenize_s": r(counted["tokenize_s"]),
+            "search_s": r(counted["search_s"]),
+            "score_s": r(counted["score_s"]),
+            # rollouts whose advantage OSPO actually moved between tokens
+            "rollouts_shaped": sum(
+                1 for b, n in enumerate(lengths) if n and np.ptp(adv[b, :n]) > 1e-12
+            ),
+        }
+    return rec
 
 
 def summarise_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -727,6 +577,8 @@ def summarise_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "sequence_tokens",
         "reward_mean",
         "reward_nonzero_frac",
+        "parse_rate",
+        "active_rows",
         "loss",
         "clip_frac",
     ):
@@ -758,7 +610,7 @@ def run_model(name: str, algos: Sequence[str], engine: RetrievalEngine, state: d
         free_memory(device)
         reset_peak(device)
         t0 = time.perf_counter()
-        model, info = build_policy(name, ARGS.tiny, ARGS.vocab_size, device, DTYPE)
+        model, info = build_policy(name, ARGS.config, tok, device)
         sync(device)
         info["build_s"] = r(time.perf_counter() - t0, 2)
         if device.type == "cuda":
@@ -778,16 +630,16 @@ def run_model(name: str, algos: Sequence[str], engine: RetrievalEngine, state: d
             continue
         optimizer = None
         try:
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=ARGS.lr, weight_decay=0.0)
+            config = dataclasses.replace(ARGS.config, algo=algo)
+            optimizer = make_optimizer(model, config)
             reset_peak(device)
             t0 = time.perf_counter()
             for w in range(ARGS.warmup):
-                train_step(model, optimizer, tok, engine, algo, step_seed=1000 + w)
+                timed_step(model, optimizer, tok, engine, config, step_seed=1000 + w)
             warm_s = time.perf_counter() - t0
             steps = []
-            for s in range(ARGS.steps):
-                steps.append(train_step(model, optimizer, tok, engine, algo, step_seed=s))
+            for s in range(config.steps):
+                steps.append(timed_step(model, optimizer, tok, engine, config, step_seed=s))
                 if over_budget():
                     break
             rec = {"status": "ok", "model": f"qwen2.5-{name}", "algo": algo}
@@ -844,7 +696,7 @@ def requested_coalitions(
             return np.zeros(len(texts))
 
         rng = np.random.default_rng(int(parent.integers(0, 2**63 - 1)))
-        res = attribute(text, record, rng=rng, **attribution_kwargs())
+        res = attribute(text, record, rng=rng, **ARGS.config.attribution_kwargs())
         players.append(len(res.segments))
         out.extend((t, c) for t in seen)
     return out, players
@@ -865,12 +717,13 @@ def measure_workload(
     engine: RetrievalEngine, prompts: int, obo_rate: float, device: torch.device
 ) -> dict[str, Any]:
     """Value one step's coalitions (P prompts × G realistic rewrites) three ways."""
-    rng = np.random.default_rng(ARGS.seed + prompts)
+    config = ARGS.config
+    rng = np.random.default_rng(config.seed + prompts)
     qs = [QUERIES[i % len(QUERIES)] for i in range(prompts)]
     items = [
-        (synthetic_rewrite(q, rng), QUERIES.index(q)) for q in qs for _ in range(ARGS.group_size)
+        (synthetic_rewrite(q, rng), QUERIES.index(q)) for q in qs for _ in range(config.group_size)
     ]
-    req, players = requested_coalitions(items, ARGS.seed)
+    req, players = requested_coalitions(items, config.seed)
     out: dict[str, Any] = {
         "prompts": prompts,
         "rollouts": len(items),
@@ -893,7 +746,9 @@ def measure_workload(
 
     # What the trainer runs: the estimators (CPU) around one batched, cached value call.
     def run_estimators(value_fn: Any) -> None:
-        attribute_batch(items, value_fn, rng=np.random.default_rng(0), **attribution_kwargs())
+        attribute_batch(
+            items, value_fn, rng=np.random.default_rng(0), **config.attribution_kwargs()
+        )
 
     est_s = best_of(lambda: run_estimators(lambda pairs: np.zeros(len(pairs))), 1, device)
     e2e_s = best_of(
@@ -916,7 +771,7 @@ def measure_catalog(engine: RetrievalEngine, device: torch.device) -> dict[str, 
         (synthetic_rewrite(q, np.random.default_rng(i)), QUERIES.index(q))
         for i, q in enumerate(QUERIES)
     ]
-    sample = requested_coalitions(items, ARGS.seed)[0][: ARGS.one_by_one_sample]
+    sample = requested_coalitions(items, ARGS.config.seed)[0][: ARGS.one_by_one_sample]
     for pair in sample[:4]:  # warm-up
         engine.values([pair], None)
 
@@ -953,7 +808,7 @@ def retrieval_scaling(encoder: BertModel, etok: PreTrainedTokenizerFast, state: 
         try:
             free_memory(device)
             reset_peak(device)
-            engine = RetrievalEngine(encoder, etok, n_products, device, seed=ARGS.seed + 7)
+            engine = RetrievalEngine(encoder, etok, n_products, device, seed=ARGS.config.seed + 7)
             state["retrieval"][key] = measure_catalog(engine, device)
             del engine
         except Exception as exc:
@@ -980,27 +835,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     p.add_argument("--models", type=strs, default=["1.5b", "7b"], help=f"of {list(QWEN25)}")
     p.add_argument("--algos", type=strs, default=["grpo", "ospo"])
-    p.add_argument("--vocab-size", type=int, default=TOKENIZER_VOCAB)
-    p.add_argument("--prompts", type=int, default=None, help="P prompts per step (default 4)")
-    p.add_argument("--group-size", type=int, default=None, help="G samples per prompt (8)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per config (2)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--micro-batch", type=int, default=8, help="rows per fwd/bwd; 0 = all")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before --steps timed")
     p.add_argument("--attn-implementation", default="sdpa", help="sdpa | eager | ...")
-    p.add_argument("--old-logprobs", choices=("generate", "forward"), default="generate")
-    p.add_argument("--lora-r", type=int, default=32)
-    p.add_argument("--lora-alpha", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--clip-eps", type=float, default=0.2)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--estimator", default="auto")
-    p.add_argument("--max-exact-players", type=int, default=8)
-    p.add_argument("--budget", type=int, default=96, help="coalitions per rewrite (sampled)")
-    p.add_argument("--width", type=int, default=8)
+    p.add_argument(
+        "--rewrite-bias", type=float, default=10.0,
+        help="logit bias of rewrite words, commas and the end token (0: uniform token salad)",
+    )  # fmt: skip
     p.add_argument("--no-text-cache", dest="text_cache", action="store_false")
-    p.add_argument("--k", type=int, default=10, help="NDCG@k")
     p.add_argument("--targets-per-query", type=int, default=20)
     p.add_argument("--catalog-size", type=int, default=None, help="for the step (100000)")
     p.add_argument("--scale-catalog-sizes", type=ints, default=None, help="100000,1000000")
@@ -1018,13 +859,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-dtype", choices=("bfloat16", "float16", "float32"), default=None)
     p.add_argument("--skip-steps", action="store_true", help="retrieval section only")
     p.add_argument("--skip-retrieval", action="store_true", help="training steps only")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_arguments(p, TrainConfig, CONFIG_DEFAULTS, exclude=("algo",))
     a = p.parse_args(argv)
+    try:
+        a.config = config_from_args(
+            TrainConfig, a, {**CONFIG_DEFAULTS, **(TINY_CONFIG if a.tiny else {})}
+        )
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
     defaults = {  # full run, --tiny
-        "prompts": (4, 2),
-        "group_size": (8, 4),
-        "max_new_tokens": (32, 8),
-        "steps": (2, 1),
         "catalog_size": (100_000, 2_000),
         "scale_catalog_sizes": ([100_000, 1_000_000], [2_000, 5_000]),
         "scale_prompts": ([4, 16], [2]),
@@ -1039,8 +882,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [m for m in a.models if m not in QWEN25]
     if unknown or any(x not in ("grpo", "ospo") for x in a.algos):
         p.error(f"unknown model/algo in {a.models} / {a.algos}")
-    if a.vocab_size < TOKENIZER_VOCAB:
-        p.error(f"--vocab-size must be >= {TOKENIZER_VOCAB} (the tokenizer's)")
+    if a.config.steps < 1:
+        p.error("--steps: at least one timed step")
     return a
 
 
@@ -1064,8 +907,9 @@ def write(state: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global ARGS, ENGINE_DEVICE, DTYPE, HAS_LOGITS_TO_KEEP
+    global ARGS, ENGINE_DEVICE, DTYPE
     ARGS = parse_args(argv)
+    config: TrainConfig = ARGS.config
     device = torch.device(ARGS.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ENGINE_DEVICE = device
     if ARGS.dtype:
@@ -1073,10 +917,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         DTYPE = torch.bfloat16 if device.type == "cuda" else torch.float32
     enc_dtype = getattr(torch, ARGS.encoder_dtype) if ARGS.encoder_dtype else DTYPE
-    import inspect
-
-    HAS_LOGITS_TO_KEEP = "logits_to_keep" in inspect.signature(Qwen2ForCausalLM.forward).parameters
-    torch.manual_seed(ARGS.seed)
+    torch.manual_seed(config.seed)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     state: dict[str, Any] = {
         "benchmark": "bench/gpu_step.py",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1096,19 +938,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "numpy": np.__version__,
         },
         "config": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ARGS).items()},
+            **{
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(ARGS).items()
+                if k != "config" and k not in train_fields
+            },
+            "train_config": dataclasses.asdict(config),
             "dtype": str(DTYPE),
             "encoder_dtype": str(enc_dtype),
-            "logits_to_keep": HAS_LOGITS_TO_KEEP,
-            "rollouts_per_step": ARGS.prompts * ARGS.group_size,
-            "lora_targets": list(LORA_TARGETS),
+            "rollouts_per_step": config.prompts_per_step * config.group_size,
+            "lora_targets": list(config.lora_targets),
             "queries": list(QUERIES),
         },
         "notes": [
             "Random weights: speed and memory are real, rewards/rewrites are meaningless.",
-            f"Policy vocabulary {ARGS.vocab_size} (Qwen2.5 has 151936); the carried SmolLM2 "
-            "tokenizer encodes prompts and decodes samples.",
-            "The whole decoded completion is the rewrite (random tokens carry no tags).",
+            "The step is trainer.train.train_step with the serving prompt and parser.",
+            "Policy vocabulary: the carried SmolLM2 tokenizer's (Qwen2.5 has 151936).",
+            "The random policy's logits are biased towards rewrite words, commas and the end "
+            "token (rewrite_bias), so completions parse as word-soup additions (parse_rate); "
+            "unusable ones score the raw query and have no players.",
             "Retrieval: random MiniLM-architecture encoder, exact torch.topk over random unit "
             "vectors, NDCG@k with linear gains.",
             "Times in seconds, memory in GiB (torch.cuda.max_memory_allocated).",
@@ -1127,7 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     etok = encoder_tokenizer()
     encoder = build_encoder(ARGS.tiny, device, enc_dtype)
     if not ARGS.skip_steps:
-        engine = RetrievalEngine(encoder, etok, ARGS.catalog_size, device, seed=ARGS.seed)
+        engine = RetrievalEngine(encoder, etok, ARGS.catalog_size, device, seed=config.seed)
         for name in ARGS.models:
             run_model(name, ARGS.algos, engine, state)
         del engine
@@ -1144,7 +992,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 ARGS: argparse.Namespace
 ENGINE_DEVICE: torch.device
 DTYPE: torch.dtype
-HAS_LOGITS_TO_KEEP: bool
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,10 +17,12 @@ unseen-retriever check). Per method the per-query values are averaged over seeds
 percentile bootstrap over queries gives the 95% CI; paired per-query differences (each policy
 − raw hybrid, OSPO − GRPO) get their own intervals; per-seed means are listed too.
 
-Every training knob is TrainConfig's default unless a flag says otherwise (the flags are
-TrainConfig fields). Results are rewritten after every trained adapter, so an interrupted run
-still leaves what it finished. The recorded run (≈17 min per seed on this 2-core CPU; the
-GRPO/OSPO adapters scored on the Chorus validation split only, to fit the time):
+Every training knob is TrainConfig's default unless a flag says otherwise: every TrainConfig
+field but ``algo`` and ``seed`` (both swept here) is a flag, with the field's help
+(trainer/config_cli.py); ``--torch-threads`` defaults to 2 here. Results are rewritten after
+every trained adapter, so an interrupted run still leaves what it finished. The recorded run
+(≈17 min per seed on this 2-core CPU; the GRPO/OSPO adapters scored on the Chorus validation
+split only, to fit the time):
     .venv/bin/python bench/quality.py --seeds 0,1,2 --steps 4 --rl-eval chorus_val
 Adapters and training curves are kept under bench/results/tmp/quality/.
 """
@@ -48,6 +50,7 @@ import torch  # noqa: E402
 
 from service.retrieval.metrics import bootstrap_ci  # noqa: E402
 from service.settings import get_settings  # noqa: E402
+from trainer.config_cli import add_config_arguments, config_from_args  # noqa: E402
 from trainer.data import load_examples, restrict_to_index, split_examples  # noqa: E402
 from trainer.evaluate import METRICS, evaluate_policies  # noqa: E402
 from trainer.resources import load_retriever, policy_model_path  # noqa: E402
@@ -58,6 +61,7 @@ DATA = ROOT / "data"
 OUT = ROOT / "bench" / "results"
 METHODS = ("raw", "base", "warm", "grpo", "ospo")
 REFERENCE = ("raw", "hybrid")  # every delta is paired against raw queries on hybrid retrieval
+CONFIG_DEFAULTS = {"torch_threads": 2}  # this 2-core machine; evaluation runs with it too
 
 
 def ci(values: list[float] | np.ndarray) -> dict[str, float]:
@@ -151,25 +155,20 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="GRPO/OSPO steps")
     ap.add_argument("--val-fraction", type=float, default=0.3)
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out-dir", type=Path, default=OUT)
     ap.add_argument(
         "--rl-eval", default="chorus_val,esci",
         help="eval sets scored for the GRPO/OSPO adapters (comma-separated)",
     )  # fmt: skip
-    ap.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=JSON",
-        help="override a TrainConfig field for every run, e.g. --set lr=5e-5",
-    )  # fmt: skip
+    add_config_arguments(ap, TrainConfig, CONFIG_DEFAULTS, exclude=("algo", "seed"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    base_config = config_from_args(TrainConfig, args, CONFIG_DEFAULTS)
+    if base_config.torch_threads:
+        torch.set_num_threads(base_config.torch_threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    base_config = TrainConfig(steps=args.steps, **overrides)
     rl_sets = [name for name in args.rl_eval.split(",") if name]
     started = time.perf_counter()
 

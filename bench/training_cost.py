@@ -13,12 +13,15 @@ catalogue:
    extrapolated to all of them (``--one-by-one-sample``).
 
 Run: `.venv/bin/python bench/training_cost.py` (small budget: `--steps 2 --prompts-per-step 1`).
+Every TrainConfig field but ``algo`` (both are run) is a flag with the field's help
+(trainer/config_cli.py); here ``--steps`` defaults to 3 and ``--prompts-per-step`` to 1.
 The first run embeds the Icecat catalogue into bench/results/tmp/icecat-index (reused later).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -33,6 +36,7 @@ import torch  # noqa: E402
 
 from service.settings import get_settings  # noqa: E402
 from trainer.attribution import attribute_batch  # noqa: E402
+from trainer.config_cli import add_config_arguments, config_from_args  # noqa: E402
 from trainer.data import load_examples, restrict_to_index, split_examples  # noqa: E402
 from trainer.resources import build_catalog_index, load_retriever, policy_model_path  # noqa: E402
 from trainer.reward import RewardModel  # noqa: E402
@@ -42,6 +46,7 @@ from trainer.train import TrainConfig, load_policy, train  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "chorus_icecat"
 OUT = ROOT / "bench" / "results"
+CONFIG_DEFAULTS = {"steps": 3, "prompts_per_step": 1}  # per algorithm: a few minutes of CPU
 
 
 def bench_retriever(index_dir: Path | None):  # type: ignore[no-untyped-def]
@@ -64,15 +69,14 @@ def step_costs(rows: list[dict]) -> dict[str, float]:
 
 
 def coalition_speedup(
-    model_path: Path, retriever, examples, args: argparse.Namespace
+    model_path: Path, retriever, examples, config: TrainConfig, one_by_one_sample: int
 ) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Batched + cached v(S) for one step's rollouts vs one embed + search per coalition."""
-    config = TrainConfig(seed=args.seed, max_new_tokens=args.max_new_tokens)
     tokenizer, model = load_policy(model_path, config)
-    chosen = examples[: args.prompts_per_step]
+    chosen = examples[: config.prompts_per_step]
     batch = sample_rollouts(
-        model, tokenizer, [e.query for e in chosen], group_size=args.group_size,
-        max_new_tokens=args.max_new_tokens, seed=args.seed,
+        model, tokenizer, [e.query for e in chosen], group_size=config.group_size,
+        max_new_tokens=config.max_new_tokens, seed=config.seed,
     )  # fmt: skip
     items = [
         (r.rewrite, chosen[r.prompt_index].key) for r in batch.rollouts if r.rewrite is not None
@@ -97,7 +101,7 @@ def coalition_speedup(
     distinct = reward.stats.texts_embedded
 
     rng = np.random.default_rng(1)
-    sample_idx = rng.permutation(len(per_rollout))[: args.one_by_one_sample]
+    sample_idx = rng.permutation(len(per_rollout))[:one_by_one_sample]
     t = time.perf_counter()
     for i in sample_idx:
         text, key = per_rollout[i]
@@ -121,21 +125,15 @@ def coalition_speedup(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3, help="steps per algorithm")
-    ap.add_argument("--group-size", type=int, default=8)
-    ap.add_argument("--prompts-per-step", type=int, default=1)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--estimator", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--one-by-one-sample", type=int, default=300)
     ap.add_argument("--index-dir", type=Path, default=None, help="default: private Icecat index")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=OUT / "training_cost.json")
+    add_config_arguments(ap, TrainConfig, CONFIG_DEFAULTS, exclude=("algo",))
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    base_config = config_from_args(TrainConfig, args, CONFIG_DEFAULTS)
+    if base_config.torch_threads:
+        torch.set_num_threads(base_config.torch_threads)
 
     started = time.perf_counter()
     retriever = bench_retriever(args.index_dir)
@@ -148,30 +146,24 @@ def main() -> None:
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(dir=OUT / "tmp") as tmp:
         for algo in ("grpo", "ospo"):
-            config = TrainConfig(
-                algo=algo,  # type: ignore[arg-type]
-                steps=args.steps,
-                group_size=args.group_size,
-                prompts_per_step=args.prompts_per_step,
-                max_new_tokens=args.max_new_tokens,
-                lr=args.lr,
-                seed=args.seed,
-                estimator=args.estimator,
-            )
+            config = dataclasses.replace(base_config, algo=algo)
             result = train(config, retriever, train_ex, model_path, Path(tmp) / algo)
             results[algo] = step_costs([m for m in result.metrics if "step_s" in m])
     grpo, ospo = results["grpo"], results["ospo"]
     results["ospo_over_grpo_step_time"] = ospo["step_s_mean"] / grpo["step_s_mean"]  # type: ignore[index]
-    results["coalitions"] = coalition_speedup(model_path, retriever, train_ex, args)
+    results["coalitions"] = coalition_speedup(
+        model_path, retriever, train_ex, base_config, args.one_by_one_sample
+    )
     results["setup"] = {
         "model": str(model_path),
         "index_version": retriever.version,
         "products": len(retriever.ids),
-        "group_size": args.group_size,
-        "prompts_per_step": args.prompts_per_step,
-        "max_new_tokens": args.max_new_tokens,
-        "estimator": args.estimator,
-        "steps_per_algo": args.steps,
+        "group_size": base_config.group_size,
+        "prompts_per_step": base_config.prompts_per_step,
+        "max_new_tokens": base_config.max_new_tokens,
+        "estimator": base_config.estimator,
+        "steps_per_algo": base_config.steps,
+        "train_config": dataclasses.asdict(base_config),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

@@ -1,7 +1,10 @@
-"""`ospo train` / `ospo eval` wiring, error exit codes, and raw-query evaluation end to end."""
+"""`ospo train` / `ospo eval` wiring, error exit codes, and raw-query evaluation end to end;
+the benchmarks' TrainConfig options (trainer/config_cli.py)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +16,9 @@ from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
 from trainer.cli import BAD_INPUT, MISSING_RESOURCE, register
+from trainer.config_cli import add_config_arguments, config_from_args, config_from_overrides
 from trainer.evaluate import resolve_adapter
+from trainer.train import TrainConfig
 
 TITLES = {
     "4148063": "Philips Wireless notebook mouse SPM6800/10",
@@ -102,6 +107,33 @@ def test_lexical_arm_and_adapter_resolution(index_root: Path, tmp_path: Path) ->
         resolve_adapter(tmp_path)
 
 
-def test_retriever_fixture_sanity(index_root: Path) -> None:
-    r = Retriever.load_current(index_root, get_embedder())
-    assert r.ids == list(TITLES)
+def test_benchmark_options_are_the_config_fields_with_their_help() -> None:
+    unwrapped = lambda prog: argparse.HelpFormatter(prog, width=10_000)  # noqa: E731
+    parser = argparse.ArgumentParser(formatter_class=unwrapped)
+    parser.add_argument("--seeds", default="0")  # a benchmark's own option
+    add_config_arguments(parser, TrainConfig, {"steps": 3}, exclude=("algo",))
+    help_text = parser.format_help()
+    for f in dataclasses.fields(TrainConfig):
+        option = "--" + f.name.replace("_", "-")
+        assert (option in help_text) == (f.name != "algo"), option
+        assert (f.metadata["help"] in help_text) == (f.name != "algo"), f.name
+    assert "(default: 3)" in help_text  # the caller's default is the one shown for --steps
+
+    given = ["--group-size", "4", "--lora-targets", "q_proj, v_proj", "--kl-metric"]
+    args = parser.parse_args([*given, "--seeds", "1,2"])
+    config = config_from_args(TrainConfig, args, {"steps": 3, "group_size": 2})
+    assert (config.group_size, config.steps) == (4, 3)  # given > caller's default > field's
+    assert config.lora_targets == ("q_proj", "v_proj") and config.kl_metric
+    assert config.lr == TrainConfig().lr and args.seeds == "1,2"
+    with pytest.raises(ValueError, match="estimator"):
+        config_from_args(TrainConfig, parser.parse_args(["--estimator", "magic"]))
+
+
+def test_config_from_overrides_rejects_unknown_fields() -> None:
+    assert config_from_overrides(TrainConfig, {"lora_targets": "q_proj"}).lora_targets == (
+        "q_proj",
+    )
+    with pytest.raises(ValueError, match="group_sise"):
+        config_from_overrides(TrainConfig, {"group_sise": 4})
+    with pytest.raises(ValueError, match="stpes"):
+        add_config_arguments(argparse.ArgumentParser(), TrainConfig, {"stpes": 3})

@@ -1,10 +1,15 @@
-"""Training smoke runs on the real SmolLM2 policy and a tiny real index (slow: ~1 min on 1 core)."""
+"""Training smoke runs on the real SmolLM2 policy and a tiny real index (slow: ~1 min on 1 core);
+the step with any reward function; the GPU benchmark running that step."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from service.retrieval.embedder import get_embedder
@@ -12,7 +17,11 @@ from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
 from trainer.data import Example
 
-MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
+if TYPE_CHECKING:
+    from trainer.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "var" / "models"
 TITLES = {
     "4148063": "Philips Wireless notebook mouse SPM6800/10",
     "1575802": "Philips Meeting microphone LFH9172/00",
@@ -140,3 +149,103 @@ def test_warm_start_keeps_the_best_sample_and_tunes_lora(
         assert row["rs_loss"] > 0
         weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
         assert any(float(w.abs().max()) > 0 for n, w in weights.items() if "lora_B" in n)
+
+
+def _step_config(algo: str) -> TrainConfig:
+    from trainer.train import TrainConfig
+
+    return TrainConfig(
+        algo=algo,  # type: ignore[arg-type]
+        group_size=4,
+        prompts_per_step=2,
+        max_new_tokens=8,
+        lora_r=2,
+        lora_alpha=4,
+        lora_targets=("q_proj", "v_proj"),
+        seed=3,
+        rs_samples=0,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "ospo"])
+def test_train_step_takes_the_reward_as_a_function(model_path: Path, algo: str) -> None:
+    """The step scores (search text, key) pairs with whatever function it is given: one call
+    for the rollouts, one for every coalition of the step (OSPO), each part inside its phase."""
+    from trainer.phases import PHASES, PhaseTimes
+    from trainer.train import load_policy, make_optimizer, train_step
+
+    config = _step_config(algo)
+    tokenizer, model = load_policy(model_path, config)
+    calls: list[list[tuple[str, int]]] = []
+
+    def reward(pairs: list[tuple[str, int]]) -> np.ndarray:
+        calls.append(list(pairs))
+        return np.array([len(text) / 100 for text, _ in pairs])  # any function of the pair
+
+    times = PhaseTimes()
+    out = train_step(
+        model, tokenizer, make_optimizer(model, config), [("usb cable", 7), ("laptop bag", 9)],
+        reward, config, np.random.default_rng(0), seed=1, phase=times,
+    )  # fmt: skip
+    assert out.keys == [7] * 4 + [9] * 4
+    assert calls[0] == [
+        (r.search_text, k) for r, k in zip(out.batch.rollouts, out.keys, strict=True)
+    ]
+    np.testing.assert_allclose(out.rewards, [len(text) / 100 for text, _ in calls[0]])
+    assert out.advantages.shape == out.batch.completion_mask.shape
+    assert set(times.seconds) == set(PHASES) - ({"attribution"} if algo == "grpo" else set())
+    attributed = [a for a in out.attributions if a is not None]
+    assert len(calls) == 1 + bool(attributed)
+    assert out.stats["coalition_evals"] == sum(len(c) for c in calls[1:])
+    assert all(key in (7, 9) for call in calls for _, key in call)
+
+
+@pytest.mark.slow
+def test_equal_rewards_make_no_update(model_path: Path) -> None:
+    from trainer.train import load_policy, lora_parameters, make_optimizer, train_step
+
+    config = _step_config("ospo")
+    tokenizer, model = load_policy(model_path, config)
+    before = {n: p.detach().clone() for n, p in lora_parameters(model).items()}
+    out = train_step(
+        model, tokenizer, make_optimizer(model, config), [("usb cable", "q")],
+        lambda pairs: np.full(len(pairs), 0.5), config, np.random.default_rng(0), seed=1,
+    )  # fmt: skip
+    assert out.stats["active_rows"] == 0 and not out.advantages.any()
+    assert all(p.equal(before[n]) for n, p in lora_parameters(model).items())
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_the_project_step_without_the_serving_stack(tmp_path: Path) -> None:
+    """bench/gpu_step.py runs where only torch, transformers, peft and numpy are installed: a
+    tiny OSPO step goes through every phase, and nothing of the serving stack is imported."""
+    from trainer.phases import PHASES
+
+    out = tmp_path / "gpu_step.json"
+    args = [
+        "--tiny", "--models", "0.5b", "--algos", "ospo", "--skip-retrieval", "--warmup", "0",
+        "--group-size", "8", "--catalog-size", "200", "--out", str(out),
+    ]  # fmt: skip
+    stack = (
+        "faiss", "bm25s", "Stemmer", "matplotlib", "sqlalchemy", "typer", "fastapi", "celery",
+        "sentence_transformers", "service.retrieval.index", "service.settings", "service.db",
+    )  # fmt: skip
+    code = f"""
+import runpy, sys
+sys.argv = ["bench/gpu_step.py", *{args!r}]
+try:
+    runpy.run_path("bench/gpu_step.py", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+loaded = [m for m in sys.modules if any(m == s or m.startswith(s + ".") for s in {stack!r})]
+assert not loaded, loaded
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    step = json.loads(out.read_text())["steps"]["qwen2.5-0.5b/ospo"]
+    assert step["status"] == "ok", step
+    assert list(step["phase_s"]) == list(PHASES)  # the step's own phases, in order
+    assert step["attribution"]["pairs_valued"] > 0 and step["active_rows"] > 0

@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.domain import RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT
-from service.retrieval.fusion import RetrievalMode
 from trainer.config_cli import with_config_options
 from trainer.train import TrainConfig
 

@@ -1,25 +1,45 @@
 """Command-line options generated from a config dataclass, so options are never re-listed.
 
-``with_config_options(TrainConfig)`` turns a typer command ``fn(..., config: TrainConfig)``
-into one that has an ``--option`` per dataclass field (help from the field's metadata,
-default from the field) and receives the assembled, validated config. Literal fields become
-strings checked by the dataclass itself, tuples comma-separated strings; a config that does not
-validate exits with code 2 and the dataclass's message.
+Every field of the dataclass is one option ``--field-name``: its default is the field's, its help
+the field's ``metadata["help"]``. Literal fields are read as strings and checked by the dataclass
+itself (the accepted values are added to the help), tuples as comma-separated strings, bools as
+``--flag/--no-flag``. ``config_options`` reads the dataclass that way once, for two front ends:
+
+* typer: ``with_config_options(TrainConfig)`` turns a command ``fn(..., config: TrainConfig)``
+  into one that has the options and receives the assembled config (``ospo train``); a config
+  that does not validate exits with code 2 and the dataclass's message.
+* argparse: ``add_config_arguments(parser, TrainConfig, defaults)`` adds the options to a
+  benchmark's parser, with the benchmark's own defaults where it has some, and
+  ``config_from_args`` builds the config from them.
+
+Both end in ``config_from_overrides(cls, values)``, the one way to build a config from field
+values by name; it rejects unknown names like the dataclass rejects invalid values.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable
-from typing import Annotated, Any
-
-import typer
+from collections.abc import Callable, Collection, Mapping
+from typing import Annotated, Any, TypeVar
 
 BAD_INPUT = 2
+C = TypeVar("C")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """One field of a config dataclass as a command line sees it."""
+
+    name: str
+    type: type  # str, int, float or bool; Literal and tuple fields are read as str
+    optional: bool  # the field also takes None (a command line cannot give it)
+    default: Any  # the field's default as typed on a command line (a tuple comma-joined)
+    help: str
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:
@@ -30,37 +50,64 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
-def _cli_type(tp: Any) -> tuple[Any, str]:
-    """(type typer understands, extra help) for a dataclass field type."""
-    optional, inner = _is_optional(tp)
-    extra = ""
-    if typing.get_origin(inner) is typing.Literal:
-        extra = " [" + "|".join(map(str, typing.get_args(inner))) + "]"
-        inner = str
-    elif typing.get_origin(inner) is tuple:
-        extra = " (comma-separated)"
-        inner = str
-    return (inner | None if optional else inner), extra
+def _is_tuple(tp: Any) -> bool:
+    return typing.get_origin(_is_optional(tp)[1]) is tuple
 
 
-def _cli_default(field: dataclasses.Field[Any]) -> Any:
-    default = field.default
-    if isinstance(default, tuple):
-        return ",".join(default)
-    return default
+def _on_command_line(value: Any) -> Any:
+    return ",".join(value) if isinstance(value, tuple) else value
 
 
-def _from_cli(field: dataclasses.Field[Any], hint: Any, value: Any) -> Any:
-    _, inner = _is_optional(hint)
-    if typing.get_origin(inner) is tuple and isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return value
+def config_options(cls: type) -> list[ConfigOption]:
+    """The options of ``cls``, one per init field, in field order."""
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        optional, inner = _is_optional(hints[f.name])
+        extra = ""
+        if typing.get_origin(inner) is typing.Literal:
+            extra = " [" + "|".join(map(str, typing.get_args(inner))) + "]"
+            inner = str
+        elif _is_tuple(inner):
+            extra = " (comma-separated)"
+            inner = str
+        help_text = f.metadata.get("help", "") + extra
+        options.append(
+            ConfigOption(f.name, inner, optional, _on_command_line(f.default), help_text)
+        )
+    return options
+
+
+def config_from_overrides(cls: type[C], values: Mapping[str, Any]) -> C:
+    """``cls(**values)``, the other fields at their defaults; comma-separated strings given to
+    tuple fields are split. Raises ValueError for a name that is not a field of ``cls`` (and
+    whatever the dataclass raises for an invalid value)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"not fields of {cls.__name__}: {unknown}")
+    parsed = {
+        name: tuple(v.strip() for v in value.split(",") if v.strip())
+        if _is_tuple(hints[name]) and isinstance(value, str)
+        else value
+        for name, value in values.items()
+    }
+    return cls(**parsed)
+
+
+# ---------------------------------------------------------------------------------------------
+# typer
+# ---------------------------------------------------------------------------------------------
 
 
 def with_config_options(cls: type, config_param: str = "config") -> Callable[[Callable], Callable]:
     """Decorate a typer command taking ``config: cls`` (see module docstring)."""
-    hints = typing.get_type_hints(cls, include_extras=False)
-    config_fields = [f for f in dataclasses.fields(cls) if f.init]
+    import typer  # the CLI's; the benchmarks use argparse and may run where typer is not
+
+    options = config_options(cls)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
@@ -70,29 +117,26 @@ def with_config_options(cls: type, config_param: str = "config") -> Callable[[Ca
             for name, p in sig.parameters.items()
             if name != config_param
         ]
-        clash = {p.name for p in own} & {f.name for f in config_fields}
+        clash = {p.name for p in own} & {o.name for o in options}
         if clash:
             raise TypeError(f"{fn.__name__} parameters shadow config fields: {sorted(clash)}")
-        generated = []
-        for f in config_fields:
-            tp, extra = _cli_type(hints[f.name])
-            help_text = f.metadata.get("help", "") + extra
-            generated.append(
-                inspect.Parameter(
-                    f.name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=_cli_default(f),
-                    annotation=Annotated[tp, typer.Option(help=help_text)],
-                )
+        generated = [
+            inspect.Parameter(
+                o.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=o.default,
+                annotation=Annotated[
+                    o.type | None if o.optional else o.type, typer.Option(help=o.help)
+                ],
             )
+            for o in options
+        ]
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
-            values = {
-                f.name: _from_cli(f, hints[f.name], kwargs.pop(f.name)) for f in config_fields
-            }
+            values = {o.name: kwargs.pop(o.name) for o in options}
             try:
-                config = cls(**values)
+                config = config_from_overrides(cls, values)
             except (ValueError, TypeError) as e:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(BAD_INPUT) from e
@@ -104,3 +148,55 @@ def with_config_options(cls: type, config_param: str = "config") -> Callable[[Ca
         return wrapper
 
     return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# argparse
+# ---------------------------------------------------------------------------------------------
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    exclude: Collection[str] = (),
+) -> None:
+    """Add an ``--option`` per field of ``cls`` to ``parser``, in a group of their own.
+
+    defaults: the caller's own defaults for some fields, shown in the help; pass the same to
+              ``config_from_args``.
+    exclude:  fields the caller sets itself (a benchmark that runs both algorithms has no
+              ``--algo``). The caller's own options must not use a field's name.
+    An option that is not given stays out of the parsed namespace (``argparse.SUPPRESS``), so
+    ``config_from_args`` can tell it from a default.
+    """
+    defaults = dict(defaults or {})
+    options = config_options(cls)
+    unknown = sorted((set(defaults) | set(exclude)) - {o.name for o in options})
+    if unknown:
+        raise ValueError(f"not fields of {cls.__name__}: {unknown}")
+    group = parser.add_argument_group(f"{cls.__name__} (help from its fields)")
+    for o in options:
+        if o.name in exclude:
+            continue
+        shown = _on_command_line(defaults.get(o.name, o.default))
+        kwargs: dict[str, Any] = {
+            "dest": o.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{o.help} (default: {shown})".replace("%", "%%"),
+        }
+        if o.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=o.type, metavar=o.type.__name__.upper())
+        group.add_argument("--" + o.name.replace("_", "-"), **kwargs)
+
+
+def config_from_args(
+    cls: type[C], args: argparse.Namespace, defaults: Mapping[str, Any] | None = None
+) -> C:
+    """The config of ``add_config_arguments``' options: each field as given on the command line,
+    else from ``defaults``, else the dataclass default."""
+    given = {o.name: getattr(args, o.name) for o in config_options(cls) if hasattr(args, o.name)}
+    return config_from_overrides(cls, {**(defaults or {}), **given})

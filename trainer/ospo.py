@@ -35,7 +35,6 @@ do worse than the raw query. A helpful phrase is pushed up by the same rule.
 
     w_t            token weights over the rewrite tokens, w >= 0, sum_t w_t = 1, from the
                    positive credits only (prop: ∝ phi_i⁺; rank: ∝ rank of phi_i⁺)
-    psi_t          shaped token rewards  R_g * w_t   (non-negative, sum to R_g)
     Â_{g,t}        token advantage  A_g * L_g * w_t   on rewrite tokens
 
 Because sum_t w_t = 1, the mean of Â over the L_g rewrite tokens is exactly A_g here too: OSPO
@@ -316,61 +315,6 @@ def _normalised_weights(
     w = spread_to_tokens(token_offsets, span_offset, segments, shares)
     total = w.sum()
     return w / total if total > 0 else np.zeros_like(w)
-
-
-def token_credit(
-    token_offsets: Offsets,
-    span_offset: int,
-    segments: list[Span],
-    phi: np.ndarray,
-    rewrite_len: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Proportional credit weights of the tokens, and which tokens belong to the rewrite.
-
-    token_offsets: (T, 2) character offsets of the completion tokens (offset_mapping of a
-                   HF fast tokenizer with return_offsets_mapping=True on the completion).
-    span_offset:   start of the rewrite in the completion.
-    segments:      (n,) player spans relative to the rewrite.
-    phi:           (n,) attributions; clipped at 0.
-    rewrite_len:   length of the rewrite span; None = up to the end of the last segment.
-    returns:       psi_weights (T,) ≥ 0 summing to 1 (zeros if no positive credit lands on a
-                   token), in_rewrite (T,) bool.
-    """
-    phi = np.asarray(phi, dtype=np.float64).reshape(-1)
-    if rewrite_len is None:
-        rewrite_len = max((int(e) for _, e in segments), default=0)
-    segs = _clip_segments(segments, rewrite_len)
-    in_rewrite = rewrite_mask(token_offsets, (span_offset, span_offset + rewrite_len))
-    shares = player_shares(np.clip(phi, 0.0, None), "prop")
-    return _normalised_weights(token_offsets, span_offset, segs, shares), in_rewrite
-
-
-def shaped_rewards(
-    reward: float,
-    token_offsets: Offsets,
-    span: Span | None,
-    segments: list[Span] | None,
-    phi: np.ndarray | None,
-    mode: Literal["prop", "rank"] = "prop",
-) -> np.ndarray:
-    """Shaped token rewards ψ (T,): non-negative, Σψ = R whenever the rewrite has tokens.
-
-    ψ_t = R · w_t with the positive-credit weights of ``mode``. If no positive credit lands on
-    a token, R is spread uniformly over the rewrite tokens. All zeros when R ≤ 0 or when no
-    token lies in the rewrite span. For reporting and tests; the trainer uses
-    ``token_advantages``.
-    """
-    tok = _as_offsets(token_offsets)
-    in_rw = rewrite_mask(tok, span)
-    psi = np.zeros(len(tok), dtype=np.float64)
-    if reward <= 0 or span is None or not in_rw.any():
-        return psi
-    segs = _clip_segments(segments, span[1] - span[0])
-    phi_arr = np.zeros(len(segs)) if phi is None else np.asarray(phi, dtype=np.float64)
-    w = _normalised_weights(tok, span[0], segs, player_shares(np.clip(phi_arr, 0, None), mode))
-    if w.sum() == 0:
-        w = in_rw / in_rw.sum()
-    return reward * w
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The retrieval reward: NDCG@k of a text's search results against a query's judged products.
 
-OSPO values a rewrite *and* every coalition of its phrases by a real retrieval (DESIGN §1), so
-one training step asks for thousands of rankings. ``RewardModel.score`` takes all of them at
-once as ``(text, query_key)`` pairs and does ONE embedder call, ONE FAISS search and one BM25
-pass for the distinct texts it has not seen; rankings are cached by text (per step: the trainer
-calls ``clear_cache`` between steps), so duplicate coalition texts cost nothing.
+OSPO values a rewrite *and* every coalition of its phrases by a real retrieval (the v(S) of
+trainer/ospo.py's notation), so one training step asks for thousands of rankings.
+``RewardModel.score`` takes all of them at once as ``(text, query_key)`` pairs and does ONE
+embedder call, ONE FAISS search and one BM25 pass for the distinct texts it has not seen;
+rankings are cached by text (per step: the trainer calls ``clear_cache`` between steps), so
+duplicate coalition texts cost nothing. Calling the model is ``score``: a RewardModel is the
+``PairValueFn`` (trainer/attribution.py) that the training step takes as its reward.
 
 Retrieval is the serving retriever's, in ``retrieval`` mode (default: the retriever's own
 default, hybrid), so the reward measures what shoppers would see. Two scopes:
@@ -25,15 +27,18 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service.retrieval.fusion import RetrievalMode, fuse
-from service.retrieval.index import Retriever
+from service.domain import RetrievalMode
+from service.retrieval.fusion import fuse
 from service.retrieval.lexical import top_k
 from service.retrieval.metrics import ndcg_at_k
 from trainer.attribution import TextValueFn
+
+if TYPE_CHECKING:  # faiss comes with the index: the training step imports this module without it
+    from service.retrieval.index import Retriever
 
 RewardMode = Literal["full", "pooled"]
 Pair = tuple[str, str]  # (text to search with, query key whose targets score it)
@@ -41,7 +46,7 @@ Pair = tuple[str, str]  # (text to search with, query key whose targets score it
 
 @dataclass
 class RewardStats:
-    """Counters since construction (or ``reset_stats``)."""
+    """Counters since construction."""
 
     requests: int = 0  # (text, query) pairs asked for
     cache_hits: int = 0  # pairs answered from the ranking cache (incl. duplicates in a call)
@@ -134,6 +139,10 @@ class RewardModel:
         self.stats.seconds += time.perf_counter() - started
         return [self._rankings[c] for c in cache_keys]  # type: ignore[index]
 
+    def __call__(self, pairs: Sequence[Pair]) -> np.ndarray:
+        """``score``: the model as the step's reward function (a ``PairValueFn[str]``)."""
+        return self.score(pairs)
+
     def value_fn(self, query_key: str) -> TextValueFn:
         """``attribute``'s value function for one query: texts -> NDCG@k (one batch per call)."""
         return lambda texts: self.score([(t, query_key) for t in texts])
@@ -141,9 +150,6 @@ class RewardModel:
     def clear_cache(self) -> None:
         self._rankings.clear()
         self._vectors.clear()
-
-    def reset_stats(self) -> None:
-        self.stats = RewardStats()
 
     # -- internals ----------------------------------------------------------------------------
 

