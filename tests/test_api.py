@@ -114,7 +114,7 @@ def test_events_reject_bad_batches_atomically(client: TestClient) -> None:
     sid = _search(client)["search_id"]
     good = _events(sid, 2)
     r = client.post("/v1/events", json=good + _events("no-such-search", 1))
-    assert r.status_code == 422
+    assert r.status_code == 404
     assert r.json()["error"]["code"] == "unknown_search"
     assert "no-such-search" in r.json()["error"]["message"]
     bad_type = _events(sid, 1)

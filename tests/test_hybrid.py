@@ -137,3 +137,28 @@ def test_rebuild_from_db_embeds_only_changed_products(db_url: str, tmp_path: Pat
     assert r.search_ids_many(["oak chair"], 1, "dense")[0] == ["p4"]
     fresh = emb.inner.encode([r_.search_text for r_ in products[:1]])
     np.testing.assert_allclose(r.embeddings[r.row_of["p1"]], fresh[0], atol=1e-6)
+
+
+def test_a_catalogue_without_any_term_still_builds(tmp_path: Path) -> None:
+    """Titles that are all stopwords or single characters leave BM25 no vocabulary: the arm is
+    built anyway and matches nothing (instead of failing the whole index version)."""
+    index = LexicalIndex.build(["0", "a", "the"])
+    assert index.count == 3
+    assert not index.scores(["the 0", "anything"]).any()
+
+
+def test_a_failed_build_leaves_no_folder_and_keeps_serving(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    emb = get_embedder()
+    texts = ["red mug", "blue mug"]
+    first = write_index(tmp_path, ["a", "b"], texts, emb.encode(texts), emb.name, "flat",
+                        lexical_texts=texts)  # fmt: skip
+
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LexicalIndex, "build", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_index(tmp_path, ["a", "b"], texts, emb.encode(texts), emb.name, "flat",
+                    lexical_texts=texts)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT", first.version])
+    assert Retriever.load_current(tmp_path, emb).version == first.version

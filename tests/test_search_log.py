@@ -13,7 +13,7 @@ from sqlalchemy import select
 from service.db.engine import session_scope
 from service.db.migrate import upgrade
 from service.db.models import Search, utcnow
-from service.errors import InvalidInput
+from service.errors import NotFound
 from service.schemas.public import EventIn
 from service.services.events import record_events
 from service.services.search_log import SearchLogWriter
@@ -122,7 +122,7 @@ def test_an_event_finds_a_search_still_buffered_here_or_in_another_process(db_ur
         for sid in (mine["id"], theirs["id"])
     ]
     assert record_events(db_url, events, here).stored == 2
-    with pytest.raises(InvalidInput) as e:
+    with pytest.raises(NotFound) as e:
         record_events(
             db_url,
             [EventIn(event_id="x", search_id="never", product_id="p1", type="click")],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -135,15 +136,19 @@ def write_index(
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{version}-{os.getpid()}"
     tmp.mkdir()
-    faiss.write_index(make_faiss_index(vectors, kind, hnsw_m), str(tmp / "index.faiss"))
-    (tmp / "ids.json").write_text(json.dumps(list(ids)))
-    (tmp / "titles.json").write_text(json.dumps(list(titles)))
-    np.save(tmp / "embeddings.npy", vectors)
-    if text_hashes is not None:
-        (tmp / "text_hashes.json").write_text(json.dumps(list(text_hashes)))
-    if lexical_texts is not None:
-        LexicalIndex.build(lexical_texts).save(tmp / LEXICAL_DIRNAME)
-    (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
+    try:
+        faiss.write_index(make_faiss_index(vectors, kind, hnsw_m), str(tmp / "index.faiss"))
+        (tmp / "ids.json").write_text(json.dumps(list(ids)))
+        (tmp / "titles.json").write_text(json.dumps(list(titles)))
+        np.save(tmp / "embeddings.npy", vectors)
+        if text_hashes is not None:
+            (tmp / "text_hashes.json").write_text(json.dumps(list(text_hashes)))
+        if lexical_texts is not None:
+            LexicalIndex.build(lexical_texts).save(tmp / LEXICAL_DIRNAME)
+        (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
+        raise
     tmp.rename(root / version)
     if activate:
         set_current(root, version)

@@ -21,6 +21,7 @@ import numpy as np
 
 LEXICAL_DIRNAME = "lexical"
 _ANALYZER_FILE = "analyzer.json"
+_NO_TERMS = " "
 
 
 @lru_cache(maxsize=1)
@@ -60,7 +61,13 @@ class LexicalIndex:
 
         model = bm25s.BM25(method="lucene")
         # An empty document list breaks bm25s; keep a row per product even if its text is empty.
-        model.index(analyze(texts, stem) or [[]], show_progress=False)
+        corpus = analyze(texts, stem) or [[]]
+        if not any(corpus):
+            # No term at all (every title a stopword or a single character) also breaks bm25s:
+            # give it one term no query can produce (the analyzer never emits a space), so the
+            # arm exists and simply matches nothing.
+            corpus[0] = [_NO_TERMS]
+        model.index(corpus, show_progress=False)
         return cls(model, stem)
 
     def save(self, directory: Path) -> None:

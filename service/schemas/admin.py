@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from service.domain import AdapterStatus, Algorithm, IndexType, RebuildStatus, RunStatus
-from service.schemas.text import SAFE_CHARS, SafeText
+from service.schemas.text import SafeText, text
 
 
 class AdapterOut(BaseModel):
@@ -94,15 +94,15 @@ class RewriteStoreOut(BaseModel):
     )
 
 
+CatalogIdText = text(64, required=True, strip=True)
+TitleText = text(2000, required=True, strip=True)
+
+
 class ProductIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), SAFE_CHARS
-    ]
-    title: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), SAFE_CHARS
-    ]
+    id: CatalogIdText
+    title: TitleText
     brand: SafeText | None = None
     description: SafeText | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)

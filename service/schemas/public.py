@@ -5,21 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.domain import EventType, RetrievalMode, RewriteSource
-from service.schemas.text import SAFE_CHARS
+from service.schemas.text import text
+
+QueryText = text(512, required=True, strip=True)
+ClientText = text(128)
+EventIdText = text(128, required=True, strip=True)
+SearchIdText = text(36, required=True)
+ProductIdText = text(64, required=True)
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512), SAFE_CHARS
-    ]
+    query: QueryText
     k: int = Field(10, ge=1, le=100)
-    user_id: Annotated[str, StringConstraints(max_length=128), SAFE_CHARS] | None = None
-    session_id: Annotated[str, StringConstraints(max_length=128), SAFE_CHARS] | None = None
+    user_id: ClientText | None = None
+    session_id: ClientText | None = None
     mode: RetrievalMode | None = Field(
         None,
         description="Retrieval arms: dense, lexical or hybrid (fused); default: the "
@@ -57,11 +61,9 @@ class SearchResponse(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_id: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), SAFE_CHARS
-    ]
-    search_id: Annotated[str, StringConstraints(min_length=1, max_length=36), SAFE_CHARS]
-    product_id: Annotated[str, StringConstraints(min_length=1, max_length=64), SAFE_CHARS]
+    event_id: EventIdText
+    search_id: SearchIdText
+    product_id: ProductIdText
     type: EventType
     ts: datetime | None = None
 
@@ -73,7 +75,7 @@ EventBatch = Annotated[
         min_length=1,
         max_length=MAX_EVENTS_PER_BATCH,
         description="1 to 1000 events; every search_id must name a logged search, or the "
-        "whole batch is refused (422) and nothing of it stored.",
+        "whole batch is refused (404) and nothing of it stored.",
     ),
 ]
 

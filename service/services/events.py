@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from service.db.engine import session_scope
 from service.db.models import utcnow
-from service.errors import InvalidInput
+from service.errors import NotFound
 from service.observability import EVENTS
 from service.repositories.searches import existing_search_ids, insert_events
 from service.schemas.public import EventIn, EventsResponse
@@ -44,7 +44,7 @@ def record_events(
     unknown = _unknown_searches(database_url, named, search_log)
     if unknown:
         shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-        raise InvalidInput(
+        raise NotFound(
             f"unknown search_id(s): {shown}; the batch was not stored", code="unknown_search"
         )
     now = utcnow()

@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1", tags=["events"])
     "/events",
     response_model=EventsResponse,
     responses={
+        404: {"model": ErrorResponse, "description": "A search_id names no logged search."},
         413: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         429: {"model": ErrorResponse, "headers": RETRY_AFTER},
