@@ -63,16 +63,25 @@ def register_adapter(
         if get_adapter(session, name) is not None:
             raise Conflict(f"an adapter named {name!r} already exists")
     final = adapters_dir / name
-    if final.resolve() != source.resolve():
+    if final.resolve() == source.resolve():
+        digest = checksum_dir(final)
+        (final / "CHECKSUM").write_text(digest + "\n")
+    else:
         if final.exists():
             raise Conflict(f"{final} already exists on disk")
+        # Copied and checksummed under a temporary name, renamed into place only when whole:
+        # a full disk or a crash mid-copy leaves no folder that looks like an adapter.
         tmp = adapters_dir / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         adapters_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, tmp)
-        tmp.rename(final)
-    digest = checksum_dir(final)
-    (final / "CHECKSUM").write_text(digest + "\n")
+        try:
+            shutil.copytree(source, tmp)
+            digest = checksum_dir(tmp)
+            (tmp / "CHECKSUM").write_text(digest + "\n")
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     row = Adapter(
         name=name,
         path=str(final.resolve()),

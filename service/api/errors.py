@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -28,6 +33,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The database is unreachable or restarting: nothing of this request was stored (its
+        # transaction rolled back), so the client may safely send it again.
+        log.warning("database unavailable: %s", str(exc).splitlines()[0][:200])
+        return JSONResponse(
+            error_body("database_unavailable", "the database is unavailable; nothing was "
+                       "stored, retry shortly"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
