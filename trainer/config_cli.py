@@ -1,9 +1,10 @@
 """Command-line options generated from a config dataclass, so options are never re-listed.
 
 Every field of the dataclass is one option ``--field-name``: its default is the field's, its help
-the field's ``metadata["help"]``. Literal fields are read as strings and checked by the dataclass
-itself (the accepted values are added to the help), tuples as comma-separated strings, bools as
-``--flag/--no-flag``. ``config_options`` reads the dataclass that way once, for two front ends:
+the field's ``metadata["help"]``. Literal and enum fields are read as strings and checked by the
+dataclass itself (``check_choices``; the accepted values are added to the help), tuples as
+comma-separated strings, bools as ``--flag/--no-flag``. ``config_options`` reads the dataclass
+that way once, for two front ends:
 
 * typer: ``with_config_options(TrainConfig)`` turns a command ``fn(..., config: TrainConfig)``
   into one that has the options and receives the assembled config (``ospo train``); a config
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import functools
 import inspect
 import types
@@ -58,6 +60,34 @@ def _on_command_line(value: Any) -> Any:
     return ",".join(value) if isinstance(value, tuple) else value
 
 
+def choices(tp: Any) -> tuple[Any, ...] | None:
+    """The values a Literal or enum field accepts (None included when optional), else None."""
+    optional, inner = _is_optional(tp)
+    if typing.get_origin(inner) is typing.Literal:
+        allowed = typing.get_args(inner)
+    elif isinstance(inner, type) and issubclass(inner, enum.Enum):
+        allowed = tuple(member.value for member in inner)
+    else:
+        return None
+    return (*allowed, None) if optional else allowed
+
+
+def check_choices(config: Any) -> None:
+    """Validate every Literal/enum field of a dataclass instance against its type (the one
+    list of choices is the annotation), turning enum fields' strings into members."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        allowed = choices(hints[f.name])
+        value = getattr(config, f.name)
+        if allowed is None:
+            continue
+        if value not in allowed:
+            raise ValueError(f"{f.name} must be one of {allowed}, got {value!r}")
+        inner = _is_optional(hints[f.name])[1]
+        if value is not None and isinstance(inner, type) and issubclass(inner, enum.Enum):
+            object.__setattr__(config, f.name, inner(value))
+
+
 def config_options(cls: type) -> list[ConfigOption]:
     """The options of ``cls``, one per init field, in field order."""
     hints = typing.get_type_hints(cls)
@@ -67,8 +97,9 @@ def config_options(cls: type) -> list[ConfigOption]:
             continue
         optional, inner = _is_optional(hints[f.name])
         extra = ""
-        if typing.get_origin(inner) is typing.Literal:
-            extra = " [" + "|".join(map(str, typing.get_args(inner))) + "]"
+        allowed = choices(inner)
+        if allowed is not None:
+            extra = " [" + "|".join(map(str, allowed)) + "]"
             inner = str
         elif _is_tuple(inner):
             extra = " (comma-separated)"

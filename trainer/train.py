@@ -63,8 +63,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from service.domain import Algorithm, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode
 from trainer.attribution import EstimatorName, K, PairValueFn, TextAttribution, attribute_batch
+from trainer.config_cli import check_choices
 from trainer.data import Example
 from trainer.ospo import (
     AdvantageConfig,
@@ -115,7 +117,7 @@ class TrainConfig:
     """
 
     # algorithm and schedule
-    algo: Literal["ospo", "grpo"] = _opt("ospo", "ospo (Shapley-shaped token advantages) or grpo.")
+    algo: Algorithm = _opt(Algorithm.ospo, "ospo (Shapley-shaped token advantages) or grpo.")
     steps: int = _opt(6, "Policy-gradient steps after the warm start (0: warm start only).")
     group_size: int = _opt(8, "G: completions sampled per query.")
     prompts_per_step: int = _opt(2, "P: queries per step, so B = P·G rollouts.")
@@ -151,7 +153,7 @@ class TrainConfig:
     reward_k: int = _opt(10, "NDCG cut-off of the reward.")
     reward_mode: RewardMode = _opt("full", "full index, or the query's pooled candidates.")
     pool_negatives: int = _opt(0, "Random negatives added to each pool (pooled mode).")
-    retrieval: Literal["hybrid", "dense", "lexical"] | None = _opt(
+    retrieval: RetrievalMode | None = _opt(
         None, "Retrieval of the reward (default: the index's serving mode, hybrid)."
     )
     unparsed_reward: Literal["query", "zero"] = _opt(
@@ -185,19 +187,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
-        choices = {
-            "algo": ("ospo", "grpo"),
-            "reward_mode": ("full", "pooled"),
-            "retrieval": (None, "hybrid", "dense", "lexical"),
-            "unparsed_reward": ("zero", "query"),
-            "estimator": ("auto", "shapley", "owen", "sampled_owen", "window"),
-            "segmentation": ("phrase", "word", "sentence"),
-            "union_mode": ("sentence", "blocks"),
-            "loss_norm": ("dapo", "seq"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_choices(self)  # every Literal/enum field against its annotation
         if self.steps < 0 or (self.steps == 0 and self.rs_samples == 0):
             raise ValueError("steps must be >= 1 (or 0 with a warm start: warm start only)")
         positive = ("group_size", "prompts_per_step", "updates_per_step")

@@ -31,7 +31,14 @@ def get_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # Requests run in up to 40 worker threads: a pool that holds that many connections
+        # avoids reconnecting (and re-running the pragmas) under load.
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=20,
+            max_overflow=30,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

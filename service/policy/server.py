@@ -267,3 +267,38 @@ class VllmServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def serve_forever(settings: Settings, model_path: Path | str | None = None) -> int:
+    """Prepare the policy model if needed, run vLLM until it exits or we get SIGINT/SIGTERM.
+
+    For `ospo policy serve` and `make up`: returns the server's exit code (0 on a clean stop).
+    """
+    from service.policy.models import resolve_policy_model
+
+    if model_path is None:
+        model_path = resolve_policy_model(settings)
+    server = VllmServer.from_settings(settings, model_path)
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        # Only signal here: the main thread sits in server.wait(), returns once vLLM exits,
+        # and `finally` reaps the group. Waiting inside the handler would block on that wait.
+        stopping.set()
+        server.terminate()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start(wait=True, timeout=settings.vllm_start_timeout_s)
+        except VllmServerError:
+            if stopping.is_set():  # interrupted while starting
+                return 0
+            raise
+        print(f"vLLM serving {model_path} at {server.url} (log: {server.log_path})", flush=True)
+        code = server.wait()
+        return 0 if stopping.is_set() else code
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,395 @@
+"""Reliability benchmark → bench/results/reliability.json (+ reliability.png).
+
+Real processes on this machine: `ospo serve` over the demo index (`ospo bootstrap` first),
+driven by locust (`bench/locustfile.py`: a search, then an event batch of 3 impressions and a
+click, at a fixed rate per simulated shopper), for `--duration` seconds per scenario:
+
+| scenario          | database                 | fault, a third of the way in                  |
+|-------------------|--------------------------|-----------------------------------------------|
+| load_sqlite       | SQLite (embedded)        | none                                          |
+| load_postgres     | PostgreSQL + Redis       | none                                          |
+| postgres_restart  | PostgreSQL + Redis       | `pg_ctlcluster … restart`                     |
+| redis_restart     | PostgreSQL + private Redis | Redis killed, started again 5 s later       |
+| vllm_restart      | SQLite, vLLM, base rewrites | vLLM's process group killed, restarted     |
+
+Each scenario records requests/s, p50/p99 per endpoint, statuses, and the promise checks:
+events acknowledged (200) = events stored (counted in the database after the API stopped and
+flushed its search log), searches answered = search rows stored (+ rows dropped for their
+content, from `/metrics`), no 5xx other than a documented 503 while the database restarts, and
+for vLLM the fallbacks counted on `/metrics`. A short version of each fault runs in
+`make test` (tests/test_faults.py, tests/test_serving_vllm.py).
+
+Run: `.venv/bin/python bench/reliability.py` (about 10 minutes; --help for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from sqlalchemy import func, select
+
+from service.db.engine import session_scope
+from service.db.migrate import upgrade
+from service.db.models import Event, Search
+from service.policy.server import free_port
+from service.processes import signal_group, stop_group
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results"
+OSPO = str(Path(sys.executable).with_name("ospo"))
+LOCUST = str(Path(sys.executable).with_name("locust"))
+PG_URL = os.environ.get("OSPO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+KEY = "reliability-bench-admin-key-0123"
+SCENARIOS = ("load_sqlite", "load_postgres", "postgres_restart", "redis_restart", "vllm_restart")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Proc:
+    """A child in its own process group, its output in a log file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.argv, self.env, self.log_path = argv, env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
+        self.proc = subprocess.Popen(
+            self.argv, env={**clean, **self.env}, stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, 60)
+
+
+def wait_http(url: str, proc: Proc, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.proc is not None and proc.proc.poll() is None, proc.log_path.read_text()[-3000:]
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def query_pool() -> list[str]:
+    from service.catalog.formats import parse_chorus_labels
+
+    labels = parse_chorus_labels(ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv")
+    return sorted({lab.query.strip() for lab in labels if lab.query.strip()})
+
+
+def fresh_postgres() -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    schema = f"ospo_rel_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
+
+
+def restart_postgres() -> None:
+    cluster = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def redis_server(port: int, log_path: Path) -> Proc:
+    proc = Proc(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no"], {}, log_path)  # fmt: skip
+    for _ in range(100):
+        ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True)
+        if ping.stdout.strip() == b"PONG":
+            return proc
+        time.sleep(0.1)
+    raise RuntimeError("private Redis did not start")
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """Sum of a Prometheus sample over the lines whose labels contain `labels`."""
+    prefix = name + ("{" if labels else " ")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and labels in line
+    )
+
+
+def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path) -> dict:
+    data = work / name
+    shutil.copytree(ROOT / "var" / "indexes", data / "indexes")
+    env = {
+        "OSPO_DATA_DIR": str(data),
+        "OSPO_ADMIN_API_KEY": KEY,
+        "OSPO_POLICY_BACKEND": "none",
+        "OSPO_RATE_LIMIT_SEARCH": "",  # one locust client is every shopper: limits off
+        "OSPO_RATE_LIMIT_EVENTS": "",
+        "OSPO_LOG_LEVEL": "WARNING",
+    }
+    cleanup: list[Callable[[], None]] = []
+    fault: Callable[[], dict[str, Any]] | None = None
+    extra: list[Proc] = []
+    if name == "load_sqlite" or name == "vllm_restart":
+        url = f"sqlite:///{data / 'ospo.db'}"
+    else:
+        url, drop = fresh_postgres()
+        cleanup.append(drop)
+    env["OSPO_DATABASE_URL"] = url
+    upgrade(url)
+    if name in ("load_postgres", "postgres_restart"):
+        env["OSPO_REDIS_URL"] = "redis://127.0.0.1:6379/14"
+    if name == "redis_restart":
+        port = free_port()
+        redis = redis_server(port, data / "redis.log")
+        extra.append(redis)
+        env["OSPO_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        env["OSPO_RATE_LIMIT_SEARCH"] = "1000000/second"  # counters in Redis: the path runs
+
+        def fault() -> dict[str, Any]:
+            redis.kill()
+            time.sleep(5)
+            redis.start()
+            return {"fault": "redis killed (SIGKILL), started again after 5 s"}
+
+    if name == "postgres_restart":
+
+        def fault() -> dict[str, Any]:
+            started = time.monotonic()
+            restart_postgres()
+            return {"fault": "pg_ctlcluster restart", "restart_s": time.monotonic() - started}
+
+    if name == "vllm_restart":
+        from service.policy.models import prepare_policy_model
+
+        vport = free_port()
+        model = prepare_policy_model(ROOT / "var" / "models")
+        env.update({
+            "OSPO_POLICY_BACKEND": "vllm", "OSPO_VLLM_URL": f"http://127.0.0.1:{vport}",
+            "OSPO_VLLM_PORT": str(vport), "OSPO_POLICY_MODEL": str(model),
+            "OSPO_SERVE_BASE_POLICY": "true", "OSPO_REWRITE_MISSES": "background",
+            "OSPO_REWRITE_BUDGET_MS": "0",
+        })  # fmt: skip
+        vllm = Proc([OSPO, "policy", "serve"], env, data / "vllm.log")
+        extra.append(vllm)
+        log("vLLM starting")
+        wait_http(f"http://127.0.0.1:{vport}/health", vllm, timeout=600)
+
+        def fault() -> dict[str, Any]:
+            vllm.kill()
+            time.sleep(5)
+            started = time.monotonic()
+            vllm.start()
+            wait_http(f"http://127.0.0.1:{vport}/health", vllm, timeout=600)
+            return {"fault": "vLLM process group killed, restarted after 5 s",
+                    "vllm_restart_s": time.monotonic() - started}  # fmt: skip
+
+    port = free_port()
+    api = Proc(
+        [OSPO, "serve", "--port", str(port), "--workers", str(args.api_workers)],
+        env,
+        data / "api.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/healthz", api)
+        report = data / "locust.json"
+        locust_env = {
+            "OSPO_LOAD_QUERIES": str(queries),
+            "OSPO_LOAD_REPORT": str(report),
+            "OSPO_LOAD_TASKS_PER_USER_S": str(args.tasks_per_user_s),
+        }
+        log(f"{name}: {args.users} shoppers × {args.tasks_per_user_s} searches/s for "
+            f"{args.duration} s")  # fmt: skip
+        load = subprocess.Popen(
+            [LOCUST, "-f", str(ROOT / "bench" / "locustfile.py"), "--headless", "--only-summary",
+             "-u", str(args.users), "-r", str(args.users), "-t", f"{args.duration}s",
+             "--host", base, "--stop-timeout", "10"],
+            env={**os.environ, **locust_env}, stdout=(data / "locust.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        fault_info: dict[str, Any] = {}
+        if fault is not None:
+            time.sleep(args.duration / 3)
+            fault_at = time.monotonic()
+            log(f"{name}: fault")
+            fault_info = fault()
+            fault_info["at_s"] = args.duration / 3
+            fault_info["took_s"] = time.monotonic() - fault_at
+        load.wait(args.duration + 120)
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    finally:
+        api.stop()  # SIGTERM: the search log flushes before the process exits
+        for p in extra:
+            p.stop()
+    with session_scope(url) as s:
+        stored_events = s.scalar(select(func.count()).select_from(Event)) or 0
+        stored_searches = s.scalar(select(func.count()).select_from(Search)) or 0
+    for c in cleanup:
+        c()
+    load_report = json.loads(report.read_text())
+    return summarise(name, load_report, metrics, stored_events, stored_searches, fault_info,
+                     args)  # fmt: skip
+
+
+def summarise(name, rep, metrics, stored_events, stored_searches, fault_info, args):  # type: ignore[no-untyped-def]
+    secs = rep["seconds"]
+    search_ms = [ms for b in secs.values() for ms in b["search_ms"]]
+    events_ms = [ms for b in secs.values() for ms in b["events_ms"]]
+    requests = len(search_ms) + len(events_ms)
+    statuses = rep["statuses"]
+    server_errors = {
+        ep: {code: n for code, n in codes.items() if int(code) >= 500}
+        for ep, codes in statuses.items()
+    }
+    totals = rep["totals"]
+    dropped = metric(metrics, "ospo_search_log_dropped_total")
+    fallbacks = metric(metrics, "ospo_searches_total", 'rewrite_source="fallback"')
+    pct = lambda xs, q: round(float(np.percentile(xs, q)), 1) if xs else None  # noqa: E731
+    out = {
+        "scenario": name,
+        **fault_info,
+        "duration_s": args.duration,
+        "requests": requests,
+        "requests_per_s": round(requests / args.duration, 1),
+        "search": {"n": len(search_ms), "p50_ms": pct(search_ms, 50), "p99_ms": pct(search_ms, 99)},
+        "events": {"n": len(events_ms), "p50_ms": pct(events_ms, 50), "p99_ms": pct(events_ms, 99)},
+        "statuses": statuses,
+        "server_errors": server_errors,
+        "events_acknowledged": totals["events_acknowledged"],
+        "events_stored": stored_events,
+        "searches_answered": totals["searches_answered"],
+        "searches_stored": stored_searches,
+        "search_rows_dropped": dropped,
+        "fallbacks": fallbacks,
+        "per_second": {
+            s: {
+                "requests": len(b["search_ms"]) + len(b["events_ms"]),
+                "5xx": b["5xx"],
+                "503": b["503"],
+                "search_p99_ms": pct(b["search_ms"], 99),
+            }
+            for s, b in secs.items()
+        },  # fmt: skip
+    }
+    only_503 = all(set(codes) <= {"503"} for codes in server_errors.values())
+    out["promise"] = {
+        "acknowledged_equals_stored": totals["events_acknowledged"] == stored_events,
+        "searches_answered_are_stored": totals["searches_answered"] + dropped == stored_searches,
+        "no_server_error": not any(server_errors.values()),
+        "only_documented_503": only_503,
+        "no_failed_search": not server_errors.get("search"),
+    }
+    return out
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(10, 2.6 * len(results)), sharex=True)
+    for ax, r in zip(np.atleast_1d(axes), results, strict=True):
+        xs = sorted(int(s) for s in r["per_second"])
+        rps = [r["per_second"][str(s)]["requests"] for s in xs]
+        p99 = [r["per_second"][str(s)]["search_p99_ms"] or np.nan for s in xs]
+        bad = [r["per_second"][str(s)]["5xx"] + r["per_second"][str(s)]["503"] for s in xs]
+        ax.plot(xs, rps, label="requests/s", color="tab:blue")
+        ax.bar(xs, bad, color="tab:red", label="5xx (503 included)")
+        ax2 = ax.twinx()
+        ax2.plot(xs, p99, color="tab:orange", label="search p99 ms")
+        ax2.set_ylabel("p99 ms")
+        if "at_s" in r:
+            span = (r["at_s"], r["at_s"] + r["took_s"])
+            ax.axvspan(*span, color="grey", alpha=0.3, label=r["fault"][:40])
+        ax.set_title(
+            f"{r['scenario']}: {r['requests_per_s']} req/s, "
+            f"acked {r['events_acknowledged']} = stored {r['events_stored']}"
+        )
+        ax.set_ylabel("req/s")
+        ax.legend(loc="lower left", fontsize=7)
+    np.atleast_1d(axes)[-1].set_xlabel("second of the run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=60, help="seconds of load per scenario")
+    parser.add_argument("--users", type=int, default=50, help="simulated shoppers")
+    parser.add_argument(
+        "--tasks-per-user-s",
+        type=float,
+        default=2.2,
+        help="searches per shopper per second (each followed by an event batch)",
+    )
+    parser.add_argument(
+        "--api-workers", type=int, default=2, help="uvicorn worker processes (one per core)"
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=OUT / "reliability.json")
+    args = parser.parse_args(argv)
+    if not (ROOT / "var" / "indexes").is_dir():
+        parser.error("no demo index under var/: run `make up` or `.venv/bin/ospo bootstrap`")
+    work = Path(tempfile.mkdtemp(prefix="ospo-reliability-"))
+    queries = work / "queries.json"
+    queries.write_text(json.dumps(query_pool()))
+    results = []
+    for name in args.scenarios.split(","):
+        results.append(run_scenario(name, args, work, queries))
+        r = results[-1]
+        log(f"{name}: {r['requests_per_s']} req/s, search p99 {r['search']['p99_ms']} ms, "
+            f"promise {r['promise']}")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python bench/reliability.py " + " ".join(argv or sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "offered_load": {"users": args.users, "searches_per_user_s": args.tasks_per_user_s,
+                         "requests_per_search": 2},  # fmt: skip
+        "scenarios": results,
+    }, indent=1))  # fmt: skip
+    plot(results, args.out.with_suffix(".png"))
+    log(f"wrote {args.out}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
