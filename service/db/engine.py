@@ -11,6 +11,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+# Requests reach the database from anyio's worker threads (40 at most) plus a few background
+# threads. A pool that keeps that many connections open means no request pays for connecting
+# (a PostgreSQL connection, or SQLite's pragmas) under load; overflow connections are the ones
+# closed again after use.
+POOL_SIZE = 40
+POOL_OVERFLOW = 10
+
 
 def _normalise_url(url: str) -> str:
     # Bare postgresql:// would pick psycopg2, which we do not install.
@@ -31,13 +38,11 @@ def get_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_dir(url)
-        # Requests run in up to 40 worker threads: a pool that holds that many connections
-        # avoids reconnecting (and re-running the pragmas) under load.
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
-            pool_size=20,
-            max_overflow=30,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
         )
 
         @event.listens_for(engine, "connect")
@@ -49,7 +54,7 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 @lru_cache(maxsize=8)
