@@ -25,6 +25,7 @@ Run: `.venv/bin/python bench/reliability.py` (about 10 minutes; --help for optio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -79,7 +80,15 @@ class Proc:
         )  # fmt: skip
 
     def kill(self) -> None:
+        """SIGKILL the group and the groups of its children (`ospo policy serve` starts vLLM in
+        a session of its own)."""
         assert self.proc is not None
+        children = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                signal_group(os.getpgid(int(pid)), signal.SIGKILL)
         signal_group(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
@@ -141,6 +150,24 @@ def redis_server(port: int, log_path: Path) -> Proc:
     raise RuntimeError("private Redis did not start")
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _policy_degraded(base: str, wait_s: float = 0.0) -> bool:
+    """`/readyz`'s policy check, polled for up to `wait_s` until the API reports an outage."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        checks = httpx.get(f"{base}/readyz", timeout=5).json()["checks"]
+        degraded = bool(checks.get("policy", {}).get("degraded"))
+        if degraded or time.monotonic() > deadline:
+            return degraded
+        time.sleep(0.5)
+
+
 def metric(text: str, name: str, labels: str = "") -> float:
     """Sum of a Prometheus sample over the lines whose labels contain `labels`."""
     prefix = name + ("{" if labels else " ")
@@ -162,6 +189,8 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
         "OSPO_RATE_LIMIT_EVENTS": "",
         "OSPO_LOG_LEVEL": "WARNING",
     }
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     cleanup: list[Callable[[], None]] = []
     fault: Callable[[], dict[str, Any]] | None = None
     extra: list[Proc] = []
@@ -212,20 +241,28 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
 
         def fault() -> dict[str, Any]:
             vllm.kill()
+            assert not _answers(f"http://127.0.0.1:{vport}/health"), "vLLM survived the kill"
+            seen_down = _policy_degraded(base, wait_s=15)
             time.sleep(5)
             started = time.monotonic()
             vllm.start()
             wait_http(f"http://127.0.0.1:{vport}/health", vllm, timeout=600)
-            return {"fault": "vLLM process group killed, restarted after 5 s",
-                    "vllm_restart_s": time.monotonic() - started}  # fmt: skip
+            restart_s = time.monotonic() - started
+            deadline = time.monotonic() + 30
+            while _policy_degraded(base) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return {
+                "fault": "vLLM process groups killed, restarted after 5 s",
+                "vllm_restart_s": round(restart_s, 1),
+                "readyz_degraded_while_down": seen_down,
+                "readyz_recovered": not _policy_degraded(base),
+            }
 
-    port = free_port()
     api = Proc(
         [OSPO, "serve", "--port", str(port), "--workers", str(args.api_workers)],
         env,
         data / "api.log",
     )
-    base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/healthz", api)
         report = data / "locust.json"
@@ -283,6 +320,8 @@ def summarise(name, rep, metrics, stored_events, stored_searches, fault_info, ar
     pct = lambda xs, q: round(float(np.percentile(xs, q)), 1) if xs else None  # noqa: E731
     out = {
         "scenario": name,
+        "users": args.users,
+        "searches_per_user_s": args.tasks_per_user_s,
         **fault_info,
         "duration_s": args.duration,
         "requests": requests,
@@ -377,9 +416,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {r['requests_per_s']} req/s, search p99 {r['search']['p99_ms']} ms, "
             f"promise {r['promise']}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists():  # keep the scenarios this run did not repeat
+        kept = [
+            r
+            for r in json.loads(args.out.read_text())["scenarios"]
+            if r["scenario"] not in {x["scenario"] for x in results}
+        ]
+        results = sorted(kept + results, key=lambda r: SCENARIOS.index(r["scenario"]))
     args.out.write_text(json.dumps({
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python bench/reliability.py " + " ".join(argv or sys.argv[1:]),
+        "note": "scenarios may come from several runs of the command (see each one's users)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "offered_load": {"users": args.users, "searches_per_user_s": args.tasks_per_user_s,
                          "requests_per_search": 2},  # fmt: skip

@@ -90,6 +90,16 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database, for tests whose subject does not depend on the backend."""
+    from service.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'ospo.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
 def db_url(empty_db_url: str) -> str:
     """A migrated, empty database on each backend."""
     from service.db.migrate import upgrade

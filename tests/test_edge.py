@@ -26,12 +26,12 @@ KEY = {"Authorization": "Bearer s3cret"}
 OSPO = str(Path(sys.executable).with_name("ospo"))
 
 
-def _client(db_url: str, index_root: Path, tmp_path: Path, **overrides) -> TestClient:
+def _client(sqlite_url: str, index_root: Path, tmp_path: Path, **overrides) -> TestClient:
     data_dir = tmp_path / "var"
     shutil.copytree(index_root, data_dir / "indexes")
     settings = Settings(
         data_dir=data_dir,
-        database_url=db_url,
+        database_url=sqlite_url,
         admin_api_key="s3cret",
         policy_backend="none",
         search_log_background=False,
@@ -41,9 +41,9 @@ def _client(db_url: str, index_root: Path, tmp_path: Path, **overrides) -> TestC
 
 
 @pytest.fixture
-def client(db_url: str, small_index_root: Path, tmp_path: Path):
-    with _client(db_url, small_index_root, tmp_path, max_body_bytes=4096) as c:
-        c.db_url = db_url  # type: ignore[attr-defined]
+def client(sqlite_url: str, small_index_root: Path, tmp_path: Path):
+    with _client(sqlite_url, small_index_root, tmp_path, max_body_bytes=4096) as c:
+        c.db_url = sqlite_url  # type: ignore[attr-defined]
         yield c
 
 
@@ -138,10 +138,10 @@ def test_log_lines_carry_the_request_id_and_never_the_key(client: TestClient) ->
 
 
 def test_rate_limit_answers_429_with_retry_after(
-    db_url: str, small_index_root: Path, tmp_path: Path
+    sqlite_url: str, small_index_root: Path, tmp_path: Path
 ) -> None:
     with _client(
-        db_url, small_index_root, tmp_path, rate_limit_search="3/minute", rate_limit_events=""
+        sqlite_url, small_index_root, tmp_path, rate_limit_search="3/minute", rate_limit_events=""
     ) as c:
         codes = [c.post("/v1/search", json={"query": "usb hub"}).status_code for _ in range(5)]
         assert codes == [200, 200, 200, 429, 429]
@@ -154,9 +154,11 @@ def test_rate_limit_answers_429_with_retry_after(
 
 
 def test_cors_only_for_configured_origins(
-    db_url: str, small_index_root: Path, tmp_path: Path
+    sqlite_url: str, small_index_root: Path, tmp_path: Path
 ) -> None:
-    with _client(db_url, small_index_root, tmp_path, cors_origins=["https://shop.example"]) as c:
+    with _client(
+        sqlite_url, small_index_root, tmp_path, cors_origins=["https://shop.example"]
+    ) as c:
         preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
         ok = c.options("/v1/search", headers=preflight)
         assert ok.headers["access-control-allow-origin"] == "https://shop.example"
@@ -204,3 +206,25 @@ def test_up_generates_one_key_and_keeps_it(tmp_path: Path, monkeypatch) -> None:
         assert ensure_admin_key(get_settings()) is None  # configured now: nothing to do
     finally:
         get_settings.cache_clear()
+
+
+def test_events_for_a_search_served_by_an_older_index_version_are_stored(
+    client: TestClient,
+) -> None:
+    """A shopper clicks a result shown before an index rebuild: the search id still names a
+    logged search, so the events are stored (labels are keyed by product id, not by version)."""
+    from service.db.models import utcnow
+    from service.repositories.searches import add_searches
+
+    with session_scope(client.db_url) as s:  # type: ignore[attr-defined]
+        add_searches(s, [{
+            "id": "old-version-search", "query": "usb hub", "normalized_query": "usb hub",
+            "rewrite": "usb hub", "rewrite_source": "none", "adapter": None,
+            "prompt_version": None, "k": 1, "product_ids": ["p-gone"], "scores": [0.5],
+            "index_version": "20200101T000000-00000000", "latency_ms": 1.0, "user_id": None,
+            "session_id": None, "created_at": utcnow(),
+        }])  # fmt: skip
+    event = {"event_id": "e-old", "search_id": "old-version-search", "product_id": "p-gone",
+             "type": "click"}  # fmt: skip
+    r = client.post("/v1/events", json=[event])
+    assert r.status_code == 200 and r.json()["stored"] == 1

@@ -50,12 +50,12 @@ def small_disk(path: Path, size_bytes: int) -> Iterator[Path]:
 
 
 def test_disk_full_during_an_index_rebuild_keeps_the_old_version_serving(
-    db_url: str, small_index_root: Path, tmp_path: Path, esci_records
+    sqlite_url: str, small_index_root: Path, tmp_path: Path, esci_records
 ) -> None:
     room = _tree_bytes(small_index_root) + 300_000  # the serving version, not a second one
     with small_disk(tmp_path / "var", room) as data_dir:
         shutil.copytree(small_index_root, data_dir / "indexes")
-        settings = Settings(data_dir=data_dir, database_url=db_url, admin_api_key="s3cret",
+        settings = Settings(data_dir=data_dir, database_url=sqlite_url, admin_api_key="s3cret",
                             policy_backend="none")  # fmt: skip
         with TestClient(create_app(settings)) as client:
             before = client.get("/admin/index", headers=KEY).json()["serving"]["version"]
@@ -82,7 +82,7 @@ def test_disk_full_during_an_index_rebuild_keeps_the_old_version_serving(
 
 
 def test_disk_full_while_registering_an_adapter_registers_nothing(
-    db_url: str, tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     source = tmp_path / "trained"
     source.mkdir()
@@ -90,9 +90,9 @@ def test_disk_full_while_registering_an_adapter_registers_nothing(
     (source / "adapter_model.safetensors").write_bytes(os.urandom(400_000))
     with small_disk(tmp_path / "adapters", 200_000) as adapters_dir:
         with pytest.raises(OSError):
-            register_adapter(db_url, adapters_dir, "full-disk", source, "base-model")
+            register_adapter(sqlite_url, adapters_dir, "full-disk", source, "base-model")
         assert list(adapters_dir.iterdir()) == []
-    with session_scope(db_url) as s:
+    with session_scope(sqlite_url) as s:
         assert s.scalar(select(func.count()).select_from(Adapter)) == 0
 
 
@@ -189,7 +189,7 @@ def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def test_redis_restart_fails_no_search_and_the_broker_reconnects(
-    db_url: str, small_index_root: Path, tmp_path: Path
+    sqlite_url: str, small_index_root: Path, tmp_path: Path
 ) -> None:
     """A private Redis (rate-limit counters, Celery broker) killed and started again under
     traffic: no search fails (the limiter lets requests through while its store is down), and
@@ -201,7 +201,7 @@ def test_redis_restart_fails_no_search_and_the_broker_reconnects(
     shutil.copytree(small_index_root, tmp_path / "var" / "indexes")
     settings = Settings(
         data_dir=tmp_path / "var",
-        database_url=db_url,
+        database_url=sqlite_url,
         admin_api_key="s3cret",
         policy_backend="none",
         redis_url=f"redis://127.0.0.1:{port}/0",
