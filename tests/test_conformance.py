@@ -26,7 +26,7 @@ from tests.processes import Child, wait_http
 
 ST = str(Path(sys.executable).with_name("st"))
 KEY = "conformance-admin-key-0123456789"
-EXAMPLES_PER_OPERATION = 10  # CI budget; bench/conformance.py uses more
+EXAMPLES_PER_OPERATION = 6  # CI budget; bench/conformance.py uses 200
 
 
 @pytest.fixture(scope="module")
