@@ -149,10 +149,10 @@ def write_title_index(root: Path, titles: dict[str, str]) -> Path:
     return root
 
 
-@pytest.fixture
-def api_client(db_url: str, small_index_root: Path, tmp_path: Path):
-    """An in-process API (no policy) over the small index and a migrated database; admin key
-    `s3cret`. The client carries the database URL as `client.db_url`."""
+def make_api_client(db_url: str, index_root: Path, tmp_path: Path, **overrides):  # type: ignore[no-untyped-def]
+    """An in-process API (no policy) over a copy of `index_root` and the database `db_url`;
+    admin key `s3cret`; `overrides` are more settings. Use it as a context manager; the client
+    carries the database URL as `client.db_url`."""
     import shutil
 
     from fastapi.testclient import TestClient
@@ -161,10 +161,20 @@ def api_client(db_url: str, small_index_root: Path, tmp_path: Path):
     from service.settings import Settings
 
     data_dir = tmp_path / "var"
-    shutil.copytree(small_index_root, data_dir / "indexes")
+    shutil.copytree(index_root, data_dir / "indexes")
     settings = Settings(
-        data_dir=data_dir, database_url=db_url, admin_api_key="s3cret", policy_backend="none"
+        data_dir=data_dir,
+        database_url=db_url,
+        admin_api_key="s3cret",
+        policy_backend="none",
+        **overrides,
     )
-    with TestClient(create_app(settings)) as c:
-        c.db_url = db_url  # type: ignore[attr-defined]
+    client = TestClient(create_app(settings))
+    client.db_url = db_url  # type: ignore[attr-defined]
+    return client
+
+
+@pytest.fixture
+def api_client(db_url: str, small_index_root: Path, tmp_path: Path):
+    with make_api_client(db_url, small_index_root, tmp_path) as c:
         yield c

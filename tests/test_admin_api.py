@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.settings import Settings
+from tests.conftest import make_api_client
 
 KEY = {"Authorization": "Bearer s3cret"}
 
@@ -37,16 +37,7 @@ def test_every_admin_operation_documents_its_answer(tmp_path: Path) -> None:
 
 @pytest.fixture
 def hnsw_client(sqlite_url: str, small_index_root: Path, tmp_path: Path):
-    data_dir = tmp_path / "var"
-    shutil.copytree(small_index_root, data_dir / "indexes")
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=sqlite_url,
-        admin_api_key="s3cret",
-        policy_backend="none",
-        index_type="hnsw",
-    )
-    with TestClient(create_app(settings)) as client:
+    with make_api_client(sqlite_url, small_index_root, tmp_path, index_type="hnsw") as client:
         yield client
 
 

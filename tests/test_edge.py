@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,35 +14,26 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service.api.app import create_app
 from service.db.engine import session_scope
 from service.db.models import Event, Search
 from service.logs import configure_logging
 from service.security import WeakAdminKey, check_admin_key, ensure_admin_key
 from service.settings import Settings, get_settings
+from tests.conftest import make_api_client
 
 KEY = {"Authorization": "Bearer s3cret"}
 OSPO = str(Path(sys.executable).with_name("ospo"))
 
 
 def _client(sqlite_url: str, index_root: Path, tmp_path: Path, **overrides) -> TestClient:
-    data_dir = tmp_path / "var"
-    shutil.copytree(index_root, data_dir / "indexes")
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=sqlite_url,
-        admin_api_key="s3cret",
-        policy_backend="none",
-        search_log_background=False,
-        **overrides,
+    return make_api_client(
+        sqlite_url, index_root, tmp_path, search_log_background=False, **overrides
     )
-    return TestClient(create_app(settings))
 
 
 @pytest.fixture
 def client(sqlite_url: str, small_index_root: Path, tmp_path: Path):
     with _client(sqlite_url, small_index_root, tmp_path, max_body_bytes=4096) as c:
-        c.db_url = sqlite_url  # type: ignore[attr-defined]
         yield c
 
 
