@@ -46,7 +46,7 @@ class Supervisor:
             )
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stopping = True
+        self._stopping = True  # a signal from now on is no news (see run's handler)
         # SIGTERM every group first so they shut down in parallel, then collect each.
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
@@ -58,7 +58,11 @@ class Supervisor:
 
     def run(self) -> int:
         def _on_signal(signum: int, _frame: object) -> None:
-            raise KeyboardInterrupt
+            # Once only: `make up` forwards its own SIGTERM to us, so a group kill arrives
+            # twice, and a second interrupt inside stop() would orphan the children.
+            if not self._stopping:
+                self._stopping = True
+                raise KeyboardInterrupt
 
         # SIGINT explicitly too: a shell starting `make up` in the background leaves SIGINT
         # ignored, and Python then never raises KeyboardInterrupt on its own.

@@ -58,3 +58,19 @@ def test_one_child_exiting_stops_the_others(tmp_path: Path) -> None:
     assert proc.wait(30) == 3
     assert all(_gone(p) for p in pids)
     assert b"bad exited with 3" in proc.stdout.read()
+
+
+def test_a_second_signal_while_stopping_still_stops_everyone(tmp_path: Path) -> None:
+    """`make up` forwards its own SIGTERM, so a group kill reaches the supervisor twice: the
+    second one, arriving while it waits for slow children, must not cut the stop short."""
+    slow = [sys.executable, "-c", "import signal, sys, time; "
+            "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(0))); "
+            "time.sleep(120)"]  # fmt: skip
+    proc = _supervise(tmp_path, f"[('a', {slow!r}), ('b', {slow!r})]")
+    pids = _children_pids(tmp_path, proc, 2)
+    time.sleep(0.5)  # the children have installed their handlers
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the supervisor is now waiting for them
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.stdout.read()
+    assert all(_gone(p) for p in pids)
