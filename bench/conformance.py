@@ -27,7 +27,7 @@ import httpx
 
 from service.db.migrate import upgrade
 from service.policy.server import free_port
-from service.processes import stop_group
+from service.processes import GroupChild
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -49,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "OSPO_DATA_DIR": str(work), "OSPO_POLICY_BACKEND": "none", "OSPO_ADMIN_API_KEY": KEY,
         "OSPO_RATE_LIMIT_SEARCH": "", "OSPO_RATE_LIMIT_EVENTS": "", "OSPO_WORKER_TIMEOUT_S": "3",
     })  # fmt: skip
-    api = subprocess.Popen(
-        [str(BIN / "ospo"), "serve", "--port", str(port)], env=env,
-        stdout=(work / "api.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    api = GroupChild([str(BIN / "ospo"), "serve", "--port", str(port)], env, work / "api.log")
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -70,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         seconds = time.monotonic() - started
     finally:
-        stop_group(api, 30)
+        api.stop(30)
     print(run.stdout[-4000:])
     cases = re.search(r"(\d+) generated, (\d+) (?:passed|found)", run.stdout)
     result = {

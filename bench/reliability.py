@@ -25,12 +25,10 @@ Run: `.venv/bin/python bench/reliability.py` (about 10 minutes; --help for optio
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +47,7 @@ from service.db.engine import session_scope
 from service.db.migrate import upgrade
 from service.db.models import Event, Search
 from service.policy.server import free_port
-from service.processes import signal_group, stop_group
+from service.processes import GroupChild
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -64,43 +62,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-class Proc:
-    """A child in its own process group, its output in a log file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.argv, self.env, self.log_path = argv, env, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
-        self.proc = subprocess.Popen(
-            self.argv, env={**clean, **self.env}, stdout=self.log_path.open("ab"),
-            stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        """SIGKILL the group and the groups of its children (`ospo policy serve` starts vLLM in
-        a session of its own)."""
-        assert self.proc is not None
-        children = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout.split()
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                signal_group(os.getpgid(int(pid)), signal.SIGKILL)
-        signal_group(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc, 60)
+def child(argv: list[str], env: dict[str, str], log_path: Path) -> GroupChild:
+    """A command with this environment minus OSPO_* plus `env`, from the repository root."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
+    return GroupChild(argv, {**clean, **env}, log_path, cwd=ROOT)
 
 
-def wait_http(url: str, proc: Proc, timeout: float = 300) -> None:
+def wait_http(url: str, proc: GroupChild, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.proc is not None and proc.proc.poll() is None, proc.log_path.read_text()[-3000:]
+        assert proc.alive(), proc.tail()
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -139,8 +110,8 @@ def restart_postgres() -> None:
     )  # fmt: skip
 
 
-def redis_server(port: int, log_path: Path) -> Proc:
-    proc = Proc(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+def redis_server(port: int, log_path: Path) -> GroupChild:
+    proc = child(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no"], {}, log_path)  # fmt: skip
     for _ in range(100):
         ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True)
@@ -189,11 +160,9 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
         "OSPO_RATE_LIMIT_EVENTS": "",
         "OSPO_LOG_LEVEL": "WARNING",
     }
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     cleanup: list[Callable[[], None]] = []
     fault: Callable[[], dict[str, Any]] | None = None
-    extra: list[Proc] = []
+    extra: list[GroupChild] = []
     if name == "load_sqlite" or name == "vllm_restart":
         url = f"sqlite:///{data / 'ospo.db'}"
     else:
@@ -212,6 +181,7 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
 
         def fault() -> dict[str, Any]:
             redis.kill()
+            redis.proc.wait(10)
             time.sleep(5)
             redis.start()
             return {"fault": "redis killed (SIGKILL), started again after 5 s"}
@@ -234,13 +204,14 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
             "OSPO_SERVE_BASE_POLICY": "true", "OSPO_REWRITE_MISSES": "background",
             "OSPO_REWRITE_BUDGET_MS": "0",
         })  # fmt: skip
-        vllm = Proc([OSPO, "policy", "serve"], env, data / "vllm.log")
+        vllm = child([OSPO, "policy", "serve"], env, data / "vllm.log")
         extra.append(vllm)
         log("vLLM starting")
         wait_http(f"http://127.0.0.1:{vport}/health", vllm, timeout=600)
 
         def fault() -> dict[str, Any]:
-            vllm.kill()
+            vllm.kill(sessions=True)
+            vllm.proc.wait(10)
             assert not _answers(f"http://127.0.0.1:{vport}/health"), "vLLM survived the kill"
             seen_down = _policy_degraded(base, wait_s=15)
             time.sleep(5)
@@ -258,7 +229,11 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
                 "readyz_recovered": not _policy_degraded(base),
             }
 
-    api = Proc(
+    # Chosen once the other servers listen, so that free_port cannot hand out their ports; the
+    # fault closures above read `base` when they run.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = child(
         [OSPO, "serve", "--port", str(port), "--workers", str(args.api_workers)],
         env,
         data / "api.log",

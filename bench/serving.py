@@ -46,7 +46,6 @@ import platform
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from service.processes import stop_group
+from service.processes import GroupChild
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -264,29 +263,15 @@ def compute_floor(args: argparse.Namespace, workdir: Path, pool: list[str]) -> d
 # ---------------------------------------------------------------------------- processes
 
 
-class GroupProcess:
+class GroupProcess(GroupChild):
     """An `ospo` command in its own process group (OSPO_* from `env` only), stopped with it."""
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
-        self.proc = subprocess.Popen(
-            argv,
-            env={**clean, **env},
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__(argv, {**clean, **env}, log_path, cwd)
 
     def tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self) -> None:
-        stop_group(self.proc, 30)
-        self._log.close()
+        return super().tail(n)
 
 
 class ApiProcess(GroupProcess):

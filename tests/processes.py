@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -12,37 +10,21 @@ from pathlib import Path
 
 import httpx
 
-from service.processes import signal_group, stop_group
+from service.processes import GroupChild
 
 ROOT = Path(__file__).resolve().parents[1]
 OSPO = str(Path(sys.executable).with_name("ospo"))
 
 
-class Child:
+class Child(GroupChild):
+    """A project command for a test: this environment plus `env`, run from the repository."""
+
     def __init__(self, argv: list[str], env: Mapping[str, str], log: Path) -> None:
         self.log = log
-        self._fh = log.open("ab")
-        self.proc = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            cwd=ROOT,
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__(argv, {**os.environ, **env}, log, cwd=ROOT)
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        signal_group(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        stop_group(self.proc, timeout)
-        self._fh.close()
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+    def stop(self, timeout: float = 20.0) -> int | None:
+        return super().stop(timeout)
 
 
 def wait_http(url: str, child: Child, timeout: float = 120.0) -> None:

@@ -24,7 +24,9 @@ from service.adapters.registry import register_adapter
 from service.api.app import create_app
 from service.db.engine import session_scope
 from service.db.models import Adapter, Event
+from service.processes import GroupChild
 from service.settings import Settings
+from tests.conftest import make_api_client
 
 KEY = {"Authorization": "Bearer s3cret"}
 
@@ -120,19 +122,12 @@ def test_postgres_restart_acknowledges_only_what_it_stores(
 
     url, schema = _fresh_pg_schema(pg_base_url)
     upgrade(url)
-    shutil.copytree(small_index_root, tmp_path / "var" / "indexes")
-    settings = Settings(
-        data_dir=tmp_path / "var",
-        database_url=url,
-        admin_api_key="s3cret",
-        policy_backend="none",
-        rate_limit_search="",
-        rate_limit_events="",
-    )
     acked, refused, searched, errors = 0, 0, [], []
     stop = threading.Event()
     try:
-        with TestClient(create_app(settings)) as client:
+        with make_api_client(
+            url, small_index_root, tmp_path, rate_limit_search="", rate_limit_events=""
+        ) as client:
             sid = client.post("/v1/search", json={"query": "usb hub"}).json()["search_id"]
 
             def traffic() -> None:
@@ -171,21 +166,13 @@ def test_postgres_restart_acknowledges_only_what_it_stores(
         _drop_pg_schema(pg_base_url, schema)
 
 
-def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server binary to run a private Redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+def _until_redis_answers(redis: GroupChild, port: int) -> None:
     deadline = time.monotonic() + 20
     while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout != (
         b"PONG\n"
     ):
-        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-500:]
+        assert time.monotonic() < deadline and redis.alive(), redis.tail()
         time.sleep(0.1)
-    return proc
 
 
 def test_redis_restart_fails_no_search_and_the_broker_reconnects(
@@ -196,21 +183,22 @@ def test_redis_restart_fails_no_search_and_the_broker_reconnects(
     a training run is queued through the broker afterwards."""
     from service.policy.server import free_port
 
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary to run a private Redis")
     port = free_port()
-    redis = _redis_server(port, tmp_path / "redis.log")
-    shutil.copytree(small_index_root, tmp_path / "var" / "indexes")
-    settings = Settings(
-        data_dir=tmp_path / "var",
-        database_url=sqlite_url,
-        admin_api_key="s3cret",
-        policy_backend="none",
-        redis_url=f"redis://127.0.0.1:{port}/0",
-        rate_limit_search="100000/second",
-    )
+    redis = GroupChild(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        dict(os.environ), tmp_path / "redis.log",
+    )  # fmt: skip
+    _until_redis_answers(redis, port)
     statuses: list[int] = []
     stop = threading.Event()
     try:
-        with TestClient(create_app(settings)) as client:
+        with make_api_client(
+            sqlite_url, small_index_root, tmp_path,
+            redis_url=f"redis://127.0.0.1:{port}/0", rate_limit_search="100000/second",
+        ) as client:  # fmt: skip
 
             def traffic() -> None:
                 while not stop.is_set():
@@ -221,9 +209,10 @@ def test_redis_restart_fails_no_search_and_the_broker_reconnects(
             worker.start()
             time.sleep(1.0)
             redis.kill()
-            redis.wait(10)
+            redis.proc.wait(10)
             time.sleep(2.0)
-            redis = _redis_server(port, tmp_path / "redis.log")
+            redis.start()
+            _until_redis_answers(redis, port)
             time.sleep(1.0)
             stop.set()
             worker.join(60)
@@ -232,4 +221,4 @@ def test_redis_restart_fails_no_search_and_the_broker_reconnects(
         assert queued.status_code == 202, queued.text
         print(f"{len(statuses)} searches across the Redis restart, all 200")
     finally:
-        redis.kill()
+        redis.stop()
