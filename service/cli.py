@@ -152,8 +152,9 @@ def bootstrap() -> None:
         ingest_labels(url, "chorus", DEMO_DATA / "chorus_icecat" / "Broad_Query_Set_rated.csv")
         ingest_catalog(url, "esci", DEMO_DATA / "esci" / "sample_2c_full_data.csv")
     version = current_version(s.index_dir)
-    if empty or version is None or not read_manifest(s.index_dir / version).lexical:
-        index_build()  # also upgrades a version built before the lexical arm existed
+    manifest = read_manifest(s.index_dir / version) if version is not None else None
+    if empty or manifest is None or not (manifest.lexical and manifest.facets):
+        index_build()  # also upgrades a version built before the lexical arm or facets existed
     console.print("ready")
 
 

@@ -111,3 +111,25 @@ class RunStatus(StrEnum):
     @classmethod
     def finished(cls) -> tuple[RunStatus, ...]:
         return (cls.promoted, cls.rejected, cls.failed)
+
+
+class RuleKind(StrEnum):
+    """A merchandising rule (stored in `rules`, edited through /admin/rules)."""
+
+    synonym = "synonym"  # interchangeable terms: each adds the others to the lexical arm's query
+    pin = "pin"  # these products first, in this order, for one normalised query
+    hide = "hide"  # these products never shown for one normalised query
+
+
+class ComparisonStatus(StrEnum):
+    """An interleaved comparison of a candidate adapter with what serves."""
+
+    running = "running"
+    won = "won"  # the preference's interval excludes zero in the candidate's favour
+    lost = "lost"  # ... against it
+    expired = "expired"  # the traffic or time budget ran out first
+    aborted = "aborted"  # stopped by hand, or what served changed underneath it
+
+    @classmethod
+    def finished(cls) -> tuple[ComparisonStatus, ...]:
+        return (cls.won, cls.lost, cls.expired, cls.aborted)

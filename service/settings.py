@@ -103,6 +103,24 @@ class Settings(BaseSettings):
         "answering it.",
     )
 
+    rules_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often each API process reloads the merchandising rules (an edit made "
+        "through a process applies there at once).",
+    )
+    explore_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of searches that randomise one adjacent pair of the top "
+        "`explore_positions` (half of them shown swapped): what position-debiased interaction "
+        "labels estimate examination propensities from. 0 turns exploration off.",
+    )
+    explore_positions: int = Field(
+        5, ge=2, le=100, description="Exploration draws the pair (k, k+1) within these ranks."
+    )
+
     policy_backend: Literal["vllm", "local", "none"] = Field(
         "vllm",
         description="Who rewrites queries: a vLLM server, in-process transformers, or nobody.",
@@ -203,6 +221,13 @@ class Settings(BaseSettings):
     label_weight_purchase: float = Field(1.0, ge=0, description="Gain of a purchased product.")
     label_min_support: int = Field(
         2, ge=1, description="Engaged searches needed before a (query, product) is labelled."
+    )
+    label_estimator: Literal["auto", "plain", "debiased"] = Field(
+        "auto",
+        description="Gains of interaction labels: 'plain' engagement averages; 'debiased' "
+        "weights each engagement by the inverse examination propensity of its rank, estimated "
+        "from the randomised swaps of exploring searches (trainer/propensity.py); 'auto' is "
+        "debiased once every explored pair of ranks has its minimum support, plain until then.",
     )
     train_overrides: dict[str, Any] = Field(
         default_factory=dict,

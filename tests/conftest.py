@@ -15,6 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Exploration swaps a random adjacent pair in 5% of searches; tests that compare rankings
+# need them as ranked (the exploration tests turn it on themselves).
+os.environ.setdefault("OSPO_EXPLORE_SHARE", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -119,6 +122,7 @@ def esci_records():
 def small_index_root(tmp_path_factory: pytest.TempPathFactory, esci_records) -> Path:
     """An index of the 392 ESCI sample products (real text, real embedder), built once."""
     from service.retrieval.embedder import get_embedder
+    from service.retrieval.facets import FacetTable
     from service.retrieval.index import write_index
 
     products = [p for p, _ in esci_records if p is not None]
@@ -132,6 +136,7 @@ def small_index_root(tmp_path_factory: pytest.TempPathFactory, esci_records) -> 
         emb.name,
         "flat",
         lexical_texts=[p.search_text for p in products],
+        facets=FacetTable.build([p.brand for p in products], [p.attributes for p in products]),
     )
     return root
 

@@ -14,13 +14,22 @@ import pytest
 from sqlalchemy import inspect
 
 from service.db.engine import get_engine
-from service.domain import AdapterStatus, EventType, RewriteOrigin, RunStatus
+from service.domain import (
+    AdapterStatus,
+    ComparisonStatus,
+    EventType,
+    RewriteOrigin,
+    RuleKind,
+    RunStatus,
+)
 
 CHECKED = [
     ("events", "ck_event_type", EventType),
     ("adapters", "ck_adapter_status", AdapterStatus),
     ("training_runs", "ck_run_status", RunStatus),
     ("rewrites", "ck_rewrite_origin", RewriteOrigin),
+    ("rules", "ck_rule_kind", RuleKind),
+    ("comparisons", "ck_comparison_status", ComparisonStatus),
 ]
 
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from service.api.edge import install_edge
 from service.api.errors import install_error_handlers
 from service.api.ratelimit import RateLimits
-from service.api.routers import admin, events, health, search
+from service.api.routers import admin, analytics, console, events, health, rules, search
 from service.background import BackgroundLoop
 from service.policy.protocol import Policy
 from service.retrieval.batcher import SearchBatcher
@@ -20,7 +20,8 @@ from service.rewriting.rewrite import IdentityRewriter, Rewriter
 from service.rewriting.rewriter import PolicyRewriter
 from service.services.admin import IndexRebuilds
 from service.services.promotion import ServingAdapters
-from service.services.search import SearchService
+from service.services.rules import RuleCache
+from service.services.search import Exploration, SearchService
 from service.services.search_log import SearchLogWriter
 from service.settings import Settings, get_settings
 from service.state import RetrieverHolder
@@ -70,6 +71,12 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     rewriter = _make_rewriter(settings, policy)
     batcher = SearchBatcher(retrievers.get, settings.search_max_batch, settings.search_window_ms)
     search_log = SearchLogWriter(settings.resolved_database_url, settings.search_log_background)
+    rule_cache = RuleCache(settings.resolved_database_url)
+    # Rules edited through another process arrive within `rules_refresh_s`; a failed reload
+    # keeps the last rule book.
+    rules_watcher = BackgroundLoop(
+        "rules watcher", lambda: to_thread.run_sync(rule_cache.reload), settings.rules_refresh_s
+    )
     # A new CURRENT index version written by another process (rebuild, CLI) is picked up here;
     # a failed refresh keeps serving the old index.
     index_watcher = BackgroundLoop(
@@ -83,6 +90,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(retrievers.refresh)
         index_watcher.start()
+        rules_watcher.start()
         batcher.start()
         search_log.start()
         await rewriter.start()
@@ -93,6 +101,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
             await batcher.stop()
             await to_thread.run_sync(search_log.stop)
             await index_watcher.stop()
+            await rules_watcher.stop()
 
     app = FastAPI(
         title="OSPO Search",
@@ -103,7 +112,15 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     app.state.settings = settings
     app.state.retrievers = retrievers
     app.state.search_log = search_log
-    app.state.search_service = SearchService(search_log, retrievers, rewriter, batcher)
+    app.state.rule_cache = rule_cache
+    app.state.search_service = SearchService(
+        search_log,
+        retrievers,
+        rewriter,
+        batcher,
+        rule_cache,
+        Exploration(settings.explore_share, settings.explore_positions),
+    )
     app.state.rewriter = rewriter
     app.state.index_rebuilds = IndexRebuilds(settings, retrievers)
     app.state.serving_adapters = ServingAdapters(
@@ -116,4 +133,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(rules.router)
+    app.include_router(analytics.router)
+    app.include_router(console.router)
     return app

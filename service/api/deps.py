@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 from service.errors import Unauthorized
 from service.services.admin import IndexRebuilds
 from service.services.promotion import ServingAdapters
+from service.services.rules import RuleCache
 from service.services.search import SearchService
 from service.services.search_log import SearchLogWriter
 from service.settings import Settings
@@ -40,6 +41,10 @@ def _serving_adapters(request: Request) -> ServingAdapters:
     return request.app.state.serving_adapters
 
 
+def _rule_cache(request: Request) -> RuleCache:
+    return request.app.state.rule_cache
+
+
 def require_admin(
     settings: Annotated[Settings, Depends(_settings)],
     authorization: Annotated[str | None, Header()] = None,
@@ -56,4 +61,5 @@ SearchLogDep = Annotated[SearchLogWriter, Depends(_search_log)]
 RetrieversDep = Annotated[RetrieverHolder, Depends(_retrievers)]
 IndexRebuildsDep = Annotated[IndexRebuilds, Depends(_index_rebuilds)]
 ServingAdaptersDep = Annotated[ServingAdapters, Depends(_serving_adapters)]
+RuleCacheDep = Annotated[RuleCache, Depends(_rule_cache)]
 AdminDep = Depends(require_admin)

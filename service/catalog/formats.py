@@ -133,9 +133,11 @@ def parse_wands_products(path: Path) -> Iterator[tuple[ProductRecord, None]]:
 
 def _icecat_product(obj: dict[str, Any]) -> ProductRecord:
     attrs = {k: v for k, v in obj.items() if k.startswith("attr_") and v not in (None, "")}
-    for k in ("name", "price", "date_released", "ean", "img_500x500"):
+    for k in ("name", "date_released", "ean", "img_500x500"):
         if obj.get(k) not in (None, ""):
             attrs[k] = obj[k]
+    if isinstance(obj.get("price"), int | float):
+        attrs["price"] = obj["price"] / 100  # Icecat gives cents; filters speak currency units
     return ProductRecord(
         id=str(obj["id"]),
         title=_clean(obj.get("title")) or str(obj.get("name") or obj["id"]),

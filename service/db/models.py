@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -20,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from service.domain import AdapterStatus, EventType, RunStatus
+from service.domain import AdapterStatus, ComparisonStatus, EventType, RuleKind, RunStatus
 
 
 def utcnow() -> datetime:
@@ -84,6 +85,16 @@ class Search(Base):
     user_id: Mapped[str | None] = mapped_column(String(128))
     session_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # {"brand": [...], "price": {...}, "attributes": {...}} as the request gave them.
+    filters: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    rules: Mapped[list[Any] | None] = mapped_column(JSON)  # ids of the rules that fired
+    # Interleaved searches: the comparison and, per shown position, the side that put it there.
+    comparison_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    teams: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Exploration (trainer/propensity.py): the 1-based pair (k, k+1) drawn, and whether it was
+    # shown swapped.
+    explore_pair: Mapped[int | None] = mapped_column(Integer)
+    explore_swapped: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class Event(Base):
@@ -95,6 +106,8 @@ class Event(Base):
     product_id: Mapped[str] = mapped_column(String(64))
     type: Mapped[EventType] = mapped_column(String(16))
     ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    # 1-based rank of the product in the search's results (None: it was not shown).
+    position: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -159,3 +172,37 @@ class StoredRewrite(Base):
     raw_completion: Mapped[str] = mapped_column(Text, default="")
     origin: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Rule(Base):
+    __tablename__ = "rules"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[RuleKind] = mapped_column(String(16))
+    query: Mapped[str | None] = mapped_column(String(512), index=True)  # normalised; None: synonym
+    terms: Mapped[list[Any]] = mapped_column(default=list)  # a synonym group
+    product_ids: Mapped[list[Any]] = mapped_column(default=list)  # pinned (in order) or hidden
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Comparison(Base):
+    """An interleaved comparison of a candidate adapter with what serves (trainer/interleave)."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(String(36))
+    candidate: Mapped[str] = mapped_column(String(128))
+    baseline: Mapped[str | None] = mapped_column(String(128))  # None: the raw query serves
+    status: Mapped[ComparisonStatus] = mapped_column(
+        String(16), default=ComparisonStatus.running, index=True
+    )
+    share: Mapped[float] = mapped_column(Float)  # of live searches interleaved
+    max_searches: Mapped[int] = mapped_column(Integer)
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime())
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

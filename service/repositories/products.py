@@ -44,6 +44,18 @@ def iter_search_texts(session: Session, batch: int = 5000) -> Iterator[tuple[str
         yield row.id, row.title, row.search_text
 
 
+def iter_index_rows(
+    session: Session, batch: int = 5000
+) -> Iterator[tuple[str, str, str, str | None, dict]]:
+    """(id, title, search_text, brand, attributes) for every product, in id order (the index's
+    row order): what an index version holds, facets included."""
+    stmt = select(
+        Product.id, Product.title, Product.search_text, Product.brand, Product.attributes
+    ).order_by(Product.id)
+    for row in session.execute(stmt.execution_options(yield_per=batch)):
+        yield row.id, row.title, row.search_text, row.brand, row.attributes or {}
+
+
 def existing_ids(session: Session, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()

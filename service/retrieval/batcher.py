@@ -17,9 +17,10 @@ from anyio import to_thread
 
 from service.background import BackgroundLoop
 from service.domain import RetrievalMode
-from service.retrieval.index import Hit, Retriever
+from service.retrieval.facets import Filters
+from service.retrieval.index import Ranking, Retriever
 
-Answer = tuple[list[Hit], Retriever, RetrievalMode, dict[str, float]]
+Answer = tuple[Ranking, Retriever, RetrievalMode, dict[str, float]]
 
 
 @dataclass
@@ -27,6 +28,9 @@ class _Pending:
     text: str
     k: int
     mode: RetrievalMode | None
+    lexical_text: str | None
+    filters: Filters | None
+    candidates: bool
     future: asyncio.Future[Answer]
 
 
@@ -45,23 +49,48 @@ class SearchBatcher:
     async def stop(self) -> None:
         await self._loop.stop()
 
-    async def search(self, text: str, k: int, mode: RetrievalMode | None = None) -> Answer:
-        """Top-k hits for `text`, the retriever (index version) and mode that produced them, and
-        the batch's milliseconds per arm."""
+    async def search(
+        self,
+        text: str,
+        k: int,
+        mode: RetrievalMode | None = None,
+        *,
+        lexical_text: str | None = None,
+        filters: Filters | None = None,
+        candidates: bool = False,
+    ) -> Answer:
+        """The top-k ranking of `text` (see `Retriever.rank` for the keyword arguments), the
+        retriever (index version) and mode that produced it, and the batch's ms per arm."""
+        pending = _Pending(text, k, mode, lexical_text, filters, candidates, None)  # type: ignore[arg-type]
         if self._queue is None:  # not started (no event loop task): search directly
-            return (await self._search_batch(self._get_retriever(), [text], k, mode))[0]
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(text, k, mode, future))
-        return await future
+            return (await self._search_batch(self._get_retriever(), [pending], mode))[0]
+        pending.future = asyncio.get_running_loop().create_future()
+        await self._queue.put(pending)
+        return await pending.future
 
     @staticmethod
     async def _search_batch(
-        retriever: Retriever, texts: list[str], k: int, mode: RetrievalMode | None
+        retriever: Retriever, group: list[_Pending], mode: RetrievalMode | None
     ) -> list[Answer]:
         chosen = retriever.resolve_mode(mode)
         timings: dict[str, float] = {}
-        hits = await to_thread.run_sync(retriever.search_many, texts, k, chosen, timings)
-        return [(h, retriever, chosen, timings) for h in hits]
+
+        def rank() -> list[Ranking]:
+            return retriever.rank(
+                [p.text for p in group],
+                max(p.k for p in group),
+                chosen,
+                timings,
+                lexical_texts=[p.lexical_text or p.text for p in group],
+                filters=[p.filters for p in group],
+                candidates=any(p.candidates for p in group),
+            )
+
+        rankings = await to_thread.run_sync(rank)
+        return [
+            (Ranking(r.rows[: p.k], r.scores[: p.k], r.candidates), retriever, chosen, timings)
+            for p, r in zip(group, rankings, strict=True)
+        ]
 
     async def _next_batch(self) -> None:
         assert self._queue is not None
@@ -92,14 +121,12 @@ class SearchBatcher:
             by_mode.setdefault(p.mode, []).append(p)
         for mode, group in by_mode.items():
             try:
-                answers = await self._search_batch(
-                    retriever, [p.text for p in group], max(p.k for p in group), mode
-                )
+                answers = await self._search_batch(retriever, group, mode)
             except Exception as e:  # noqa: BLE001 - every waiter gets the error, loop goes on
                 for p in group:
                     if not p.future.done():
                         p.future.set_exception(e)
                 continue
-            for p, (hits, r, chosen, timings) in zip(group, answers, strict=True):
+            for p, answer in zip(group, answers, strict=True):
                 if not p.future.done():
-                    p.future.set_result((hits[: p.k], r, chosen, timings))
+                    p.future.set_result(answer)

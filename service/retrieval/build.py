@@ -8,8 +8,9 @@ import numpy as np
 from rich.progress import Progress
 
 from service.db.engine import session_scope
-from service.repositories.products import iter_search_texts
+from service.repositories.products import iter_index_rows
 from service.retrieval.embedder import Embedder
+from service.retrieval.facets import FacetTable
 from service.retrieval.index import (
     IndexNotFoundError,
     Manifest,
@@ -67,7 +68,7 @@ def build_index_from_db(
     activate: bool = True,
 ) -> Manifest:
     with session_scope(database_url) as session:
-        rows = list(iter_search_texts(session))
+        rows = list(iter_index_rows(session))
     if not rows:
         raise ValueError("the catalog is empty: ingest products before building an index")
     ids = [r[0] for r in rows]
@@ -91,4 +92,5 @@ def build_index_from_db(
         activate,
         lexical_texts=texts,
         text_hashes=hashes,
+        facets=FacetTable.build([r[3] for r in rows], [r[4] for r in rows]),
     )

@@ -7,12 +7,19 @@ Layout under `<data_dir>/indexes/`:
     <version>/embeddings.npy   (N, dim) float32, for pooled rewards and exact re-ranking
     <version>/text_hashes.json hash of each row's embedded text (a rebuild re-embeds only changes)
     <version>/lexical/         the BM25 index of the same rows (service/retrieval/lexical.py)
+    <version>/facets/          brand, price and attribute columns for filters and facets
+                               (service/retrieval/facets.py)
     <version>/manifest.json    embedder, dimension, count, kind, checksum, version, created_at
     CURRENT                    name of the serving version, replaced atomically
 
 One version holds both arms: a version is written in full under a temporary name and renamed,
 and CURRENT flips to it, so the dense and lexical arms are always from the same catalogue.
 A search ranks with `mode` dense, lexical or hybrid (both arms fused, service/retrieval/fusion.py).
+Filters restrict both arms to the admitted rows *before* ranking: the lexical arm scores every row
+anyway and zeroes the others; the dense arm asks FAISS with an ID selector (exact for flat; for
+HNSW the graph walk may starve under a tight filter, so whenever it returns fewer than it should
+we rank the admitted rows exactly from the stored embeddings). A filter therefore never returns
+fewer than k results when k admitted rows match.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 
 from service.domain import RetrievalMode
 from service.retrieval.embedder import Embedder
+from service.retrieval.facets import FACETS_DIRNAME, FacetTable, Filters
 from service.retrieval.fusion import Arm, FusionConfig, fuse
 from service.retrieval.lexical import LEXICAL_DIRNAME, LexicalIndex
 
@@ -57,6 +65,7 @@ class Manifest:
     created_at: float
     hnsw_m: int | None = None
     lexical: bool = False  # the version carries a lexical arm (versions before it do not)
+    facets: bool = False  # the version carries filter and facet columns
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,7 @@ def write_index(
     *,
     lexical_texts: Sequence[str] | None = None,
     text_hashes: Sequence[str] | None = None,
+    facets: FacetTable | None = None,
 ) -> Manifest:
     """Write a new index version (dense arm, and the lexical arm over ``lexical_texts``)."""
     if len(ids) != len(titles) or len(ids) != vectors.shape[0]:
@@ -132,6 +142,7 @@ def write_index(
         created_at=time.time(),
         hnsw_m=hnsw_m if kind == "hnsw" else None,
         lexical=lexical_texts is not None,
+        facets=facets is not None,
     )
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{version}-{os.getpid()}"
@@ -145,6 +156,8 @@ def write_index(
             (tmp / "text_hashes.json").write_text(json.dumps(list(text_hashes)))
         if lexical_texts is not None:
             LexicalIndex.build(lexical_texts).save(tmp / LEXICAL_DIRNAME)
+        if facets is not None:
+            facets.save(tmp / FACETS_DIRNAME)
         (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
@@ -182,6 +195,13 @@ class Ranking:
 
     rows: np.ndarray  # (m,) int64
     scores: np.ndarray  # (m,) float
+    # The ranked candidate set the top k was cut from (each arm's depth, fused): facets count it.
+    candidates: np.ndarray | None = None
+
+
+# Below this many admitted rows the dense arm ranks them exactly: cheaper than walking a graph
+# or scanning the whole flat index for a handful of survivors.
+EXACT_FILTER_ROWS = 4096
 
 
 class Retriever:
@@ -216,6 +236,8 @@ class Retriever:
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self._embeddings: np.ndarray | None = None
         self.lexical = LexicalIndex.load(path / LEXICAL_DIRNAME) if self.manifest.lexical else None
+        self.facets = FacetTable.load(path / FACETS_DIRNAME) if self.manifest.facets else None
+        self.ef_search = ef_search
         self.mode = RetrievalMode(mode)
         self.fusion = fusion
 
@@ -263,6 +285,42 @@ class Retriever:
             )
         return chosen
 
+    def mask(self, filters: Filters | None) -> np.ndarray | None:
+        """(N,) bool of the rows `filters` admit; None when nothing is restricted."""
+        if filters is None or not filters.restricts():
+            return None
+        if self.facets is None:
+            raise ModeUnavailableError(
+                f"index {self.version} has no filter columns; rebuild it with `ospo index build`"
+            )
+        return self.facets.mask(filters, self.row_of)
+
+    def _dense_restricted(self, query: np.ndarray, mask: np.ndarray, depth: int) -> Arm:
+        """The dense arm over the admitted rows only (see module docstring)."""
+        allowed = np.flatnonzero(mask)
+        want = min(depth, allowed.size)
+        if want == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if allowed.size > EXACT_FILTER_ROWS:
+            bits = np.packbits(mask, bitorder="little")
+            selector = faiss.IDSelectorBitmap(mask.size, faiss.swig_ptr(bits))
+            if self.manifest.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(
+                    sel=selector, efSearch=max(self.ef_search, want)
+                )
+            else:
+                params = faiss.SearchParameters(sel=selector)
+            scores, rows = self.index.search(query[None, :], want, params=params)
+            keep = rows[0] >= 0
+            if int(keep.sum()) >= want:
+                return rows[0][keep].astype(np.int64), scores[0][keep]
+        exact = np.asarray(self.embeddings[allowed]) @ query
+        top = (
+            np.argpartition(-exact, want - 1)[:want] if want < exact.size else np.arange(exact.size)
+        )
+        top = top[np.lexsort((allowed[top], -exact[top]))]
+        return allowed[top].astype(np.int64), exact[top].astype(np.float32)
+
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, dim) → scores (B, k), rows (B, k) with -1 where the index has fewer than k items."""
         k = max(1, min(k, max(self.manifest.count, 1)))
@@ -275,36 +333,50 @@ class Retriever:
         k: int,
         mode: RetrievalMode | str | None = None,
         timings: dict[str, float] | None = None,
+        *,
+        lexical_texts: Sequence[str] | None = None,
+        filters: Sequence[Filters | None] | None = None,
+        candidates: bool = False,
     ) -> list[Ranking]:
         """Top-k rows of each text: one embedder call, one FAISS call, one BM25 pass for all.
 
+        ``lexical_texts`` replaces a text for the lexical arm only (synonym rules expand it);
+        ``filters`` restricts each text's rows (see module docstring); ``candidates`` asks for
+        each ranking's candidate set (every arm at the fusion depth), which facets count.
         ``timings`` (if given) receives milliseconds per arm: dense_ms, lexical_ms, fusion_ms.
         """
         if not texts:
             return []
         chosen = self.resolve_mode(mode)
-        depth = max(k, self.fusion.depth) if chosen == RetrievalMode.hybrid else k
+        wide = chosen == RetrievalMode.hybrid or candidates
+        depth = max(k, self.fusion.depth) if wide else k
+        masks = [self.mask(f) for f in filters] if filters is not None else [None] * len(texts)
         dense: list[Arm] = []
         lexical: list[Arm] = []
         t0 = time.perf_counter()
         if chosen != RetrievalMode.lexical:
-            scores, rows = self.search_vectors(self.embedder.encode(texts), depth)
-            dense = [(r[r >= 0], s[r >= 0]) for s, r in zip(scores, rows, strict=True)]
+            vectors = self.embedder.encode(texts)
+            scores, rows = self.search_vectors(vectors, depth)
+            dense = [
+                (r[r >= 0], s[r >= 0]) if m is None else self._dense_restricted(v, m, depth)
+                for v, s, r, m in zip(vectors, scores, rows, masks, strict=True)
+            ]
         t1 = time.perf_counter()
         if chosen != RetrievalMode.dense:
             assert self.lexical is not None  # resolve_mode guarantees it
-            lexical = self.lexical.search(texts, depth)
+            lexical = self.lexical.search(lexical_texts or texts, depth, masks)
         t2 = time.perf_counter()
         if chosen == RetrievalMode.dense:
-            out = [Ranking(r[:k].astype(np.int64), s[:k]) for r, s in dense]
+            pool = [(r.astype(np.int64), s) for r, s in dense]
         elif chosen == RetrievalMode.lexical:
-            out = [Ranking(r[:k], s[:k]) for r, s in lexical]
+            pool = lexical
         else:
             weights = (self.fusion.dense_weight, self.fusion.lexical_weight)
-            out = [
-                Ranking(*fuse((d, lx), weights, self.fusion, k))
+            pool = [
+                fuse((d, lx), weights, self.fusion, depth if candidates else k)
                 for d, lx in zip(dense, lexical, strict=True)
             ]
+        out = [Ranking(r[:k], s[:k], r if candidates else None) for r, s in pool]
         t3 = time.perf_counter()
         if timings is not None:
             if chosen != RetrievalMode.lexical:

@@ -3,7 +3,7 @@
 bm25s precomputes every (term, document) BM25 weight into a sparse matrix, so scoring a query
 is one sparse column slice and a sum: no inverted-list walking, numpy only, memory-mapped from
 disk. We score all documents of the version (``scores``) and take the top k ourselves; that is
-what lets the pooled training reward and, later, filters restrict the candidates exactly.
+what lets the pooled training reward and filters restrict the candidates exactly.
 
 Text processing (``analyze``): lower-case, words of ≥ 2 word characters, English stopwords
 removed, Snowball English stemming (PyStemmer). Queries and products go through the same
@@ -92,10 +92,18 @@ class LexicalIndex:
                 out[b] = self.model.get_scores_from_ids(ids)
         return out
 
-    def search(self, texts: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-k (rows, scores) per text, best first; rows with score 0 are not matches."""
+    def search(
+        self, texts: Sequence[str], k: int, masks: Sequence[np.ndarray | None] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k (rows, scores) per text, best first; rows with score 0 are not matches.
+
+        ``masks`` (one per text, None = every row) restricts a text to the admitted rows: every
+        row is scored anyway, so the others are simply zeroed before the top k is taken."""
         out = []
-        for row in self.scores(texts):
+        for b, row in enumerate(self.scores(texts)):
+            mask = masks[b] if masks is not None else None
+            if mask is not None:
+                row[~mask] = 0
             out.append(top_k(row, k))
         return out
 

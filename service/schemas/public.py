@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.domain import EventType, RetrievalMode, RewriteSource
+from service.domain import EventType, RetrievalMode, RewriteSource, RuleKind
 from service.schemas.text import text
 
 QueryText = text(512, required=True, strip=True)
@@ -15,6 +15,40 @@ ClientText = text(128)
 EventIdText = text(128, required=True, strip=True)
 SearchIdText = text(36, required=True)
 ProductIdText = text(64, required=True)
+FieldName = text(64, required=True, strip=True)
+FilterValue = text(256, required=True, strip=True)
+FilterValues = Annotated[list[FilterValue], Field(min_length=1, max_length=100)]
+
+
+class PriceRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = Field(None, ge=0, description="Lowest price admitted (inclusive).")
+    max: float | None = Field(None, ge=0, description="Highest price admitted (inclusive).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PriceRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"price.min ({self.min}) is above price.max ({self.max})")
+        return self
+
+
+class SearchFilters(BaseModel):
+    """Restrict the results. Values within a field are OR-ed, fields are AND-ed; values match
+    case-insensitively and exactly (use the values the answer's `facets` list). Products without
+    a price fail any price bound. Filtering happens inside retrieval, so a filtered search
+    returns k results whenever k products match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    brand: FilterValues | None = None
+    price: PriceRange | None = None
+    attributes: dict[FieldName, FilterValues] | None = Field(
+        None,
+        max_length=20,
+        description='Catalogue attribute → admitted values, e.g. {"product_colour": '
+        '["Black"]}; unknown attribute names are refused (422) with the list of known ones.',
+    )
 
 
 class SearchRequest(BaseModel):
@@ -29,12 +63,38 @@ class SearchRequest(BaseModel):
         description="Retrieval arms: dense, lexical or hybrid (fused); default: the "
         "deployment's OSPO_RETRIEVAL_MODE.",
     )
+    filters: SearchFilters | None = None
+    facets: list[FieldName] | None = Field(
+        None,
+        max_length=20,
+        description="Fields to count over the candidate set: brand, price and attribute names. "
+        "Default: brand, price and the catalogue's five most common attributes; [] for none.",
+    )
 
 
 class SearchResult(BaseModel):
     product_id: str
     title: str
     score: float
+    brand: str | None = None
+    price: float | None = None
+    pinned: bool = Field(False, description="Placed here by a pin rule, not by ranking.")
+
+
+class FacetCount(BaseModel):
+    value: str
+    count: int
+
+
+class NumericStats(BaseModel):
+    min: float
+    max: float
+    count: int = Field(description="Candidates that have a value.")
+
+
+class FiredRule(BaseModel):
+    id: int
+    kind: RuleKind
 
 
 class SearchResponse(BaseModel):
@@ -52,6 +112,17 @@ class SearchResponse(BaseModel):
     index_version: str
     retrieval_mode: RetrievalMode
     results: list[SearchResult]
+    facets: dict[str, list[FacetCount]] = Field(
+        default_factory=dict,
+        description="Per requested field, its most frequent values among the candidates the "
+        "results were ranked from (each arm's top 100 after filters, fused), most first.",
+    )
+    facet_stats: dict[str, NumericStats] = Field(
+        default_factory=dict, description="Range of each numeric field (price) among them."
+    )
+    rules: list[FiredRule] = Field(
+        default_factory=list, description="Merchandising rules that applied to this search."
+    )
     timings: dict[str, float] = Field(
         description="Milliseconds: rewrite, retrieve (with dense, lexical and fusion for the "
         "arms that ran, measured over the micro-batch the search joined), log, total."

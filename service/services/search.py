@@ -1,21 +1,100 @@
-"""The search use case: rewrite the query, retrieve, log the search."""
+"""The search use case: apply the rules, rewrite the query, retrieve, place pins, explore, count
+facets, log the search.
+
+Order of a search and why:
+1. Rules first (service/services/rules.py): hides become part of the filters, synonyms extend
+   the lexical arm's text, pins are fetched extra so k organic results remain after them.
+2. Filters are checked against the serving version's fields before the policy is asked, so a
+   misspelt field costs a 422, not a rewrite.
+3. Retrieval runs the rewrite (the rewrite and the training reward ignore filters: the policy
+   learns what a query means, the filters only narrow what may be shown).
+4. Pins go first; then, in a share of searches without pins, one adjacent pair of the top
+   ranks is randomised (half shown swapped) for the propensity estimator
+   (trainer/propensity.py). `product_ids` is logged as shown.
+"""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from service.db.models import utcnow
-from service.errors import Conflict, Unavailable
+from service.errors import Conflict, InvalidInput, Unavailable
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.retrieval.batcher import SearchBatcher
-from service.retrieval.index import ModeUnavailableError
+from service.retrieval.facets import PRICE, Filters, UnknownFieldError
+from service.retrieval.index import ModeUnavailableError, Retriever
 from service.rewriting.rewrite import Rewriter
-from service.schemas.public import SearchRequest, SearchResponse, SearchResult
+from service.schemas.public import (
+    FacetCount,
+    FiredRule,
+    NumericStats,
+    SearchFilters,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+)
+from service.services.rules import Applied, RuleCache
 from service.services.search_log import SearchLogWriter
 from service.state import RetrieverHolder
+
+
+@dataclass(frozen=True)
+class Exploration:
+    share: float = 0.0
+    positions: int = 5
+
+
+def to_filters(given: SearchFilters | None, hide: frozenset[str]) -> Filters:
+    if given is None:
+        return Filters(exclude=hide)
+    return Filters(
+        brand=tuple(given.brand or ()),
+        price_min=given.price.min if given.price else None,
+        price_max=given.price.max if given.price else None,
+        attributes=tuple((name, tuple(v)) for name, v in (given.attributes or {}).items()),
+        exclude=hide,
+    )
+
+
+def facet_fields(retriever: Retriever, req: SearchRequest) -> list[str]:
+    """The fields to count: the request's (checked), or the version's defaults."""
+    table = retriever.facets
+    wanted_filters = list((req.filters.attributes or {}) if req.filters else {})
+    restricting = req.filters is not None and (
+        req.filters.brand or req.filters.price or wanted_filters
+    )
+    if table is None:
+        if req.facets or restricting:
+            raise Conflict(
+                f"index {retriever.version} has no filter columns; rebuild it with "
+                "`ospo index build`"
+            )
+        return []
+    try:
+        table.check([*wanted_filters, *(req.facets or [])])
+    except UnknownFieldError as e:
+        raise InvalidInput(str(e)) from e
+    return table.default_facets() if req.facets is None else list(dict.fromkeys(req.facets))
+
+
+def place_pins(
+    retriever: Retriever, rows: list[int], pins: tuple[str, ...], filters: Filters, k: int
+) -> tuple[list[int], int]:
+    """(rows with the admitted pins first, how many pins were placed), cut to k."""
+    mask = retriever.mask(filters)
+    pinned = [
+        r
+        for pid in pins
+        if (r := retriever.row_of.get(pid)) is not None and (mask is None or mask[r])
+    ][:k]
+    organic = [r for r in rows if r not in set(pinned)]
+    return (pinned + organic)[:k], len(pinned)
 
 
 @dataclass
@@ -24,6 +103,16 @@ class SearchService:
     retrievers: RetrieverHolder
     rewriter: Rewriter
     batcher: SearchBatcher
+    rules: RuleCache
+    exploration: Exploration = Exploration()
+    rng: random.Random = field(default_factory=random.Random)
+
+    def _explore(self, n_shown: int, pinned: int) -> tuple[int | None, bool | None]:
+        """(k, swapped) of the pair drawn, or (None, None) when this search does not explore."""
+        top = min(self.exploration.positions, n_shown)
+        if pinned or top < 2 or self.rng.random() >= self.exploration.share:
+            return None, None
+        return self.rng.randint(1, top - 1), self.rng.random() < 0.5
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
@@ -35,13 +124,55 @@ class SearchService:
         except ModeUnavailableError as e:
             raise Conflict(str(e)) from e
         normalized = normalize_query(req.query)
+        applied: Applied = self.rules.book.apply(normalized)
+        filters = to_filters(req.filters, applied.hide)
+        facets = facet_fields(retriever, req)
         rewrite = await self.rewriter.rewrite(req.query, normalized)
         t1 = time.perf_counter()
+        lexical_text = " ".join((rewrite.text, *applied.lexical_additions))
         # The batch may run on a newer index than the one checked above: log the one used.
-        hits, retriever, mode, arm_ms = await self.batcher.search(rewrite.text, req.k, req.mode)
+        try:
+            ranking, retriever, mode, arm_ms = await self.batcher.search(
+                rewrite.text,
+                req.k + len(applied.pin),
+                req.mode,
+                lexical_text=lexical_text if applied.lexical_additions else None,
+                filters=filters,
+                candidates=bool(facets),
+            )
+        except UnknownFieldError as e:  # the version changed under the request
+            raise InvalidInput(str(e)) from e
+        except ModeUnavailableError as e:
+            raise Conflict(str(e)) from e
         t2 = time.perf_counter()
+        score_of = dict(zip(ranking.rows.tolist(), ranking.scores.tolist(), strict=True))
+        rows, pinned = place_pins(retriever, ranking.rows.tolist(), applied.pin, filters, req.k)
+        pair, swapped = self._explore(len(rows), pinned)
+        if swapped:
+            rows[pair - 1], rows[pair] = rows[pair], rows[pair - 1]
+        top_score = float(ranking.scores[0]) if ranking.scores.size else 0.0
+        table = retriever.facets
+        results = [
+            SearchResult(
+                product_id=retriever.ids[r],
+                title=retriever.titles[r],
+                score=top_score if i < pinned else score_of[r],
+                brand=table.brand_of(r) if table else None,
+                price=table.price_of(r) if table else None,
+                pinned=i < pinned,
+            )
+            for i, r in enumerate(rows)
+        ]
+        facet_counts: dict[str, list[FacetCount]] = {}
+        facet_stats: dict[str, NumericStats] = {}
+        if facets and table is not None and ranking.candidates is not None:
+            candidates = np.asarray(ranking.candidates, dtype=np.int64)
+            for name, pairs in table.counts(candidates, facets).items():
+                facet_counts[name] = [FacetCount(value=v, count=c) for v, c in pairs]
+            if PRICE in facets and (stats := table.price_stats(candidates)) is not None:
+                facet_stats[PRICE] = NumericStats(min=stats[0], max=stats[1], count=stats[2])
         search_id = str(uuid.uuid4())
-        latency_ms = (t2 - t0) * 1000
+        fired = [FiredRule(id=i, kind=kind) for i, kind in applied.fired]
         row = dict(
             id=search_id,
             query=req.query,
@@ -51,13 +182,17 @@ class SearchService:
             adapter=rewrite.adapter,
             prompt_version=rewrite.prompt_version,
             k=req.k,
-            product_ids=[h.product_id for h in hits],
-            scores=[round(h.score, 6) for h in hits],
+            product_ids=[r.product_id for r in results],
+            scores=[round(r.score, 6) for r in results],
             index_version=retriever.version,
-            latency_ms=latency_ms,
+            latency_ms=(t2 - t0) * 1000,
             user_id=req.user_id,
             session_id=req.session_id,
             created_at=utcnow(),
+            filters=req.filters.model_dump(exclude_none=True) if req.filters else None,
+            rules=[r.id for r in fired] or None,
+            explore_pair=pair,
+            explore_swapped=swapped,
         )
         self.log.submit(row)
         t3 = time.perf_counter()
@@ -76,9 +211,10 @@ class SearchService:
             index_version=retriever.version,
             expansion=rewrite.answer,
             retrieval_mode=mode,
-            results=[
-                SearchResult(product_id=h.product_id, title=h.title, score=h.score) for h in hits
-            ],
+            results=results,
+            facets=facet_counts,
+            facet_stats=facet_stats,
+            rules=fired,
             timings={
                 "rewrite_ms": round((t1 - t0) * 1000, 3),
                 "retrieve_ms": round((t2 - t1) * 1000, 3),

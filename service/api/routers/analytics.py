@@ -1,0 +1,69 @@
+"""Admin search analytics (bearer `OSPO_ADMIN_API_KEY`): `GET /admin/analytics`.
+
+Thin: validates the query parameters, calls the analytics service in a worker thread.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Query
+
+from service.api.deps import AdminDep, SettingsDep
+from service.schemas.analytics import AnalyticsOut
+from service.schemas.public import ErrorResponse
+from service.services import analytics
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["analytics"],
+    dependencies=[AdminDep],
+    responses={401: {"model": ErrorResponse}},
+)
+
+
+@router.get("/analytics", response_model=AnalyticsOut, responses={422: {"model": ErrorResponse}})
+async def search_analytics(
+    settings: SettingsDep,
+    days: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=analytics.MAX_DAYS,
+            description="The last `days` whole UTC days up to `until` (default 30); not with "
+            "`since`.",
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="Start of the window, inclusive (ISO 8601; no offset: UTC)."),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        Query(description="End of the window, exclusive (default: the start of tomorrow, UTC)."),
+    ] = None,
+    top: Annotated[int, Query(ge=1, le=100, description="Length of the top-query lists.")] = 10,
+    adapter: Annotated[
+        str | None,
+        Query(
+            pattern=r"^(-|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$",
+            description="Only the searches this adapter served; `-`: only those served with no "
+            "adapter. Default: all.",
+        ),
+    ] = None,
+) -> AnalyticsOut:
+    """Click-through, no-result, mean click position, add-to-cart and purchase conversion, in
+    total, per UTC day and per adapter, and the top (no-result) queries, over a window of
+    logged searches; each search's events count toward it whenever they arrived."""
+    return await to_thread.run_sync(
+        lambda: analytics.search_analytics(
+            settings.resolved_database_url,
+            days=days,
+            since=since,
+            until=until,
+            top=top,
+            adapter=adapter,
+        )
+    )
