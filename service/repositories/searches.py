@@ -25,6 +25,14 @@ def existing_search_ids(session: Session, ids: Sequence[str]) -> set[str]:
     return set(session.scalars(select(Search.id).where(Search.id.in_(list(set(ids))))))
 
 
+def shown_lists(session: Session, ids: Sequence[str]) -> dict[str, list[str]]:
+    """Search id → the product ids it showed, in order."""
+    if not ids:
+        return {}
+    stmt = select(Search.id, Search.product_ids).where(Search.id.in_(list(set(ids))))
+    return {sid: list(pids or []) for sid, pids in session.execute(stmt)}
+
+
 def insert_events(session: Session, events: Sequence[dict[str, Any]]) -> int:
     """Insert events, skipping any whose `event_id` is already stored. Returns how many were new."""
     now = utcnow()

@@ -9,7 +9,7 @@ from service.db.engine import session_scope
 from service.db.models import utcnow
 from service.errors import NotFound
 from service.observability import EVENTS
-from service.repositories.searches import existing_search_ids, insert_events
+from service.repositories.searches import existing_search_ids, insert_events, shown_lists
 from service.schemas.public import EventIn, EventsResponse
 from service.services.search_log import UNKNOWN_SEARCH_GRACE_S, SearchLogWriter
 
@@ -49,6 +49,13 @@ def record_events(
         )
     now = utcnow()
     with session_scope(database_url) as session:
+        # The rank each event's product was shown at (None: not among the results), stored
+        # with the event so analytics and the propensity estimator need no JSON unnesting.
+        rank = {
+            (sid, pid): i + 1
+            for sid, pids in shown_lists(session, list(named)).items()
+            for i, pid in reversed(list(enumerate(pids)))
+        }
         stored = insert_events(
             session,
             [
@@ -58,6 +65,7 @@ def record_events(
                     "product_id": e.product_id,
                     "type": e.type,
                     "ts": e.ts or now,
+                    "position": rank.get((e.search_id, e.product_id)),
                 }
                 for e in unique.values()
             ],
