@@ -99,6 +99,7 @@ class AdapterStatus(StrEnum):
 class RunStatus(StrEnum):
     queued = "queued"
     running = "running"
+    comparing = "comparing"  # passed the offline gate; its interleaved comparison decides
     promoted = "promoted"  # passed the gate and serves
     rejected = "rejected"  # trained, but the gate kept the baseline
     failed = "failed"
@@ -106,7 +107,7 @@ class RunStatus(StrEnum):
     @classmethod
     def live(cls) -> tuple[RunStatus, ...]:
         """Statuses of a run that still holds the one-run-at-a-time slot."""
-        return (cls.queued, cls.running)
+        return (cls.queued, cls.running, cls.comparing)
 
     @classmethod
     def finished(cls) -> tuple[RunStatus, ...]:

@@ -117,6 +117,32 @@ class Settings(BaseSettings):
         "`explore_positions` (half of them shown swapped): what position-debiased interaction "
         "labels estimate examination propensities from. 0 turns exploration off.",
     )
+    interleave_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of live searches that interleave a candidate which passed the "
+        "offline gate with what serves (team draft); 0 promotes on the offline gate alone.",
+    )
+    interleave_min_searches: int = Field(
+        30, ge=1, description="Interleaved searches with engagement before any decision."
+    )
+    interleave_max_searches: int = Field(
+        5000, ge=1, description="Traffic budget: interleaved searches before it expires."
+    )
+    interleave_max_hours: float = Field(
+        24.0, gt=0, description="Time budget of one comparison; then it expires (rejected)."
+    )
+    interleave_confidence: float = Field(
+        0.99,
+        gt=0.5,
+        lt=1,
+        description="Confidence of the preference's interval (high: the comparison is looked "
+        "at repeatedly as traffic arrives).",
+    )
+    interleave_check_s: float = Field(
+        30.0, gt=0, description="How often beat re-decides running comparisons."
+    )
     explore_positions: int = Field(
         5, ge=2, le=100, description="Exploration draws the pair (k, k+1) within these ranks."
     )

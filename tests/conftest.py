@@ -18,6 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Exploration swaps a random adjacent pair in 5% of searches; tests that compare rankings
 # need them as ranked (the exploration tests turn it on themselves).
 os.environ.setdefault("OSPO_EXPLORE_SHARE", "0")
+# Likewise a candidate that passes the offline gate is promoted at once unless a test asks for
+# the interleaved comparison (tests/test_interleaving.py).
+os.environ.setdefault("OSPO_INTERLEAVE_SHARE", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -12,7 +12,7 @@ import os
 
 from celery import Celery
 
-from service.queue import SCHEDULED_TASK, WARMUP_TASK, celery_config
+from service.queue import DECIDE_TASK, SCHEDULED_TASK, WARMUP_TASK, celery_config
 from service.settings import get_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +26,10 @@ def make_celery() -> Celery:
     app.conf.beat_schedule = {
         "maybe-train": {"task": SCHEDULED_TASK, "schedule": float(settings.train_every_s)},
         "refresh-rewrites": {"task": WARMUP_TASK, "schedule": float(settings.rewrite_refresh_s)},
+        "decide-comparisons": {
+            "task": DECIDE_TASK,
+            "schedule": float(settings.interleave_check_s),
+        },
     }
     app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
     return app

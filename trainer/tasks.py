@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from service.db.engine import session_scope
 from service.queue import (
+    DECIDE_TASK,
     EXPLAIN_TASK,
     PROMOTE_TASK,
     SCHEDULED_TASK,
@@ -87,6 +88,15 @@ def warm_rewrites() -> dict[str, Any]:
     from service.services.promotion import warm_active
 
     return warm_active(get_settings())
+
+
+@app.task(name=DECIDE_TASK)
+def decide_comparisons() -> list[dict[str, Any]]:
+    """Beat: decide the running interleaved comparison from the search log (promote the
+    candidate, reject it, or leave it running). See service.services.comparisons."""
+    from service.services.comparisons import decide_running
+
+    return decide_running(get_settings())
 
 
 @worker_ready.connect

@@ -5,10 +5,15 @@ The order of events is what keeps serving safe:
 2. train into `<data_dir>/runs/<run_id>/` — never servable: only registered adapters are;
 3. score candidate, active policy and raw query (greedy rewrites, hybrid retrieval) on
    held-out labelled queries;
-4. register the candidate (files copied, checksum, row) and promote it only when its paired
-   bootstrap lower bound over the better of active and raw is above `OSPO_GATE_MARGIN`
-   (trainer/gate.py): load, canary, warm the rewrite store with its head-query rewrites, flip
-   (service/services/promotion.py); a failed promotion leaves the previous policy serving;
+4. register the candidate (files copied, checksum, row); it passes the offline gate only when
+   its paired bootstrap lower bound over the better of active and raw is above
+   `OSPO_GATE_MARGIN` (trainer/gate.py);
+4b. with `OSPO_INTERLEAVE_SHARE` > 0, a candidate that passed is loaded and its head-query
+   rewrites stored, and an interleaved comparison with what serves starts on live traffic
+   (service/services/comparisons.py): the run waits in `comparing`, and beat promotes or
+   rejects it when the comparison decides. With 0 it is promoted at once: load, canary, warm
+   the rewrite store, flip (service/services/promotion.py); a failed promotion leaves the
+   previous policy serving;
 5. record everything on the run: config, per-step metrics, gate numbers, outcome.
 A worker killed mid-training stops renewing the lease; the next task or beat marks the run
 failed, and nothing it half-wrote was ever registered.
@@ -43,7 +48,8 @@ from service.repositories.runs import (
 )
 from service.retrieval.index import Retriever
 from service.retrieval.open import open_retriever
-from service.services.promotion import promote
+from service.services.comparisons import start_comparison
+from service.services.promotion import prepare_candidate, promote
 from service.settings import Settings
 from trainer.data import load_db_examples, restrict_to_index, split_examples
 from trainer.interaction_labels import SOURCE as INTERACTIONS
@@ -158,7 +164,7 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
         run = get_run(s, run_id)
         if run is None:
             return {"skipped": f"unknown run {run_id}"}
-        if run.status in RunStatus.finished():
+        if run.status in (*RunStatus.finished(), RunStatus.comparing):
             return {"skipped": f"run already {run.status}"}
         algorithm, overrides = run.algorithm, dict((run.config or {}).get("overrides", {}))
     with session_scope(url) as s:
@@ -256,6 +262,10 @@ def _train_gate_promote(
         with session_scope(url) as s:
             set_status(s, name, AdapterStatus.rejected)
         return {**summary, "status": RunStatus.rejected}
+    if settings.interleave_share > 0:
+        summary["prepared"] = prepare_candidate(settings, name)
+        summary["comparison_id"] = start_comparison(settings, run_id, name, active_name)
+        return {**summary, "status": RunStatus.comparing}
     try:
         summary["promotion"] = promote(settings, name)
     except Exception as e:  # noqa: BLE001 - previous adapter keeps serving

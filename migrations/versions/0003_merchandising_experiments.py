@@ -17,6 +17,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_RUN_STATUSES = "status IN ('queued', 'running', 'promoted', 'rejected', 'failed'{})"
 
 
 def upgrade() -> None:
@@ -53,6 +54,10 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_comparisons_status", "comparisons", ["status"])
+    # A run whose candidate passed the offline gate waits for its interleaved comparison.
+    with op.batch_alter_table("training_runs") as batch:
+        batch.drop_constraint("ck_run_status", type_="check")
+        batch.create_check_constraint("ck_run_status", _RUN_STATUSES.format(", 'comparing'"))
     with op.batch_alter_table("searches") as batch:
         batch.add_column(sa.Column("filters", sa.JSON()))
         batch.add_column(sa.Column("rules", sa.JSON()))
@@ -66,6 +71,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("training_runs") as batch:
+        batch.drop_constraint("ck_run_status", type_="check")
+        batch.create_check_constraint("ck_run_status", _RUN_STATUSES.format(""))
     with op.batch_alter_table("events") as batch:
         batch.drop_column("position")
     op.drop_index("ix_searches_comparison_id", "searches")

@@ -12,13 +12,23 @@ from fastapi import FastAPI
 from service.api.edge import install_edge
 from service.api.errors import install_error_handlers
 from service.api.ratelimit import RateLimits
-from service.api.routers import admin, analytics, console, events, health, rules, search
+from service.api.routers import (
+    admin,
+    analytics,
+    comparisons,
+    console,
+    events,
+    health,
+    rules,
+    search,
+)
 from service.background import BackgroundLoop
 from service.policy.protocol import Policy
 from service.retrieval.batcher import SearchBatcher
 from service.rewriting.rewrite import IdentityRewriter, Rewriter
 from service.rewriting.rewriter import PolicyRewriter
 from service.services.admin import IndexRebuilds
+from service.services.comparisons import ComparisonWatcher
 from service.services.promotion import ServingAdapters
 from service.services.rules import RuleCache
 from service.services.search import Exploration, SearchService
@@ -77,6 +87,12 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     rules_watcher = BackgroundLoop(
         "rules watcher", lambda: to_thread.run_sync(rule_cache.reload), settings.rules_refresh_s
     )
+    live_comparison = ComparisonWatcher(settings.resolved_database_url)
+    comparison_watcher = BackgroundLoop(
+        "comparison watcher",
+        lambda: to_thread.run_sync(live_comparison.reload),
+        settings.adapter_poll_s,
+    )
     # A new CURRENT index version written by another process (rebuild, CLI) is picked up here;
     # a failed refresh keeps serving the old index.
     index_watcher = BackgroundLoop(
@@ -91,6 +107,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
         await to_thread.run_sync(retrievers.refresh)
         index_watcher.start()
         rules_watcher.start()
+        comparison_watcher.start()
         batcher.start()
         search_log.start()
         await rewriter.start()
@@ -102,6 +119,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
             await to_thread.run_sync(search_log.stop)
             await index_watcher.stop()
             await rules_watcher.stop()
+            await comparison_watcher.stop()
 
     app = FastAPI(
         title="OSPO Search",
@@ -120,6 +138,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
         batcher,
         rule_cache,
         Exploration(settings.explore_share, settings.explore_positions),
+        live_comparison,
     )
     app.state.rewriter = rewriter
     app.state.index_rebuilds = IndexRebuilds(settings, retrievers)
@@ -134,6 +153,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(rules.router)
+    app.include_router(comparisons.router)
     app.include_router(analytics.router)
     app.include_router(console.router)
     return app

@@ -22,6 +22,11 @@ class Rewriter(Protocol):
 
     async def rewrite(self, query: str, normalized: str) -> Rewrite: ...
 
+    async def stored(self, query: str, normalized: str, adapter: str) -> Rewrite:
+        """What `adapter` (not necessarily the active one) would serve from the rewrite store
+        alone, the raw query on a miss: the candidate's side of an interleaved comparison,
+        whose head queries were warmed before the comparison started."""
+
     async def start(self) -> None:
         """Start background work (health checks, adapter watching); called once at start-up."""
 
@@ -36,6 +41,9 @@ class IdentityRewriter:
     """No policy configured: search with the shopper's own words."""
 
     async def rewrite(self, query: str, normalized: str) -> Rewrite:
+        return Rewrite(text=query, source=RewriteSource.none)
+
+    async def stored(self, query: str, normalized: str, adapter: str) -> Rewrite:
         return Rewrite(text=query, source=RewriteSource.none)
 
     async def start(self) -> None:

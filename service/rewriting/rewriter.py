@@ -104,6 +104,13 @@ class PolicyRewriter:
             text, RewriteSource.policy, result.adapter, self.prompt_version, result.answer
         )
 
+    async def stored(self, query: str, normalized: str, adapter: str) -> Rewrite:
+        hit = await self.store.get(normalized, adapter, self.prompt_version)
+        if hit is None:
+            return Rewrite(query, RewriteSource.fallback, None, self.prompt_version)
+        text = self.prompt.search_text(query, hit.answer)
+        return Rewrite(text, RewriteSource.cache, adapter, self.prompt_version, hit.answer)
+
     def _forget(self, key: str):  # type: ignore[no-untyped-def]
         def done(task: asyncio.Task[RewriteResult]) -> None:
             self._pending.pop(key, None)

@@ -136,6 +136,36 @@ def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str,
         raise
 
 
+def prepare_candidate(settings: Settings, name: str) -> dict[str, Any]:
+    """Load `name` into the policy server and store its head-query rewrites *without* making it
+    active: what an interleaved comparison serves for the candidate's side."""
+    if settings.policy_backend != "vllm":
+        return {"skipped": f"policy backend {settings.policy_backend}: nothing to load"}
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        row = get_adapter(s, name)
+        if row is None:
+            raise NotFound(f"no adapter named {name!r}")
+        path = row.path
+
+    async def go() -> dict[str, Any]:
+        policy = make_policy(settings)
+        try:
+            await ensure_loaded(policy, name, path)
+            return await warm(
+                policy,
+                url,
+                name,
+                DEFAULT_PROMPT.version,
+                WarmupConfig.from_settings(settings),
+                None,
+            )
+        finally:
+            await policy.aclose()
+
+    return asyncio.run(go())
+
+
 def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
     """Start-up warm-up and periodic refresh of the active adapter: store what is missing of
     its head-query rewrites and of the queries missed since its previous warm-up. Skipped when

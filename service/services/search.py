@@ -8,13 +8,17 @@ Order of a search and why:
    misspelt field costs a 422, not a rewrite.
 3. Retrieval runs the rewrite (the rewrite and the training reward ignore filters: the policy
    learns what a query means, the filters only narrow what may be shown).
-4. Pins go first; then, in a share of searches without pins, one adjacent pair of the top
-   ranks is randomised (half shown swapped) for the propensity estimator
+4. While an interleaved comparison runs (service/services/comparisons.py), a share of the
+   searches without pins also ranks the candidate adapter's stored rewrite and shows the
+   team-draft interleaving of the two rankings (service/interleaving.py), logged with its teams.
+5. Pins go first; then, in a share of the other searches without pins, one adjacent pair of
+   the top ranks is randomised (half shown swapped) for the propensity estimator
    (trainer/propensity.py). `product_ids` is logged as shown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -24,6 +28,7 @@ import numpy as np
 
 from service.db.models import utcnow
 from service.errors import Conflict, InvalidInput, Unavailable
+from service.interleaving import team_draft
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.retrieval.batcher import SearchBatcher
@@ -39,6 +44,7 @@ from service.schemas.public import (
     SearchResponse,
     SearchResult,
 )
+from service.services.comparisons import ComparisonWatcher
 from service.services.rules import Applied, RuleCache
 from service.services.search_log import SearchLogWriter
 from service.state import RetrieverHolder
@@ -105,6 +111,7 @@ class SearchService:
     batcher: SearchBatcher
     rules: RuleCache
     exploration: Exploration = Exploration()
+    comparisons: ComparisonWatcher | None = None
     rng: random.Random = field(default_factory=random.Random)
 
     def _explore(self, n_shown: int, pinned: int) -> tuple[int | None, bool | None]:
@@ -129,27 +136,52 @@ class SearchService:
         facets = facet_fields(retriever, req)
         rewrite = await self.rewriter.rewrite(req.query, normalized)
         t1 = time.perf_counter()
-        lexical_text = " ".join((rewrite.text, *applied.lexical_additions))
-        # The batch may run on a newer index than the one checked above: log the one used.
-        try:
-            ranking, retriever, mode, arm_ms = await self.batcher.search(
-                rewrite.text,
+        live = self.comparisons.current if self.comparisons is not None else None
+        if live is None or applied.pin or self.rng.random() >= live.share:
+            live = None
+        candidate = (
+            await self.rewriter.stored(req.query, normalized, live.candidate) if live else None
+        )
+
+        def retrieve(text: str, extra: tuple[str, ...]):  # type: ignore[no-untyped-def]
+            return self.batcher.search(
+                text,
                 req.k + len(applied.pin),
                 req.mode,
-                lexical_text=lexical_text if applied.lexical_additions else None,
+                lexical_text=" ".join((text, *extra)) if extra else None,
                 filters=filters,
                 candidates=bool(facets),
+            )
+
+        # The batch may run on a newer index than the one checked above: log the one used.
+        try:
+            answers = await asyncio.gather(
+                retrieve(rewrite.text, applied.lexical_additions),
+                *([retrieve(candidate.text, applied.lexical_additions)] if candidate else []),
             )
         except UnknownFieldError as e:  # the version changed under the request
             raise InvalidInput(str(e)) from e
         except ModeUnavailableError as e:
             raise Conflict(str(e)) from e
+        ranking, retriever, mode, arm_ms = answers[0]
         t2 = time.perf_counter()
         score_of = dict(zip(ranking.rows.tolist(), ranking.scores.tolist(), strict=True))
-        rows, pinned = place_pins(retriever, ranking.rows.tolist(), applied.pin, filters, req.k)
-        pair, swapped = self._explore(len(rows), pinned)
-        if swapped:
-            rows[pair - 1], rows[pair] = rows[pair], rows[pair - 1]
+        teams: list[str] | None = None
+        pair = swapped = None
+        if len(answers) == 2 and answers[1][1] is retriever:  # both on one index version
+            rival = answers[1][0]
+            score_of = {
+                **dict(zip(rival.rows.tolist(), rival.scores.tolist(), strict=True)),
+                **score_of,
+            }
+            rows, teams = team_draft(rival.rows.tolist(), ranking.rows.tolist(), req.k, self.rng)
+            pinned = 0
+        else:
+            live = None
+            rows, pinned = place_pins(retriever, ranking.rows.tolist(), applied.pin, filters, req.k)
+            pair, swapped = self._explore(len(rows), pinned)
+            if swapped:
+                rows[pair - 1], rows[pair] = rows[pair], rows[pair - 1]
         top_score = float(ranking.scores[0]) if ranking.scores.size else 0.0
         table = retriever.facets
         results = [
@@ -193,6 +225,8 @@ class SearchService:
             rules=[r.id for r in fired] or None,
             explore_pair=pair,
             explore_swapped=swapped,
+            comparison_id=live.id if live else None,
+            teams=teams,
         )
         self.log.submit(row)
         t3 = time.perf_counter()
