@@ -261,6 +261,12 @@ class Settings(BaseSettings):
         'change, as JSON, e.g. {"steps": 200, "lr": 5e-6} on a GPU; the rest keep the '
         "defaults measured for the CPU recipe.",
     )
+    train_label_sources: list[str] | None = Field(
+        None,
+        description="Label sources an online update trains and gates on, as JSON, e.g. "
+        '["interactions"] to learn from shoppers only while dataset judgments (ingested '
+        "with their own source) stay held out for evaluation; unset: every source.",
+    )
     train_val_fraction: float = Field(0.3, gt=0, lt=1)
     train_max_val_queries: int = Field(24, ge=1, description="Validation queries the gate scores.")
     gate_margin: float = Field(

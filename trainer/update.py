@@ -213,7 +213,9 @@ def _train_gate_promote(
 
     url = settings.resolved_database_url
     retriever = open_retriever(settings)
-    examples = restrict_to_index(load_db_examples(url), retriever.row_of)
+    examples = restrict_to_index(
+        load_db_examples(url, settings.train_label_sources), retriever.row_of
+    )
     train_ex, val_ex = split_examples(examples, settings.train_val_fraction, seed=0)
     if len(train_ex) < 1 or len(val_ex) < 1:
         raise ValueError(f"not enough labelled queries to train and validate ({len(examples)})")
