@@ -10,18 +10,22 @@ debiased labels must rank the hidden relevances better than the plain averages.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from pydantic import ValidationError
 from scipy.stats import spearmanr
 from sqlalchemy import insert
+from typer.testing import CliRunner
 
 from service.db.engine import session_scope
 from service.db.models import Event, Search, utcnow
-from service.settings import Settings
+from service.settings import Settings, get_settings
 from trainer.interaction_labels import EventWeights, label_quality, mine, refresh_interaction_labels
 from trainer.propensity import (
     PropensityConfig,
@@ -34,6 +38,7 @@ from trainer.propensity import (
     prior_curve,
 )
 from trainer.simulate import ClickModel, examination_curve, simulate_interactions
+from trainer.simulate_cli import register
 
 TRUE = (1.0, 0.7, 0.5, 0.38, 0.3, 0.24, 0.2, 0.17, 0.15, 0.13)
 SHOPPER = ClickModel(propensities=TRUE)
@@ -121,6 +126,9 @@ def test_pair_ratio_normalises_each_arm_by_its_size() -> None:
 def test_the_estimator_recovers_the_known_curve(big_logs: Logs) -> None:
     est = estimate_from_logs(big_logs.searches, big_logs.events, PropensityConfig())
     assert est.supported
+    report = json.loads(json.dumps(est.as_dict()))  # what `ospo propensity --json` writes
+    assert [row["source"] for row in report["ranks"]] == list(est.source)
+    assert report["pairs"][0]["searches"] == est.pairs[0].searches and report["supported"]
     assert est.source[: EXPLORED_PAIRS + 1] == ("anchor",) + ("data",) * EXPLORED_PAIRS
     assert all(p.searches > 900 for p in est.pairs)
     for r in range(2, EXPLORED_PAIRS + 2):
@@ -245,3 +253,37 @@ def test_the_estimator_setting_is_one_typed_field() -> None:
 def test_the_simulators_curve_is_the_one_estimated() -> None:
     # The tests above compare against the simulator's exported curve, not a copy of it.
     np.testing.assert_allclose(examination_curve(SHOPPER, 10), TRUE)
+
+
+def test_ospo_propensity_reports_the_curve_and_label_quality(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = simulate_logs(seed=3, n_searches=1600, share=0.5)
+    store(sqlite_url, logs)
+    judgments = tmp_path / "judgments.csv"  # Chorus ratings: gains 0, 0.1, 0.5, 1 are 0..3
+    rating = {0.0: 0, 0.1: 1, 0.5: 2, 1.0: 3}
+    judgments.write_text(
+        "query,docid,rating\n"
+        + "".join(f"{q},{pid},{rating[g]}\n" for (q, pid), g in logs.hidden.items())
+    )
+    monkeypatch.setenv("OSPO_DATABASE_URL", sqlite_url)
+    get_settings.cache_clear()
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "propensity.json"
+    try:
+        result = CliRunner().invoke(
+            app, ["propensity", "--judgments", str(judgments), "--json", str(out)]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["supported"] and [r["source"] for r in report["ranks"][:3]] == [
+        "anchor", "data", "data"
+    ]  # fmt: skip
+    quality = report["label_quality"]
+    assert quality["debiased"]["pairs"] == quality["plain"]["pairs"] > 100
+    assert quality["debiased"]["spearman"] > quality["plain"]["spearman"]
+    bad = CliRunner().invoke(app, ["propensity", "--clip", "0"])
+    assert bad.exit_code == 2

@@ -299,7 +299,7 @@ def estimate_propensities(
         if table is not None:
             n_arm = table.sum(axis=(1, 2))
             ratio = pair_ratio(table)
-            usable = int(n_arm.sum()) >= config.min_pair_support and np.isfinite(ratio)
+            usable = bool(int(n_arm.sum()) >= config.min_pair_support and np.isfinite(ratio))
             rate_k_n = table[:, 1, :].sum()
             pairs.append(
                 PairStats(
