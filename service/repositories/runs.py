@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import TrainingRun, utcnow
@@ -45,7 +45,35 @@ def last_finished_run(session: Session) -> TrainingRun | None:
     return session.scalars(stmt).first()
 
 
+# PostgreSQL advisory-lock key of the one-live-run slot ("ospotrn" in ASCII). Advisory locks
+# are per database, not per schema: schemas sharing a database (the tests') briefly queue
+# behind each other's claims, which is harmless.
+RUN_SLOT_LOCK = 0x6F73706F74726E
+
+
+def lock_run_slot(session: Session) -> None:
+    """Serialise claims of the one-live-run slot across processes until this transaction ends.
+
+    Checking for a live run and then inserting one is a race between two API processes (or an
+    API process and beat): both see no live run and both insert. PostgreSQL: a transaction-
+    scoped advisory lock, taken before the check, makes the second claimant wait for the first
+    to commit; its check then sees the first run. SQLite: a write that matches no row takes the
+    database's write lock, which does the same (a concurrent writer waits on busy_timeout).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(RUN_SLOT_LOCK)))
+    else:
+        session.execute(
+            update(TrainingRun).where(false()).values(status=TrainingRun.status),
+            execution_options={"synchronize_session": False},
+        )
+
+
 def live_run(session: Session) -> TrainingRun | None:
+    """The run holding the one-live-run slot, if any. Takes the slot's lock first
+    (`lock_run_slot`), so a caller that creates a run when this is None, in the same
+    transaction, cannot race another process doing the same."""
+    lock_run_slot(session)
     stmt = (
         select(TrainingRun)
         .where(TrainingRun.status.in_(RunStatus.live()))
