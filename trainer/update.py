@@ -72,7 +72,9 @@ def refresh_labels(settings: Settings) -> int:
         settings.label_weight_purchase,
     )  # fmt: skip
     with session_scope(settings.resolved_database_url) as s:
-        return refresh_interaction_labels(s, weights, settings.label_min_support)
+        return refresh_interaction_labels(
+            s, weights, settings.label_min_support, settings.label_estimator
+        )
 
 
 def labelled_query_count(session: Session) -> int:
