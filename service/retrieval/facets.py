@@ -16,6 +16,9 @@ Decisions:
   it has at most ``MAX_VALUES`` distinct values and its values are short: identifiers, free
   text and measurements make useless facets and bloat the table.
 * Numbers other than price are not filterable yet; price is the range filter storefronts need.
+* Default facets (a search that names none): brand, price and the most common fields whose
+  values are mostly words — a field whose values mostly carry digits ("0 - 40 °C", "42 x 31
+  cm") is filterable but makes a poor default facet.
 * The table is a mask factory: retrieval restricts *both* arms to the allowed rows before
   ranking (service/retrieval/index.py), so a filter never cuts the top k afterwards.
 """
@@ -98,6 +101,7 @@ class FacetTable:
     price: np.ndarray
     # Categorical fields by how many rows carry them, most first (brand always first).
     order: list[str] = field(default_factory=list)
+    wordy: list[str] = field(default_factory=list)  # of those, the ones fit to be default facets
     _lookup: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -145,13 +149,18 @@ class FacetTable:
             (f for f in codes if f != BRAND), key=lambda f: (-carried_by[f], f)
         )
         price = np.array([_price(a.get(PRICE)) for a in attributes], dtype=np.float32)
-        return cls(values, codes, price, order)
+        wordy = [
+            f
+            for f in order
+            if f != BRAND
+            and 2 * sum(any(c.isdigit() for c in v) for v in values[f]) < len(values[f])
+        ]
+        return cls(values, codes, price, order, wordy)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "fields.json").write_text(
-            json.dumps({"values": self.values, "order": self.order})
-        )
+        meta = {"values": self.values, "order": self.order, "wordy": self.wordy}
+        (directory / "fields.json").write_text(json.dumps(meta))
         np.savez(
             directory / "columns.npz",
             price=self.price,
@@ -164,7 +173,7 @@ class FacetTable:
         with np.load(directory / "columns.npz") as z:
             codes = {name: z[f"c_{name}"] for name in meta["values"]}
             price = z["price"]
-        return cls(meta["values"], codes, price, meta["order"])
+        return cls(meta["values"], codes, price, meta["order"], meta.get("wordy", []))
 
     # ------------------------------------------------------------------ queries
 
@@ -174,7 +183,7 @@ class FacetTable:
         return [*self.order, PRICE]
 
     def default_facets(self) -> list[str]:
-        return [BRAND, PRICE, *[f for f in self.order if f != BRAND][:DEFAULT_ATTRIBUTE_FACETS]]
+        return [BRAND, PRICE, *self.wordy[:DEFAULT_ATTRIBUTE_FACETS]]
 
     def check(self, names: Iterable[str]) -> None:
         unknown = sorted(set(names) - set(self.fields))
