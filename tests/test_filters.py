@@ -149,18 +149,43 @@ def test_hnsw_filtered_search_keeps_k(tmp_path: Path) -> None:
     assert len(rows.rows) == 100 and 0 not in rows.rows.tolist()
 
 
-def test_bad_filters_are_refused_with_the_known_fields(shop) -> None:
-    r = shop.post(
-        "/v1/search", json={"query": "ink", "filters": {"attributes": {"flavour": ["x"]}}}
+def test_bad_filters_are_refused_and_unknown_fields_reported(shop) -> None:
+    # A field the catalogue lacks admits nothing (no product carries it), and the answer says so.
+    got = _search(shop, query="ink", filters={"attributes": {"flavour": ["x"]}})
+    assert got["results"] == [] and "flavour" in got["warnings"][0]
+    assert "product_colour" in got["warnings"][0]
+    got = _search(shop, query="ink", facets=["flavour", "brand"])
+    assert got["facets"]["flavour"] == [] and got["facets"]["brand"] and got["warnings"]
+    assert _search(shop, query="ink", filters={"price": {"min": 9, "max": 1}})["results"] == []
+    for bad in (
+        {"colour": ["x"]},  # unknown top-level filter key
+        {"price": {"max": True}},  # a boolean is not a price
+        {"price": {"min": -1}},
+        {"brand": []},
+        {"brand": ["x" * 300]},
+    ):
+        r = shop.post("/v1/search", json={"query": "ink", "filters": bad})
+        assert r.status_code == 422, (bad, r.text)
+
+
+def test_rule_repeats_are_collapsed(shop) -> None:
+    pin = shop.post(
+        "/admin/rules",
+        headers=KEY,
+        json={"kind": "pin", "query": "x", "product_ids": ["a", "b", "a"]},
     )
-    assert r.status_code == 422
-    assert "flavour" in r.json()["error"]["message"] and "product_colour" in r.text
-    r = shop.post("/v1/search", json={"query": "ink", "facets": ["flavour"]})
-    assert r.status_code == 422
-    r = shop.post("/v1/search", json={"query": "ink", "filters": {"price": {"min": 9, "max": 1}}})
-    assert r.status_code == 422 and "price.min" in r.text
-    r = shop.post("/v1/search", json={"query": "ink", "filters": {"colour": ["x"]}})
-    assert r.status_code == 422  # unknown top-level filter key
+    assert pin.status_code == 201 and pin.json()["product_ids"] == ["a", "b"]
+    syn = shop.post(
+        "/admin/rules", headers=KEY, json={"kind": "synonym", "terms": ["TV", "tv", "telly"]}
+    )
+    assert syn.status_code == 201 and syn.json()["terms"] == ["TV", "telly"]
+
+
+def test_several_routes_on_one_path_allow_all_their_methods(shop) -> None:
+    r = shop.request("PATCH", "/admin/rules", headers=KEY)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    r = shop.request("PATCH", "/admin/rules/1", headers=KEY)
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, PUT"
 
 
 def test_rules_pin_hide_and_synonyms_fire_and_are_reported(shop) -> None:
@@ -233,7 +258,8 @@ def test_rules_pin_hide_and_synonyms_fire_and_are_reported(shop) -> None:
         {"kind": "synonym", "terms": ["a", "b"], "query": "x"},
         {"kind": "pin", "query": "x"},
         {"kind": "hide", "product_ids": ["p1"]},
-        {"kind": "pin", "query": "x", "product_ids": ["p1", "p1"]},
+        {"kind": "pin", "query": "x", "product_ids": []},
+        {"kind": "hide", "query": "x", "product_ids": ["p1"], "terms": ["a", "b"]},
         {"kind": "boost", "query": "x", "product_ids": ["p1"]},
     ],
 )

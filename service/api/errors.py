@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.errors import ServiceError
 
@@ -52,7 +53,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_input", _validation_message(exc)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:
             # FastAPI's only 400: a body it could not decode (bytes that are not UTF-8). It is
             # invalid input like any other, so it gets the documented 422.
@@ -63,6 +64,19 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route whose path matched; a path
+            # served by several routes (GET and POST /admin/rules) allows all of theirs.
+            allowed = sorted(
+                {
+                    m
+                    for route in request.app.router.routes
+                    if route.matches(request.scope)[0] != Match.NONE
+                    for m in getattr(route, "methods", None) or ()
+                }
+            )
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )

@@ -45,10 +45,6 @@ _PREFIXES = ("attr_t_", "attr_b_")
 _NOT_FACETS = {"name", "ean", "img_500x500", "date_released", "product_locale", PRICE}
 
 
-class UnknownFieldError(ValueError):
-    """A filter or facet names a field this index version does not have."""
-
-
 @dataclass(frozen=True)
 class Filters:
     """What a search may return: the request's filters plus the products rules hide."""
@@ -185,25 +181,24 @@ class FacetTable:
     def default_facets(self) -> list[str]:
         return [BRAND, PRICE, *self.wordy[:DEFAULT_ATTRIBUTE_FACETS]]
 
-    def check(self, names: Iterable[str]) -> None:
-        unknown = sorted(set(names) - set(self.fields))
-        if unknown:
-            raise UnknownFieldError(
-                f"unknown field(s) {unknown}; this catalogue has: {', '.join(self.fields)}"
-            )
+    def unknown(self, names: Iterable[str]) -> list[str]:
+        """Of `names`, the fields this version does not have."""
+        return sorted(set(names) - set(self.fields))
 
     def _codes_of(self, name: str, wanted: Iterable[str]) -> np.ndarray:
         lookup = self._lookup[name]
         return np.array([lookup[v.casefold()] for v in wanted if v.casefold() in lookup], np.int32)
 
     def mask(self, filters: Filters, row_of: Mapping[str, int]) -> np.ndarray | None:
-        """(N,) bool: rows the filters admit; None when they restrict nothing."""
+        """(N,) bool: rows the filters admit; None when they restrict nothing. A field this
+        version does not have admits nothing: no product carries a value of it."""
         if not filters.restricts():
             return None
-        self.check([name for name, _ in filters.attributes])
         keep = np.ones(self.price.shape[0], dtype=bool)
         for name, wanted in ((BRAND, filters.brand), *filters.attributes):
-            if wanted:
+            if name not in self.codes:
+                keep[:] = False
+            elif wanted:
                 keep &= np.isin(self.codes[name], self._codes_of(name, wanted))
         if filters.price_min is not None:
             keep &= self.price >= filters.price_min  # NaN (no price) compares False
@@ -222,6 +217,9 @@ class FacetTable:
         out: dict[str, list[tuple[str, int]]] = {}
         for name in names:
             if name == PRICE:
+                continue
+            if name not in self.codes:
+                out[name] = []
                 continue
             codes = self.codes[name][rows]
             codes = codes[codes >= 0]

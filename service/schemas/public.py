@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.domain import EventType, RetrievalMode, RewriteSource, RuleKind
 from service.schemas.text import text
@@ -23,14 +23,13 @@ FilterValues = Annotated[list[FilterValue], Field(min_length=1, max_length=100)]
 class PriceRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min: float | None = Field(None, ge=0, description="Lowest price admitted (inclusive).")
-    max: float | None = Field(None, ge=0, description="Highest price admitted (inclusive).")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PriceRange:
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"price.min ({self.min}) is above price.max ({self.max})")
-        return self
+    # strict: JSON true/false is not a price. A min above the max admits nothing.
+    min: float | None = Field(
+        None, ge=0, strict=True, description="Lowest price admitted (inclusive)."
+    )
+    max: float | None = Field(
+        None, ge=0, strict=True, description="Highest price admitted (inclusive)."
+    )
 
 
 class SearchFilters(BaseModel):
@@ -47,7 +46,8 @@ class SearchFilters(BaseModel):
         None,
         max_length=20,
         description='Catalogue attribute → admitted values, e.g. {"product_colour": '
-        '["Black"]}; unknown attribute names are refused (422) with the list of known ones.',
+        '["Black"]}. An attribute the catalogue does not have admits nothing (no product '
+        "carries it) and the answer's `warnings` names the known ones.",
     )
 
 
@@ -67,8 +67,9 @@ class SearchRequest(BaseModel):
     facets: list[FieldName] | None = Field(
         None,
         max_length=20,
-        description="Fields to count over the candidate set: brand, price and attribute names. "
-        "Default: brand, price and the catalogue's five most common attributes; [] for none.",
+        description="Fields to count over the candidate set: brand, price and attribute names "
+        "(an unknown one is counted empty and named in `warnings`). Default: brand, price and "
+        "the catalogue's five most common word-valued attributes; [] for none.",
     )
 
 
@@ -122,6 +123,9 @@ class SearchResponse(BaseModel):
     )
     rules: list[FiredRule] = Field(
         default_factory=list, description="Merchandising rules that applied to this search."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="Things the request asked that this index lacks."
     )
     timings: dict[str, float] = Field(
         description="Milliseconds: rewrite, retrieve (with dense, lexical and fusion for the "

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.domain import RuleKind
 from service.schemas.public import ProductIdText, QueryText
@@ -14,40 +14,57 @@ from service.schemas.text import text
 TermText = text(128, required=True, strip=True)
 
 
-class RuleIn(BaseModel):
-    """A synonym group (`terms`), or a pin/hide of `product_ids` for one `query`."""
-
+class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: RuleKind
-    query: QueryText | None = Field(
-        None, description="pin/hide: the query it applies to (matched after normalisation)."
-    )
-    terms: Annotated[list[TermText], Field(max_length=50)] = Field(
-        default_factory=list,
-        description="synonym: 2+ interchangeable words or phrases; a query containing one has "
-        "the others added to its lexical search.",
-    )
-    product_ids: Annotated[list[ProductIdText], Field(max_length=100)] = Field(
-        default_factory=list,
-        description="pin: shown first, in this order; hide: never shown for the query.",
-    )
     enabled: bool = True
     note: Annotated[str, Field(max_length=1000)] | None = None
 
-    @model_validator(mode="after")
-    def _shape(self) -> RuleIn:
-        if self.kind == RuleKind.synonym:
-            if self.query is not None or self.product_ids:
-                raise ValueError("a synonym rule takes `terms` only (no query, no product_ids)")
-            if len({t.lower() for t in self.terms}) < 2:
-                raise ValueError("a synonym rule needs at least two different `terms`")
-        else:
-            if self.query is None or not self.product_ids or self.terms:
-                raise ValueError(f"a {self.kind} rule takes a `query` and `product_ids` (no terms)")
-            if len(set(self.product_ids)) != len(self.product_ids):
-                raise ValueError("`product_ids` repeats a product")
-        return self
+
+def _unique(values: list[str], fold: bool = False) -> list[str]:
+    """`values` without repeats (first kept); `fold` compares them case-insensitively."""
+    firsts: dict[str, str] = {}
+    for v in values:
+        firsts.setdefault(v.casefold() if fold else v, v)
+    return list(firsts.values())
+
+
+class SynonymRuleIn(_Rule):
+    """Interchangeable words or phrases: a query containing one has the others added to its
+    lexical search."""
+
+    kind: Literal[RuleKind.synonym]
+    terms: Annotated[list[TermText], Field(min_length=2, max_length=50)]
+
+    @field_validator("terms")
+    @classmethod
+    def _dedupe(cls, terms: list[str]) -> list[str]:
+        return _unique(terms, fold=True)  # repeats say nothing more
+
+
+class _QueryRule(_Rule):
+    query: QueryText = Field(description="The query it applies to (matched normalised).")
+    product_ids: Annotated[list[ProductIdText], Field(min_length=1, max_length=100)]
+
+    @field_validator("product_ids")
+    @classmethod
+    def _dedupe(cls, ids: list[str]) -> list[str]:
+        return _unique(ids)
+
+
+class PinRuleIn(_QueryRule):
+    """Products shown first, in this order, for one query."""
+
+    kind: Literal[RuleKind.pin]
+
+
+class HideRuleIn(_QueryRule):
+    """Products never shown for one query."""
+
+    kind: Literal[RuleKind.hide]
+
+
+RuleIn = Annotated[SynonymRuleIn | PinRuleIn | HideRuleIn, Field(discriminator="kind")]
 
 
 class RuleOut(BaseModel):

@@ -101,8 +101,9 @@ class RuleCache:
 
 
 def _values(body: RuleIn) -> dict:
-    values = body.model_dump()
-    values["query"] = normalize_query(body.query) if body.query is not None else None
+    values = {"query": None, "terms": [], "product_ids": [], **body.model_dump()}
+    if values["query"] is not None:
+        values["query"] = normalize_query(values["query"])
     return values
 
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.db.models import utcnow
-from service.errors import Conflict, InvalidInput, Unavailable
+from service.errors import Conflict, Unavailable
 from service.interleaving import team_draft
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.retrieval.batcher import SearchBatcher
-from service.retrieval.facets import PRICE, Filters, UnknownFieldError
+from service.retrieval.facets import PRICE, Filters
 from service.retrieval.index import ModeUnavailableError, Retriever
 from service.rewriting.rewrite import Rewriter
 from service.schemas.public import (
@@ -68,8 +68,9 @@ def to_filters(given: SearchFilters | None, hide: frozenset[str]) -> Filters:
     )
 
 
-def facet_fields(retriever: Retriever, req: SearchRequest) -> list[str]:
-    """The fields to count: the request's (checked), or the version's defaults."""
+def facet_fields(retriever: Retriever, req: SearchRequest) -> tuple[list[str], list[str]]:
+    """(fields to count: the request's or the version's defaults, warnings about fields the
+    version lacks)."""
     table = retriever.facets
     wanted_filters = list((req.filters.attributes or {}) if req.filters else {})
     restricting = req.filters is not None and (
@@ -81,12 +82,15 @@ def facet_fields(retriever: Retriever, req: SearchRequest) -> list[str]:
                 f"index {retriever.version} has no filter columns; rebuild it with "
                 "`ospo index build`"
             )
-        return []
-    try:
-        table.check([*wanted_filters, *(req.facets or [])])
-    except UnknownFieldError as e:
-        raise InvalidInput(str(e)) from e
-    return table.default_facets() if req.facets is None else list(dict.fromkeys(req.facets))
+        return [], []
+    warnings = []
+    if unknown := table.unknown([*wanted_filters, *(req.facets or [])]):
+        warnings.append(
+            f"unknown field(s) {unknown} (a filter on one admits nothing); this catalogue "
+            f"has: {', '.join(table.fields)}"
+        )
+    fields = table.default_facets() if req.facets is None else list(dict.fromkeys(req.facets))
+    return fields, warnings
 
 
 def place_pins(
@@ -133,7 +137,7 @@ class SearchService:
         normalized = normalize_query(req.query)
         applied: Applied = self.rules.book.apply(normalized)
         filters = to_filters(req.filters, applied.hide)
-        facets = facet_fields(retriever, req)
+        facets, warnings = facet_fields(retriever, req)
         rewrite = await self.rewriter.rewrite(req.query, normalized)
         t1 = time.perf_counter()
         live = self.comparisons.current if self.comparisons is not None else None
@@ -159,8 +163,6 @@ class SearchService:
                 retrieve(rewrite.text, applied.lexical_additions),
                 *([retrieve(candidate.text, applied.lexical_additions)] if candidate else []),
             )
-        except UnknownFieldError as e:  # the version changed under the request
-            raise InvalidInput(str(e)) from e
         except ModeUnavailableError as e:
             raise Conflict(str(e)) from e
         ranking, retriever, mode, arm_ms = answers[0]
@@ -249,6 +251,7 @@ class SearchService:
             facets=facet_counts,
             facet_stats=facet_stats,
             rules=fired,
+            warnings=warnings,
             timings={
                 "rewrite_ms": round((t1 - t0) * 1000, 3),
                 "retrieve_ms": round((t2 - t1) * 1000, 3),
