@@ -176,7 +176,11 @@ function renderResponse(res, addFacet) {
             ` · score ${fmt(r.score, 4)}`))))
       : message("info", "No results."));
   const side = h("div", { class: "side" }, rewrite, timings, renderFacets(res, addFacet));
-  return h("div", { class: "search-grid" }, results, side);
+  // What the request asked that this index lacks (an unknown filter or facet field).
+  const warnings = (res.warnings || []).map((w) => message("warn", w));
+  return h("div", null,
+    warnings.length ? h("div", { id: "search-warnings" }, warnings) : null,
+    h("div", { class: "search-grid" }, results, side));
 }
 
 function renderFacets(res, addFacet) {
