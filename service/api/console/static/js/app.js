@@ -1,10 +1,11 @@
 // The console's shell: sign-in with the admin key, tabs chosen by the URL hash (#search,
-// #adapters, #runs, #analytics, #rules; so a reload or a shared link keeps the tab), each tab
-// built on first visit and refreshed on every visit.
+// #adapters, #runs, #comparisons, #analytics, #rules; so a reload or a shared link keeps the
+// tab), each tab built on first visit and refreshed on every visit.
 
 import { adminKey, api } from "./api.js";
 import { createAdaptersTab } from "./adapters.js";
 import { createAnalyticsTab } from "./analytics.js";
+import { createComparisonsTab } from "./comparisons.js";
 import { clear, errorText, message } from "./dom.js";
 import { createRulesTab } from "./rules.js";
 import { createRunsTab } from "./runs.js";
@@ -14,6 +15,7 @@ const TABS = {
   search: createSearchTab,
   adapters: createAdaptersTab,
   runs: createRunsTab,
+  comparisons: createComparisonsTab,
   analytics: createAnalyticsTab,
   rules: createRulesTab,
 };

@@ -5,9 +5,14 @@
 // policy-gradient step: reward_mean, reward_std, ndcg of the sampled rewrites on the whole index,
 // val_ndcg on held-out queries every eval_every steps; a warm-start row has `phase`). A run
 // that is still queued or running has no steps yet; one that failed may have none.
+//
+// A run whose candidate passed the gate is `comparing` while its interleaved comparison runs
+// (`metrics.comparison_id`); once decided, `metrics.comparison` holds the decision. The detail
+// shows the comparison as GET /admin/comparisons has it (live tally), else the run's record.
 
 import { api } from "./api.js";
 import { gateSummary } from "./adapters.js";
+import { comparisonFacts } from "./comparisons.js";
 import { legend, lineChart } from "./charts.js";
 import { badge, clear, duration, errorText, facts, fmt, h, int, message, table, when } from "./dom.js";
 
@@ -57,6 +62,34 @@ function gateDetail(gate) {
       `exceeds the margin ${fmt(gate.margin)}.`));
 }
 
+/** The run's comparison into `slot`: the API's (live tally) when listed, else what the run
+ *  recorded of the decision (the list holds the latest comparisons only). */
+async function comparisonInto(slot, id, run) {
+  const m = run.metrics || {};
+  let found = null;
+  try {
+    const rows = await api("/admin/comparisons", { query: { limit: 500 } });
+    found = rows.find((c) => c.id === id) || null;
+  } catch {
+    found = null; // an older API without the endpoint: fall back on the run's record
+  }
+  if (!found && m.comparison) {
+    found = {
+      id, status: m.comparison.status, tally: m.comparison.tally, decision: m.comparison,
+      candidate: run.adapter, baseline: m.parent ?? null, decided_at: null,
+    };
+  }
+  if (!found) {
+    slot.replaceChildren(message("warn", `Comparison ${id} is not among the latest 500.`));
+    return;
+  }
+  slot.replaceChildren(comparisonFacts(found));
+  if (found.status === "running") {
+    slot.append(h("p", { class: "muted" }, "It runs on live traffic; ",
+      h("a", { href: "#comparisons" }, "the Comparisons tab"), " can abort it."));
+  }
+}
+
 export function createRunsTab(root) {
   const algorithm = h("select", { name: "algorithm" }, ["ospo", "grpo"].map((a) => h("option", { value: a }, a)));
   const steps = h("input", { type: "number", name: "steps", min: 1, placeholder: "default" });
@@ -96,6 +129,10 @@ export function createRunsTab(root) {
     const m = run.metrics || {};
     const series = rewardSeries(m);
     const hasCurve = series.some((se) => se.points.length);
+    const comparisonId = m.comparison?.id ?? m.comparison_id;
+    const comparisonSlot = comparisonId
+      ? h("div", { id: "run-comparison" }, message("info", "Loading the comparison…"))
+      : null;
     clear(detail).append(h("section", { class: "panel wide", id: "run", dataset: { run: run.run_id } },
       h("h3", null, `Run ${run.run_id} `, badge(run.status)),
       run.error ? message("error", run.error) : null,
@@ -108,7 +145,6 @@ export function createRunsTab(root) {
         ["created", when(run.created_at)],
         ["ran", `${when(run.started_at)} → ${when(run.finished_at)} (${duration(run.started_at, run.finished_at)})`],
         ["steps", String((m.steps || []).filter((r) => Number.isFinite(r.reward_mean)).length)],
-        m.comparison_id ? ["comparison", h("code", null, m.comparison_id)] : null,
       ]),
       h("h4", null, "Reward per step"),
       hasCurve
@@ -119,8 +155,10 @@ export function createRunsTab(root) {
           : "This run recorded no steps."),
       h("h4", null, "Gate decision"),
       gateDetail(m.gate),
+      comparisonSlot ? [h("h4", null, "Interleaved comparison"), comparisonSlot] : null,
       m.promotion_error ? message("error", `Promotion failed: ${m.promotion_error}`) : null,
       h("details", null, h("summary", null, "configuration"), h("pre", null, JSON.stringify(run.config, null, 2)))));
+    if (comparisonSlot) comparisonInto(comparisonSlot, comparisonId, run);
   }
 
   async function load(clearStatus = true) {

@@ -183,14 +183,23 @@ function renderResponse(res, addFacet) {
     h("div", { class: "search-grid" }, results, side));
 }
 
-function renderFacets(res, addFacet) {
+/** The facets panel: a numeric field's range among the candidates (`facet_stats`: price's
+ *  min–max and how many candidates have a price), then each categorical field's top values,
+ *  each a button that filters by it. Null when the answer has neither. */
+export function renderFacets(res, addFacet) {
   const facets = res.facets || {};
   const stats = res.facet_stats || {};
   if (!Object.keys(facets).length && !Object.keys(stats).length) return null;
   return h("section", { class: "panel", id: "facets" },
     h("h3", null, "Facets"),
     Object.entries(stats).map(([field, st]) =>
-      h("p", { class: "facet-stat" }, `${field}: ${fmt(st.min, 2)} – ${fmt(st.max, 2)}`)),
+      h("div", { class: "facet-stat", dataset: { stat: field } },
+        h("h4", null, field),
+        h("p", null,
+          h("span", { class: "facet-range" }, `${fmt(st.min, 2)} – ${fmt(st.max, 2)}`),
+          st.count !== undefined && st.count !== null
+            ? h("span", { class: "count" }, ` · ${st.count} of the candidates have a ${field}`)
+            : null))),
     Object.entries(facets).map(([field, values]) =>
       h("div", { class: "facet" },
         h("h4", null, field),
