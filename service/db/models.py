@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -69,6 +70,18 @@ class Product(Base):
 
 class Search(Base):
     __tablename__ = "searches"
+    # Search analytics (migration 0004, service/repositories/analytics.py): the adapter filter,
+    # and the no-result searches alone (partial).
+    __table_args__ = (
+        Index("ix_searches_adapter_created_at", "adapter", "created_at"),
+        Index(
+            "ix_searches_no_result",
+            "created_at",
+            "adapter",
+            postgresql_where=text("json_array_length(product_ids) = 0"),
+            sqlite_where=text("json_array_length(product_ids) = 0"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     query: Mapped[str] = mapped_column(Text)
