@@ -56,20 +56,33 @@ def server(tmp_path_factory: pytest.TempPathFactory, small_index_root: Path):
     child.stop()
 
 
-def test_schemathesis_finds_no_failure(server) -> None:  # type: ignore[no-untyped-def]
-    url, _ = server
+def _schemathesis(url: str, *options: str) -> None:
     run = subprocess.run(
         [
             ST, "run", f"{url}/openapi.json",
-            "--checks", "all",
             "--header", f"Authorization: Bearer {KEY}",
             "--max-examples", str(EXAMPLES_PER_OPERATION),
-            "--exclude-path", "/admin/explain",
             "--seed", "0",
+            *options,
         ],
         capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"},
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_schemathesis_finds_no_failure(server) -> None:  # type: ignore[no-untyped-def]
+    url, _ = server
+    _schemathesis(
+        url, "--checks", "all", "--exclude-path", "/admin/explain",
+        "--exclude-path", "/admin/analytics",
+    )  # fmt: skip
+    # Analytics refuses a window its parameters contradict (`days` with `since`, since ≥ until,
+    # longer than 366 days) with a 422 and a message: rules between parameters that JSON Schema
+    # cannot state, so only the "schema-valid is accepted" check is left out for it.
+    _schemathesis(
+        url, "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+        "--include-path", "/admin/analytics",
+    )  # fmt: skip
 
 
 def test_explain_without_a_worker_is_a_504_and_shutdown_does_not_wait_for_it(server) -> None:  # type: ignore[no-untyped-def]
