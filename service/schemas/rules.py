@@ -17,7 +17,7 @@ TermText = text(128, required=True, strip=True)
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, strict=True)  # JSON 0/1 is not a boolean
     note: Annotated[str, Field(max_length=1000)] | None = None
 
 

@@ -6,15 +6,30 @@ Thin: validates the query parameters, calls the analytics service in a worker th
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from service.api.deps import AdminDep, SettingsDep
 from service.schemas.analytics import AnalyticsOut
 from service.schemas.public import ErrorResponse
 from service.services import analytics
+
+
+def _iso_8601(value: Any) -> Any:
+    # pydantic would also read a bare number as a Unix time; the parameter is documented (and
+    # published) as an ISO 8601 date-time, so nothing else is taken for one.
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expected an ISO 8601 date-time, e.g. 2026-03-01T00:00:00Z") from None
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601)]
 
 router = APIRouter(
     prefix="/admin",
@@ -37,11 +52,11 @@ async def search_analytics(
         ),
     ] = None,
     since: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(description="Start of the window, inclusive (ISO 8601; no offset: UTC)."),
     ] = None,
     until: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(description="End of the window, exclusive (default: the start of tomorrow, UTC)."),
     ] = None,
     top: Annotated[int, Query(ge=1, le=100, description="Length of the top-query lists.")] = 10,
