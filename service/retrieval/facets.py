@@ -237,7 +237,8 @@ class FacetTable:
         prices = prices[~np.isnan(prices)]
         if prices.size == 0:
             return None
-        return float(prices.min()), float(prices.max()), int(prices.size)
+        # float32 columns: round back to the cents the catalogue gave
+        return round(float(prices.min()), 2), round(float(prices.max()), 2), int(prices.size)
 
     def brand_of(self, row: int) -> str | None:
         code = int(self.codes[BRAND][row])
