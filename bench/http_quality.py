@@ -18,10 +18,33 @@ import httpx
 import numpy as np
 
 from service.retrieval.metrics import bootstrap_ci, ndcg_at_k
-from trainer.data import load_examples, split_examples
+from trainer.data import Example, load_examples, split_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
+
+
+def judged_queries(split: str = "val") -> list[Example]:
+    """Chorus queries with a relevant product; `val`: the validation side of the split that
+    `ospo eval` and the online update use (fraction 0.3, seed 0)."""
+    examples = [ex for ex in load_examples(str(CHORUS)) if ex.n_relevant]
+    return split_examples(examples, 0.3, 0)[1] if split == "val" else examples
+
+
+def served_ndcg(
+    http: httpx.Client,
+    ex: Example,
+    mode: str | None = None,
+    k: int = 10,
+    user_id: str | None = None,
+) -> tuple[float, dict]:
+    """(NDCG@k of what `POST /v1/search` returned for the query, the response body)."""
+    body = {"query": ex.query, "k": k} | ({"mode": mode} if mode else {})
+    body |= {"user_id": user_id} if user_id else {}
+    r = http.post("/v1/search", json=body)
+    r.raise_for_status()
+    answer = r.json()
+    return ndcg_at_k([hit["product_id"] for hit in answer["results"]], ex.targets, k), answer
 
 
 def main() -> None:
@@ -30,18 +53,11 @@ def main() -> None:
     ap.add_argument("--split", choices=["val", "all"], default="val")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http_quality.json")
     args = ap.parse_args()
-    examples = [ex for ex in load_examples(str(CHORUS)) if ex.n_relevant]
-    if args.split == "val":
-        examples = split_examples(examples, 0.3, 0)[1]
+    examples = judged_queries(args.split)
     scores: dict[str, list[float]] = {}
     with httpx.Client(base_url=args.url, timeout=60) as http:
         for mode in ("dense", "lexical", "hybrid"):
-            scores[mode] = []
-            for ex in examples:
-                r = http.post("/v1/search", json={"query": ex.query, "k": 10, "mode": mode})
-                r.raise_for_status()
-                ids = [hit["product_id"] for hit in r.json()["results"]]
-                scores[mode].append(ndcg_at_k(ids, ex.targets, 10))
+            scores[mode] = [served_ndcg(http, ex, mode)[0] for ex in examples]
     report: dict = {"url": args.url, "split": args.split, "queries": len(examples), "modes": {}}
     for mode, values in scores.items():
         mean, lo, hi = bootstrap_ci(values)
