@@ -148,22 +148,7 @@ def prepare_candidate(settings: Settings, name: str) -> dict[str, Any]:
             raise NotFound(f"no adapter named {name!r}")
         path = row.path
 
-    async def go() -> dict[str, Any]:
-        policy = make_policy(settings)
-        try:
-            await ensure_loaded(policy, name, path)
-            return await warm(
-                policy,
-                url,
-                name,
-                DEFAULT_PROMPT.version,
-                WarmupConfig.from_settings(settings),
-                None,
-            )
-        finally:
-            await policy.aclose()
-
-    return asyncio.run(go())
+    return _load_and_warm(settings, name, path, None, wait_for_server=False)
 
 
 def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
@@ -188,20 +173,35 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
     last = progress.get("started_at")
     missed_since = datetime.fromtimestamp(float(last), UTC) if last else None
 
+    return _load_and_warm(settings, name, path, missed_since, wait_for_server=True)
+
+
+def _load_and_warm(
+    settings: Settings,
+    name: str,
+    path: str,
+    missed_since: datetime | None,
+    *,
+    wait_for_server: bool,
+) -> dict[str, Any]:
+    """Load `name` into the policy server and store its missing head-query rewrites (and those
+    of the queries missed since `missed_since`)."""
+
     async def go() -> dict[str, Any]:
         policy = make_policy(settings)
         try:
-            # Started with the stack: wait for the policy server, and load the adapter (a
-            # restarted server has none) before asking it anything.
-            deadline = time.monotonic() + settings.vllm_start_timeout_s
-            while not await policy.health():
-                if time.monotonic() > deadline:
-                    raise Unavailable("the policy server did not come up; warm-up skipped")
-                await asyncio.sleep(2)
+            if wait_for_server:
+                # Started with the stack: wait for the policy server, and load the adapter (a
+                # restarted server has none) before asking it anything.
+                deadline = time.monotonic() + settings.vllm_start_timeout_s
+                while not await policy.health():
+                    if time.monotonic() > deadline:
+                        raise Unavailable("the policy server did not come up; warm-up skipped")
+                    await asyncio.sleep(2)
             await ensure_loaded(policy, name, path)
             return await warm(
                 policy,
-                url,
+                settings.resolved_database_url,
                 name,
                 DEFAULT_PROMPT.version,
                 WarmupConfig.from_settings(settings),

@@ -97,6 +97,8 @@ def place_pins(
     retriever: Retriever, rows: list[int], pins: tuple[str, ...], filters: Filters, k: int
 ) -> tuple[list[int], int]:
     """(rows with the admitted pins first, how many pins were placed), cut to k."""
+    if not pins:
+        return rows[:k], 0
     mask = retriever.mask(filters)
     pinned = [
         r
