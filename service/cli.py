@@ -135,9 +135,12 @@ def index_build(
 @app.command("bootstrap")
 def bootstrap() -> None:
     """Migrate; on an empty catalog ingest the shipped demo data; build the index if missing."""
+    from service.catalog.formats import assessed_grade_files
     from service.catalog.ingest import ingest_catalog, ingest_labels
     from service.db.engine import session_scope
     from service.db.migrate import upgrade
+    from service.grades import ASSESSED
+    from service.repositories.labels import has_label_source
     from service.repositories.products import count_products
     from service.retrieval.index import current_version, read_manifest
 
@@ -146,11 +149,20 @@ def bootstrap() -> None:
     upgrade(url)
     with session_scope(url) as session:
         empty = count_products(session) == 0
+        # Only the demo's own judgments get the demo's assessed grades.
+        needs_assessed = not has_label_source(session, ASSESSED) and (
+            empty or has_label_source(session, "chorus")
+        )
     if empty:
         console.print("empty catalog: ingesting the demo data (Open Icecat + Chorus, ESCI sample)")
         ingest_catalog(url, "icecat", DEMO_DATA / "chorus_icecat" / "icecat_products")
         ingest_labels(url, "chorus", DEMO_DATA / "chorus_icecat" / "Broad_Query_Set_rated.csv")
         ingest_catalog(url, "esci", DEMO_DATA / "esci" / "sample_2c_full_data.csv")
+    if needs_assessed:
+        # The assessed grades complete the Chorus pools (service/grades.py); a deployment
+        # bootstrapped before they shipped gets them on its next start.
+        for path in assessed_grade_files(DEMO_DATA / "chorus_icecat" / "Broad_Query_Set_rated.csv"):
+            ingest_labels(url, "chorus", path)
     version = current_version(s.index_dir)
     manifest = read_manifest(s.index_dir / version) if version is not None else None
     if empty or manifest is None or not (manifest.lexical and manifest.facets):

@@ -28,6 +28,13 @@ class RetrievalMode(StrEnum):
     hybrid = "hybrid"  # both, fused (service.retrieval.fusion)
 
 
+class GradeSet(StrEnum):
+    """Which relevance grades score a ranking (service.grades says how sources combine)."""
+
+    completed = "completed"  # human grades, with assessed grades filling the judged pool
+    human = "human"  # human (and shopper-derived) grades only: the pool-biased yardstick
+
+
 class FusionMethod(StrEnum):
     rrf = "rrf"  # reciprocal rank fusion
     score = "score"  # weighted sum of min-max normalised scores

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.domain import FusionMethod, IndexType, MissPolicy, RetrievalMode
+from service.domain import FusionMethod, GradeSet, IndexType, MissPolicy, RetrievalMode
 
 
 class Settings(BaseSettings):
@@ -266,6 +266,12 @@ class Settings(BaseSettings):
         description="Label sources an online update trains and gates on, as JSON, e.g. "
         '["interactions"] to learn from shoppers only while dataset judgments (ingested '
         "with their own source) stay held out for evaluation; unset: every source.",
+    )
+    train_grades: GradeSet = Field(
+        GradeSet.completed,
+        description="Grades an online update trains, gates and evaluates on: 'completed' (human "
+        "grades, with assessed grades filling the judged pool; service/grades.py) or 'human' "
+        "(human and shopper grades only, which rewards staying inside the graded pool).",
     )
     train_val_fraction: float = Field(0.3, gt=0, lt=1)
     train_max_val_queries: int = Field(24, ge=1, description="Validation queries the gate scores.")

@@ -17,8 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.domain import RetrievalMode
+from service.domain import GradeSet, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT
+from service.retrieval.metrics import MIN_JUDGED
 from trainer.config_cli import with_config_options
 from trainer.train import TrainConfig
 
@@ -38,6 +39,13 @@ FormatOpt = Annotated[
 ]
 SourcesOpt = Annotated[
     str | None, typer.Option(help="With --data db: comma-separated label sources, e.g. chorus.")
+]
+GradesOpt = Annotated[
+    GradeSet,
+    typer.Option(
+        help="completed: human grades with the assessed grades that complete the judged pool "
+        "(service/grades.py); human: human grades only (the pool-biased yardstick)."
+    ),
 ]
 ValFractionOpt = Annotated[float, typer.Option(help="Share of queries held out for validation.")]
 SplitSeedOpt = Annotated[int, typer.Option(help="Seed of the train/validation query split.")]
@@ -59,7 +67,9 @@ def _split_csv(value: str | None) -> list[str] | None:
     return items or None
 
 
-def _load_data(data: str, fmt: str | None, sources: str | None, retriever: Any) -> list[Any]:
+def _load_data(
+    data: str, fmt: str | None, sources: str | None, grades: GradeSet, retriever: Any
+) -> list[Any]:
     """Examples restricted to products in the index; typer.Exit(2) when there are none."""
     from service.catalog.formats import FormatError
     from service.settings import get_settings
@@ -71,6 +81,7 @@ def _load_data(data: str, fmt: str | None, sources: str | None, retriever: Any) 
             database_url=get_settings().resolved_database_url,
             fmt=fmt,
             sources=_split_csv(sources),
+            grades=grades,
         )
     except (FormatError, ValueError, OSError) as e:
         raise _fail(str(e)) from e
@@ -105,6 +116,7 @@ def train_command(
     data: DataOpt = "db",
     fmt: FormatOpt = None,
     sources: SourcesOpt = None,
+    grades: GradesOpt = GradeSet.completed,
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default: data_dir/runs/...).")
     ] = None,
@@ -134,7 +146,7 @@ def train_command(
     if not 0.0 <= val_fraction < 1.0:
         raise _fail("--val-fraction must be in [0, 1)")
     retriever, model_path = _resources(model, index_dir, need_model=True)
-    examples = _load_data(data, fmt, sources, retriever)
+    examples = _load_data(data, fmt, sources, grades, retriever)
     train_ex, val_ex = split_examples(examples, val_fraction, split_seed)
     if not train_ex:
         raise _fail("the split left no training queries; lower --val-fraction")
@@ -166,6 +178,7 @@ def eval_command(
     data: DataOpt = "db",
     fmt: FormatOpt = None,
     sources: SourcesOpt = None,
+    grades: GradesOpt = GradeSet.completed,
     split: Annotated[str, typer.Option(help="all|train|val queries of the split.")] = "val",
     val_fraction: ValFractionOpt = 0.3,
     split_seed: SplitSeedOpt = 0,
@@ -184,7 +197,7 @@ def eval_command(
     index_dir: IndexOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
-    """Score policies' greedy rewrites: NDCG@10, recall@10/50, MRR with 95% CIs."""
+    """Score policies' greedy rewrites: NDCG@10 with judged@10, recall@10/50, MRR, 95% CIs."""
     from trainer.data import split_examples
     from trainer.evaluate import evaluate_policies, resolve_adapter
 
@@ -198,7 +211,7 @@ def eval_command(
                 raise _fail(str(e)) from e
     need_model = any(p != "raw" for p in policy)
     retriever, model_path = _resources(model, index_dir, need_model)
-    examples = _load_data(data, fmt, sources, retriever)
+    examples = _load_data(data, fmt, sources, grades, retriever)
     if split != "all":
         train_ex, val_ex = split_examples(examples, val_fraction, split_seed)
         examples = train_ex if split == "train" else val_ex
@@ -212,6 +225,7 @@ def eval_command(
         policy, examples, retriever, model_path, modes=mode, pooled=pooled,
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
+    report["grades"] = str(grades)
     _print_report(report)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,9 +234,14 @@ def eval_command(
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    table = Table(title=f"{report['n_queries']} queries, index {report['index_version']}")
-    for col in ("policy", "retriever", "NDCG@10", "recall@10", "recall@50", "MRR", "parsed"):
+    table = Table(
+        title=f"{report['n_queries']} queries, index {report['index_version']}, "
+        f"{report.get('grades', GradeSet.completed)} grades"
+    )
+    cols = ("policy", "retriever", "NDCG@10", "judged@10", "recall@10", "recall@50", "MRR")
+    for col in (*cols, "parsed"):
         table.add_column(col)
+    unreliable = []
     for name, summary in report["policies"].items():
         for retriever in summary:
             if not isinstance(summary[retriever], dict):
@@ -230,10 +249,18 @@ def _print_report(report: dict[str, Any]) -> None:
             m = summary[retriever]
             cells = [
                 f"{m[k]['mean']:.3f} [{m[k]['lo']:.3f}, {m[k]['hi']:.3f}]"
-                for k in ("ndcg@10", "recall@10", "recall@50", "mrr")
+                for k in ("ndcg@10", "judged@10", "recall@10", "recall@50", "mrr")
             ]
+            if not m.get("reliable", True):
+                cells[1] = f"[red]{cells[1]} ![/red]"
+                unreliable.append(f"{name}/{retriever}")
             table.add_row(name, retriever, *cells, f"{summary['parse_rate']:.2f}")
     Console().print(table)
+    if unreliable:
+        console.print(
+            f"[yellow]unreliable:[/yellow] judged@10 below {MIN_JUDGED} for "
+            f"{', '.join(unreliable)}: their NDCG counts many ungraded products as irrelevant"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,10 @@
 
 An ``Example`` is one prompt of OSPO/GRPO: the query the policy rewrites and its targets
 {product id: gain} that the reward scores retrieval against. Labels for the same normalised
-query are merged (the highest gain of a product wins, as in ``targets_by_query``).
+query are merged by ``service.grades.merge_grades`` (a human grade wins over an assessed one;
+within a tier the highest gain), as ``targets_by_query`` does in the database. By default a
+Chorus judgment file brings the assessed grades that complete its pool (``assessed/`` beside
+it); ``grades=GradeSet.human`` scores with human grades only.
 
 The train/validation split hashes ``seed`` and the *normalised* query, so it is deterministic,
 independent of the order and number of examples, and a query never lands on both sides
@@ -17,7 +20,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.catalog.formats import FormatError, LabelFormat, parse_labels
+from service.catalog.formats import FormatError, LabelFormat, assessed_grade_files, parse_labels
+from service.domain import GradeSet
+from service.grades import is_assessed, merge_grades
 from service.normalize import normalize_query
 from service.records import LabelRecord
 
@@ -48,17 +53,22 @@ def examples_from_targets(
     ]
 
 
-def examples_from_labels(labels: Iterable[LabelRecord]) -> list[Example]:
-    """Merge label records by normalised query; the first spelling seen is the display text."""
-    targets: dict[str, dict[str, float]] = {}
+def examples_from_labels(
+    labels: Iterable[LabelRecord], grades: GradeSet = GradeSet.completed
+) -> list[Example]:
+    """Merge label records by normalised query; the first spelling seen is the display text.
+
+    A query only assessed grades know (none from a person) is not an example: its pool was
+    completed, never judged."""
+    rows: list[tuple[str, str, float, str]] = []
     texts: dict[str, str] = {}
     for lab in labels:
         key = normalize_query(lab.query)
-        if not key:
-            continue
-        texts.setdefault(key, " ".join(lab.query.split()))
-        t = targets.setdefault(key, {})
-        t[lab.product_id] = max(lab.gain, t.get(lab.product_id, 0.0))
+        if key:
+            rows.append((key, lab.product_id, lab.gain, lab.source))
+            if not is_assessed(lab.source):
+                texts.setdefault(key, " ".join(lab.query.split()))
+    targets = {k: t for k, t in merge_grades(rows, grades).items() if k in texts}
     return examples_from_targets(targets, texts)
 
 
@@ -84,8 +94,12 @@ def sniff_label_format(path: Path) -> str:
     )
 
 
-def load_file_examples(path: Path, fmt: str | None = None) -> list[Example]:
-    """Examples from a judgment file (Chorus CSV, ESCI CSV/parquet, WANDS label.csv, JSONL)."""
+def load_file_examples(
+    path: Path, fmt: str | None = None, grades: GradeSet = GradeSet.completed
+) -> list[Example]:
+    """Examples from a judgment file (Chorus CSV, ESCI CSV/parquet, WANDS label.csv, JSONL);
+    a Chorus file's assessed grades (``assessed/*.csv`` beside it) join unless ``grades`` is
+    human."""
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such file")
@@ -93,16 +107,25 @@ def load_file_examples(path: Path, fmt: str | None = None) -> list[Example]:
     if fmt not in LABEL_FORMATS:
         raise FormatError(f"unknown label format {fmt!r}; choose one of {', '.join(LABEL_FORMATS)}")
     fmt_: LabelFormat = fmt  # type: ignore[assignment]
-    return examples_from_labels(parse_labels(fmt_, path))
+    labels = list(parse_labels(fmt_, path))
+    if fmt_ == "chorus" and grades == GradeSet.completed:
+        for extra in assessed_grade_files(path):
+            if extra.resolve() != path.resolve():
+                labels.extend(parse_labels("chorus", extra))
+    return examples_from_labels(labels, grades)
 
 
-def load_db_examples(database_url: str, sources: Sequence[str] | None = None) -> list[Example]:
+def load_db_examples(
+    database_url: str,
+    sources: Sequence[str] | None = None,
+    grades: GradeSet = GradeSet.completed,
+) -> list[Example]:
     """Examples from the relevance labels in the database (``targets_by_query``)."""
     from service.db.engine import session_scope
     from service.repositories.labels import labelled_queries, targets_by_query
 
     with session_scope(database_url) as session:
-        targets = targets_by_query(session, sources)
+        targets = targets_by_query(session, sources, grades)
         texts = {nq: " ".join(q.split()) for nq, q in labelled_queries(session, sources)}
     return examples_from_targets(targets, texts)
 
@@ -113,13 +136,14 @@ def load_examples(
     database_url: str | None = None,
     fmt: str | None = None,
     sources: Sequence[str] | None = None,
+    grades: GradeSet = GradeSet.completed,
 ) -> list[Example]:
     """``"db"`` (needs ``database_url``) or a path to a judgment file."""
     if source == "db":
         if database_url is None:
             raise ValueError("database_url is required for source 'db'")
-        return load_db_examples(database_url, sources)
-    return load_file_examples(Path(source), fmt)
+        return load_db_examples(database_url, sources, grades)
+    return load_file_examples(Path(source), fmt, grades)
 
 
 def restrict_to_index(examples: Iterable[Example], known_ids: Collection[str]) -> list[Example]:

@@ -13,8 +13,11 @@ A policy trained against hybrid and scored on dense or lexical alone is the unse
 check: does the rewrite help beyond the retriever of its reward? ``pooled`` adds
 ``hybrid_pooled``: the default mode ranked inside each query's judged products only.
 
-Relevant = gain > 0 (recall, MRR); NDCG uses graded gains. Intervals are percentile bootstraps
-over queries; ``delta_vs_raw`` is the paired per-query difference to the raw query.
+Relevant = gain > 0 (recall, MRR); NDCG uses graded gains. judged@10 is the share of the top 10
+with any grade: grades are human + assessed by default (``service.grades``), and a retriever's
+result whose mean judged@10 is below ``MIN_JUDGED`` carries ``reliable: false``. Intervals are
+percentile bootstraps over queries; ``delta_vs_raw`` is the paired per-query difference to the
+raw query.
 """
 
 from __future__ import annotations
@@ -30,17 +33,25 @@ import numpy as np
 from service.domain import RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
 from service.retrieval.index import Retriever
-from service.retrieval.metrics import bootstrap_ci, ndcg_at_k, recall_at_k, reciprocal_rank
+from service.retrieval.metrics import (
+    MIN_JUDGED,
+    bootstrap_ci,
+    judged_at_k,
+    ndcg_at_k,
+    recall_at_k,
+    reciprocal_rank,
+)
 from trainer.data import Example
 from trainer.reward import RewardModel
 
 DEPTH = 100  # results kept per query (MRR looks this deep)
-METRICS = ("ndcg@10", "recall@10", "recall@50", "mrr")
+METRICS = ("ndcg@10", "judged@10", "recall@10", "recall@50", "mrr")
 
 
 def query_metrics(ranked: Sequence[str], targets: Mapping[str, float]) -> dict[str, float]:
     return {
         "ndcg@10": ndcg_at_k(ranked, targets, 10),
+        "judged@10": judged_at_k(ranked, targets, 10),
         "recall@10": recall_at_k(ranked, targets, 10),
         "recall@50": recall_at_k(ranked, targets, 50),
         "mrr": reciprocal_rank(ranked, targets),
@@ -116,6 +127,7 @@ class PolicyEval:
         out: dict[str, Any] = {"parse_rate": self.parse_rate, "seconds": self.seconds}
         for name, metrics in self.per_query.items():
             out[name] = {m: summarize(v) for m, v in metrics.items()}
+            out[name]["reliable"] = bool(np.mean(metrics["judged@10"]) >= MIN_JUDGED)
             if raw is not None and raw is not self and name in raw.per_query:
                 diff = np.subtract(metrics["ndcg@10"], raw.per_query[name]["ndcg@10"])
                 out[name]["delta_ndcg@10_vs_raw"] = summarize(diff.tolist())

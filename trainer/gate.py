@@ -13,6 +13,11 @@ the same resample for both sides) and passes only when the lower end of the 95% 
 above ``margin``. Comparing against the *better* of the two means a candidate can never be
 promoted below raw, even when the active adapter is itself below raw (it would then be
 replaced only by something that beats raw, while rollback to raw stays one call away).
+
+``judged`` (optional, per arm: judged@10 per query) is reported beside each arm's NDCG, and the
+decision says whether every arm's mean judged@10 reaches ``MIN_JUDGED``: below it an NDCG says
+more about the graded pool than about the ranking. An unreliable gate still decides (refusing
+would stall the loop on pools no one has completed), but says so on the run and the console.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from service.retrieval.metrics import bootstrap_ci
+from service.retrieval.metrics import MIN_JUDGED, bootstrap_ci
 
 
 def _summary(values: np.ndarray, seed: int) -> dict[str, float]:
@@ -36,6 +41,7 @@ def gate_decision(
     active: Sequence[float] | None,
     margin: float = 0.0,
     seed: int = 0,
+    judged: dict[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Scores with 95% intervals, the paired difference to the baseline, and ``passed``."""
     cand = np.asarray(candidate, dtype=np.float64)
@@ -64,4 +70,11 @@ def gate_decision(
     out["candidate_ndcg@10"] = out["candidate"]["mean"]
     out["raw_query_ndcg@10"] = out["raw"]["mean"]
     out["active_ndcg@10"] = None if act is None else out["active"]["mean"]
+    if judged:
+        means = {arm: float(np.mean(v)) for arm, v in judged.items() if len(v)}
+        for arm, mean in means.items():
+            if out.get(arm) is not None:
+                out[arm]["judged@10"] = mean
+        out["judged@10"] = means
+        out["reliable"] = all(m >= MIN_JUDGED for m in means.values())
     return out

@@ -135,22 +135,24 @@ def _gate(
     from service.policy.prompt import DEFAULT_PROMPT
     from trainer.gate import gate_decision
     from trainer.reward import RewardModel
-    from trainer.train import greedy_scores, load_policy
+    from trainer.train import greedy_pairs, load_policy
 
     reward = RewardModel(retriever, {ex.key: ex.targets for ex in val}, k=10)
     policies = {"candidate": candidate}
     if active is not None or settings.serve_base_policy:
         policies["active"] = active
-    scores: dict[str, Any] = {}
+    pairs: dict[str, list[tuple[str, str]]] = {"raw": [(ex.query, ex.key) for ex in val]}
     for label, path in policies.items():
         cfg = dataclasses.replace(config, warm_start=str(path) if path else None)
         tokenizer, model = load_policy(model_path, cfg)
-        scores[label] = greedy_scores(model, tokenizer, val, reward, cfg, DEFAULT_PROMPT)
+        pairs[label] = greedy_pairs(model, tokenizer, val, cfg, DEFAULT_PROMPT)
         del model
-    raw = reward.score([(ex.query, ex.key) for ex in val])
+    scores = {label: reward.score(p) for label, p in pairs.items()}
     gate = gate_decision(
-        scores["candidate"], raw, scores.get("active"), margin=settings.gate_margin
-    )
+        scores["candidate"], scores["raw"], scores.get("active"), margin=settings.gate_margin,
+        judged={label: reward.judged(p) for label, p in pairs.items()},
+    )  # fmt: skip
+    gate["grades"] = str(settings.train_grades)
     gate["active_policy"] = (
         str(active) if active is not None else ("base" if "active" in scores else "raw")
     )
@@ -216,7 +218,8 @@ def _train_gate_promote(
     url = settings.resolved_database_url
     retriever = open_retriever(settings)
     examples = restrict_to_index(
-        load_db_examples(url, settings.train_label_sources), retriever.row_of
+        load_db_examples(url, settings.train_label_sources, settings.train_grades),
+        retriever.row_of,
     )
     train_ex, val_ex = split_examples(examples, settings.train_val_fraction, seed=0)
     if len(train_ex) < 1 or len(val_ex) < 1:

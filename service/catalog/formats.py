@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from service.grades import is_assessed
 from service.records import LabelRecord, ProductRecord
 
 CatalogFormat = Literal["esci", "wands", "icecat", "jsonl"]
@@ -265,17 +266,30 @@ def parse_wands_labels(path: Path, queries: Path | None = None) -> Iterator[Labe
 
 
 def parse_chorus_labels(path: Path) -> Iterator[LabelRecord]:
-    """Chorus `Broad_Query_Set_rated.csv`: query, docid, rating (0–3)."""
+    """Chorus `Broad_Query_Set_rated.csv`: query, docid, rating (0–3); or an assessed grade file
+    (`assessed/*.csv`: query, docid, grade, source), whose rows keep their own source."""
     for i, row in enumerate(_rows(path, ",")):
-        col = "rating" if "rating" in row else "final_rating"
+        col = next((c for c in ("rating", "final_rating", "grade") if c in row), "rating")
         _require(row, ("query", "docid", col), f"{path} row {i + 1}")
+        source = row.get("source") or "chorus"
+        if col == "grade" and not is_assessed(source):
+            raise FormatError(
+                f"{path} row {i + 1}: source {source!r} of an assessed grade file must be "
+                "'assessed' or 'assessed:WHO'"
+            )
         try:
             rating = int(float(row[col]))
         except ValueError as e:
             raise FormatError(f"{path} row {i + 1}: rating {row[col]!r} is not 0–3") from e
         if rating not in CHORUS_GAINS:
             raise FormatError(f"{path} row {i + 1}: rating {rating} is not 0–3")
-        yield LabelRecord(row["query"], str(row["docid"]), CHORUS_GAINS[rating], "chorus")
+        yield LabelRecord(row["query"], str(row["docid"]), CHORUS_GAINS[rating], source)
+
+
+def assessed_grade_files(path: Path) -> list[Path]:
+    """The assessed grade files that complete a Chorus judgment file's pool: every CSV in the
+    `assessed/` folder beside it (service.grades says how they combine with human grades)."""
+    return sorted((Path(path).parent / "assessed").glob("*.csv"))
 
 
 def parse_labels(

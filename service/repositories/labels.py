@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 from sqlalchemy import delete, distinct, func, select
 from sqlalchemy.orm import Session
 
 from service.db.models import RelevanceLabel, utcnow
+from service.domain import GradeSet
+from service.grades import merge_grades
 from service.normalize import normalize_query
 from service.records import LabelRecord
 from service.repositories.upsert import upsert
@@ -42,16 +43,21 @@ def count_labels(session: Session) -> int:
 
 
 def targets_by_query(
-    session: Session, sources: Sequence[str] | None = None
+    session: Session,
+    sources: Sequence[str] | None = None,
+    grades: GradeSet = GradeSet.completed,
 ) -> dict[str, dict[str, float]]:
-    """{normalized query: {product id: gain}}; several sources for a pair keep the max gain."""
-    stmt = select(RelevanceLabel.normalized_query, RelevanceLabel.product_id, RelevanceLabel.gain)
+    """{normalized query: {product id: gain}}; sources combine by ``service.grades`` (a human
+    grade wins over an assessed one; within a tier the max gain)."""
+    stmt = select(
+        RelevanceLabel.normalized_query,
+        RelevanceLabel.product_id,
+        RelevanceLabel.gain,
+        RelevanceLabel.source,
+    )
     if sources:
         stmt = stmt.where(RelevanceLabel.source.in_(list(sources)))
-    out: dict[str, dict[str, float]] = defaultdict(dict)
-    for nq, pid, gain in session.execute(stmt):
-        out[nq][pid] = max(gain, out[nq].get(pid, 0.0))
-    return dict(out)
+    return merge_grades(session.execute(stmt), grades)  # type: ignore[arg-type]
 
 
 def labelled_queries(
@@ -69,6 +75,11 @@ def labelled_queries(
     if sources:
         stmt = stmt.where(RelevanceLabel.source.in_(list(sources)))
     return [(nq, q) for nq, q in session.execute(stmt)]
+
+
+def has_label_source(session: Session, source: str) -> bool:
+    stmt = select(RelevanceLabel.product_id).where(RelevanceLabel.source == source).limit(1)
+    return session.scalar(stmt) is not None
 
 
 def count_labelled_queries(session: Session, source: str) -> int:

@@ -33,6 +33,26 @@ def ndcg_at_k(ranked: Sequence[str], targets: Mapping[str, float], k: int = 10) 
     return dcg([max(targets.get(pid, 0.0), 0.0) for pid in ranked[:k]], k) / ideal
 
 
+# Below this share of graded products in the top 10, an NDCG says more about the judged pool
+# than about the ranking (service.grades): results carry ``reliable: false``.
+MIN_JUDGED = 0.9
+
+
+def judged_at_k(ranked: Sequence[str], targets: Mapping[str, float], k: int = 10) -> float:
+    """Share of the top k with any grade (gain 0 included): how far NDCG@k can be trusted.
+
+    An ungraded product scores as irrelevant, so a ranking that leaves the graded pool loses
+    NDCG for want of grades; judged@k says how much of the ranking that was. A ranking shorter
+    than k counts its missing ranks as judged (nothing there to grade).
+    """
+    if k <= 0:
+        raise ValueError("k must be positive")
+    top = list(ranked[:k])
+    if not top:
+        return 1.0
+    return sum(1 for pid in top if pid in targets) / len(top)
+
+
 def recall_at_k(
     ranked: Sequence[str], targets: Mapping[str, float], k: int = 10, min_gain: float = 0.0
 ) -> float:

@@ -48,9 +48,14 @@ function gateDetail(gate) {
   if (!gate) return message("info", "No gate decision (the run did not get that far).");
   return h("div", { class: "gate-detail" },
     h("p", null, gateSummary(gate)),
+    gate.reliable === false
+      ? message("warn", "Unreliable: judged@10 is below 0.9 for some policy, so its NDCG "
+        + "counts many ungraded products as irrelevant.")
+      : null,
     table([
       { label: "policy", value: (r) => r[0] },
       { label: "NDCG@10 mean [95% CI]", class: "num", value: (r) => interval(r[1]) },
+      { label: "judged@10", class: "num", value: (r) => fmt(r[1]?.["judged@10"]) },
     ], [
       ["candidate", gate.candidate],
       ["active", gate.active],
@@ -58,7 +63,8 @@ function gateDetail(gate) {
       [`Δ vs ${gate.baseline}`, gate.delta_vs_baseline],
     ].filter((r) => r[1])),
     h("p", { class: "muted" },
-      `${gate.validation_queries ?? "?"} validation queries; passes when the lower end of Δ `,
+      `${gate.validation_queries ?? "?"} validation queries (${gate.grades ?? "human"} grades); `,
+      "passes when the lower end of Δ ",
       `exceeds the margin ${fmt(gate.margin)}.`));
 }
 
