@@ -7,6 +7,12 @@ Two rewrite modes (``RewriteMode``):
   prompting / BEQUE's "increment" rewrites all keep the original query).
 * ``replace`` — the policy's line replaces the query (the paper's setting).
 
+A *grounded* prompt (``GROUNDED_PROMPT``) also shows the policy the titles of the raw query's
+top results (its ``ground`` function: service/rewriting/grounding.py) and asks for additions
+copied from them: the parser keeps the list only up to the first item whose words are not in
+those titles. A 135M model invents unrelated terms ("aa" → "avalon, halibut"); choosing among
+the catalogue's own words asks far less of it (bench/grounding.py measures both).
+
 The prompt is versioned: every logged rewrite records `PromptConfig.version`, so training never
 mixes rollouts from different prompts, and changing the wording means bumping the version.
 The model is tiny (135M), so the prompt asks for one plain line and the parser does the rest:
@@ -17,7 +23,8 @@ unusable (empty, chatty, looping), so a bad generation never makes search worse 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -32,6 +39,10 @@ class RewriteMode(StrEnum):
 
 # An explicit "nothing to add" answer in expand mode: search with the raw query.
 _NOTHING = re.compile(r"^\W*(?:none|nothing|n/?a|no (?:extra |additional )?terms?)\W*$", re.I)
+
+
+# query -> titles of the raw query's top results (what a grounded prompt shows)
+Grounder = Callable[[str], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -59,16 +70,41 @@ class PromptConfig:
     top_p: float = 1.0
     max_tokens: int = 32  # served, sampled in training, greedy in eval/gate: one length
     stop: tuple[str, ...] = field(default=("\n", REWRITE_CLOSE))
+    # Grounded prompts: the user turn lists `{context}`, the raw query's top result titles
+    # (`ground`), each cut to `context_words` words; `example_contexts` go with `examples`.
+    grounded: bool = False
+    context_words: int = 12
+    example_contexts: tuple[tuple[str, ...], ...] = ()
+    ground: Grounder | None = field(default=None, compare=False, repr=False)
+
+    def with_grounder(self, ground: Grounder | None) -> PromptConfig:
+        """This prompt with the function that finds a query's titles (grounded prompts)."""
+        return replace(self, ground=ground)
+
+    def context(self, query: str) -> tuple[str, ...]:
+        """The titles a grounded prompt shows for `query` (cut to `context_words`); ()."""
+        if not self.grounded:
+            return ()
+        if self.ground is None:
+            raise RuntimeError(
+                f"prompt {self.version} is grounded: attach a grounder with with_grounder()"
+            )
+        return tuple(" ".join(t.split()[: self.context_words]) for t in self.ground(query))
+
+    def _user(self, query: str, context: Sequence[str]) -> str:
+        listed = "\n".join(f"- {t}" for t in context) or "- (no results)"
+        return self.user_template.format(query=query.strip(), context=listed)
 
     def build_messages(self, query: str) -> list[dict[str, str]]:
         """Chat messages for `query`; the model's chat template turns them into the prompt."""
         messages = [{"role": "system", "content": self.system_prompt}]
-        for example_query, answer in self.examples:
+        contexts = self.example_contexts or ((),) * len(self.examples)
+        for (example_query, answer), context in zip(self.examples, contexts, strict=True):
             messages += [
-                {"role": "user", "content": self.user_template.format(query=example_query)},
+                {"role": "user", "content": self._user(example_query, context)},
                 {"role": "assistant", "content": answer},
             ]
-        messages.append({"role": "user", "content": self.user_template.format(query=query.strip())})
+        messages.append({"role": "user", "content": self._user(query, self.context(query))})
         return messages
 
     def sampling_params(self, max_tokens: int | None = None) -> dict[str, Any]:
@@ -87,9 +123,12 @@ class PromptConfig:
         substring of ``completion``; "" when it says nothing is needed (expand); None when the
         completion is unusable. Either of the last two means: search with the raw query."""
         if self.mode == RewriteMode.expand:
-            return parse_additions(
+            answer = parse_additions(
                 completion, query, max_chars, truncated=truncated, max_items=self.max_items
             )
+            if answer and self.grounded:
+                return grounded_prefix(answer, self.context(query))
+            return answer
         answer, ok = parse_rewrite(completion, query, max_chars, truncated=truncated)
         return answer if ok else None
 
@@ -114,7 +153,56 @@ REPLACE_PROMPT = PromptConfig(
     user_template="Query: {query}\nRewritten query:",
     examples=(),
 )
+GROUNDED_PROMPT = PromptConfig(
+    version="grounded-v1",
+    system_prompt=(
+        "You help an online shop's search engine. You see a shopper's search query and the "
+        "titles of the first products it finds. If words from those titles name what the "
+        "shopper wants more precisely (the product type or a key attribute), reply with "
+        "them, copied exactly, comma-separated, on one line. If the results already fit the "
+        "query, reply NONE."
+    ),
+    user_template="Query: {query}\nResults:\n{context}\nExtra terms:",
+    # Generic queries and titles written for the prompt, not from any evaluation set.
+    examples=(
+        ("laptop bag", "notebook case"),
+        ("hdmi cable 2m", "NONE"),
+        ("wireless earbuds", "headset, bluetooth"),
+    ),
+    example_contexts=(
+        (
+            "Targus Classic notebook case 39.6 cm (15.6in) briefcase black",
+            "Samsonite backpack for 15.6 inch notebook",
+            "HP Essential top load notebook case",
+        ),
+        (
+            "Belkin HDMI cable 2 m HDMI Type A (Standard) black",
+            "Sony high speed HDMI cable 2 m",
+            "Nedis high speed HDMI cable with Ethernet 2 m",
+        ),
+        (
+            "Samsung Galaxy Buds headset in-ear Bluetooth black",
+            "JBL Tune true wireless headphones",
+            "Sony WF-1000XM3 headset Bluetooth",
+        ),
+    ),
+    max_items=3,
+    grounded=True,
+)
 PROMPTS = {p.mode: p for p in (DEFAULT_PROMPT, REPLACE_PROMPT)}
+
+
+def grounded_prefix(additions: str, context: Sequence[str]) -> str | None:
+    """The leading items of `additions` whose every word appears in `context` (the titles);
+    None when the first item is not grounded (unusable: search runs on the raw query)."""
+    vocabulary = {w for title in context for w in _WORD.findall(title.lower())}
+    end = 0
+    for item in _ITEM_SPLIT.split(additions):
+        words = _WORD.findall(item.lower())
+        if not words or any(w not in vocabulary for w in words):
+            break
+        end = additions.find(item, end) + len(item)
+    return additions[:end].rstrip(" \t.;,:") or None
 
 
 _OPEN_TAG = re.compile(r"<\s*rewrite\s*>", re.IGNORECASE)
