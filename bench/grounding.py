@@ -30,7 +30,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,43 @@ OUT = ROOT / "bench" / "results"
 ENTRIES = ("concat", "lexical", "fused")
 DEPTH = 100  # each list's depth before the fused entry merges them
 STOPWORDS = frozenset(
-    "a an and are as at be by for from in into is it of on or the to with without x cm mm "
-    "m kg g w v mah gb tb mb hz inch in".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "in",
+        "into",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "the",
+        "to",
+        "with",
+        "without",
+        "x",
+        "cm",
+        "mm",
+        "m",
+        "kg",
+        "g",
+        "w",
+        "v",
+        "mah",
+        "gb",
+        "tb",
+        "mb",
+        "hz",
+        "inch",
+    ]
 )
 _WORD = re.compile(r"[a-z0-9][a-z0-9\-]*[a-z0-9]|[a-z]")
 console = Console(stderr=True)
@@ -206,7 +241,10 @@ def run_split(
         raw = score(ranker, examples, [""] * n, entry, targets)
         raw_h = score(ranker, examples, [""] * n, entry, h_targets)
 
-        def arm(label: str, draws: list[list[str]], abstain: float) -> None:
+        def arm(
+            label: str, draws: list[list[str]], abstain: float, entry: str = entry,
+            raw: Any = raw, raw_h: Any = raw_h,
+        ) -> None:  # fmt: skip
             per = [score(ranker, examples, d, entry, targets) for d in draws]
             per_h = [score(ranker, examples, d, entry, h_targets) for d in draws]
             row = summarize(label, per, raw[0], per_h, raw_h[0], abstain)
@@ -239,7 +277,11 @@ def run_split(
                     options = ["", *dict.fromkeys(a for a in s if a)]
                     vals = score(ranker, [ex] * len(options), options, entry, [t] * len(options))[0]
                     pick.append(options[int(np.argmax(vals))])
-                arm(f"{version} best sample or none", [pick], float(np.mean([p == "" for p in pick])))
+                arm(
+                    f"{version} best sample or none",
+                    [pick],
+                    float(np.mean([p == "" for p in pick])),
+                )
     return rows
 
 
@@ -277,9 +319,7 @@ def main() -> None:
     settings = get_settings()
     retriever = load_retriever(settings)
     examples = restrict_to_index(load_examples(str(CHORUS)), retriever.row_of)
-    human = {
-        e.key: e.targets for e in load_examples(str(CHORUS), grades=GradeSet.human)
-    }
+    human = {e.key: e.targets for e in load_examples(str(CHORUS), grades=GradeSet.human)}
     train, val = split_examples(examples, 0.3, 0)
     ranker = Ranker(retriever)
     policies: dict[str, dict[str, tuple[list[str], list[list[str]]]]] = {"train": {}, "val": {}}
@@ -326,7 +366,10 @@ def main() -> None:
                 v: {"greedy": dict(zip([e.query for e in exs], g, strict=True))}
                 for v, (g, _) in pol.items()
             }
-            for split, pol, exs in (("train", policies["train"], train), ("val", policies["val"], val))
+            for split, pol, exs in (
+                ("train", policies["train"], train),
+                ("val", policies["val"], val),
+            )
         },
     }
     args.out.write_text(json.dumps(report, indent=1))

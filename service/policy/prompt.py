@@ -190,6 +190,17 @@ GROUNDED_PROMPT = PromptConfig(
     grounded=True,
 )
 PROMPTS = {p.mode: p for p in (DEFAULT_PROMPT, REPLACE_PROMPT)}
+PROMPT_VERSIONS = {p.version: p for p in (DEFAULT_PROMPT, REPLACE_PROMPT, GROUNDED_PROMPT)}
+
+
+def prompt_by_version(version: str) -> PromptConfig:
+    """The prompt of `version` (a grounded one still needs ``with_grounder``)."""
+    try:
+        return PROMPT_VERSIONS[version]
+    except KeyError:
+        raise ValueError(
+            f"unknown prompt version {version!r}; choose one of {', '.join(PROMPT_VERSIONS)}"
+        ) from None
 
 
 def grounded_prefix(additions: str, context: Sequence[str]) -> str | None:
