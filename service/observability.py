@@ -50,3 +50,7 @@ SEARCH_LOG_DROPPED = Counter(
     "ospo_search_log_dropped_total",
     "Searches the database refused for their content (never for an outage), dropped",
 )
+SEARCH_LOG_RECOVERED = Counter(
+    "ospo_search_log_recovered_total",
+    "Searches replayed from the journal a dead API process left (already stored ones skipped)",
+)

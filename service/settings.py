@@ -56,6 +56,19 @@ class Settings(BaseSettings):
         2.0, ge=0, description="Weight of the lexical arm in fusion (measured: bench/lexical.py)."
     )
     fusion_depth: int = Field(100, ge=1, description="Candidates each arm brings to fusion.")
+    retrieval_backend: Literal["local", "milvus"] = Field(
+        "local",
+        description="Where both arms search: local (FAISS + bm25s inside each process) or "
+        "milvus (one collection per index version on the Milvus at milvus_uri: dense + BM25 "
+        "fused with RRF and filtered inside the engine; facets, synonyms and rules stay in the "
+        "service; deploy/SCALING.md).",
+    )
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530", description="Milvus endpoint of the milvus retrieval backend."
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus credentials (`user:password` or an API key), if it needs any."
+    )
 
     max_body_bytes: int = Field(
         1_048_576,
@@ -81,7 +94,10 @@ class Settings(BaseSettings):
         'example"]); empty: no CORS headers (server-to-server storefronts need none).',
     )
     worker_timeout_s: float = Field(
-        30.0, gt=0, description="How long a request waits on a worker (explain) before a 504."
+        30.0,
+        gt=0,
+        description="How long a request waits on a worker (explain) before a 504; with no "
+        "live worker consuming its queue it answers 503 at once instead.",
     )
     shutdown_grace_s: float = Field(
         10.0,
@@ -101,6 +117,14 @@ class Settings(BaseSettings):
         description="Log searches from a background writer (off the request's path; an event "
         "naming a search still buffered waits for it). false: commit each search before "
         "answering it.",
+    )
+    search_log_journal: bool = Field(
+        True,
+        description="With the background writer: append each search to a local write-ahead "
+        "file (data_dir/search-log) before answering it, replayed at start-up, so a killed "
+        "API process loses no answered search (a power loss: at most the last ~ms, before the "
+        "writer's fsync). false: searches wait in memory only (measured cost: "
+        "bench/results/search_log.json).",
     )
 
     rules_refresh_s: float = Field(
@@ -301,6 +325,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def search_log_dir(self) -> Path:
+        return self.data_dir / "search-log"
 
     @property
     def adapters_dir(self) -> Path:

@@ -98,32 +98,56 @@ def _count_events(url: str) -> int:
         return s.scalar(select(func.count()).select_from(Event))
 
 
+def _counts(answer: dict) -> dict:
+    return {k: answer[k] for k in ("received", "stored", "duplicates", "refused")}
+
+
 def test_events_are_idempotent(client: TestClient) -> None:
     sid = _search(client)["search_id"]
     batch = _events(sid, 6)
     r1 = client.post("/v1/events", json=batch)
-    assert r1.status_code == 200 and r1.json() == {"received": 6, "stored": 6, "duplicates": 0}
+    assert r1.status_code == 200
+    assert _counts(r1.json()) == {"received": 6, "stored": 6, "duplicates": 0, "refused": 0}
     r2 = client.post("/v1/events", json=batch)
-    assert r2.json() == {"received": 6, "stored": 0, "duplicates": 6}
+    assert _counts(r2.json()) == {"received": 6, "stored": 0, "duplicates": 6, "refused": 0}
     r3 = client.post("/v1/events", json=batch[:2] + _events(sid, 1, "new") + batch[:1])
-    assert r3.json() == {"received": 4, "stored": 1, "duplicates": 3}
+    assert _counts(r3.json()) == {"received": 4, "stored": 1, "duplicates": 3, "refused": 0}
+    assert [r["status"] for r in r3.json()["results"]] == [
+        "duplicate", "duplicate", "stored", "duplicate",
+    ]  # fmt: skip
     assert _count_events(client.db_url) == 7  # type: ignore[attr-defined]
 
 
-def test_events_reject_bad_batches_atomically(client: TestClient) -> None:
+def test_one_bad_event_never_costs_the_batch(client: TestClient) -> None:
+    """An event naming a search the log does not know is stored (marked); an invalid one is
+    refused alone with its reason; every other event of the batch is stored."""
     sid = _search(client)["search_id"]
     good = _events(sid, 2)
-    r = client.post("/v1/events", json=good + _events("no-such-search", 1))
-    assert r.status_code == 404
-    assert r.json()["error"]["code"] == "unknown_search"
-    assert "no-such-search" in r.json()["error"]["message"]
-    bad_type = _events(sid, 1)
-    bad_type[0]["type"] = "like"
-    r = client.post("/v1/events", json=good + bad_type)
-    assert r.status_code == 422 and "type" in r.json()["error"]["message"]
+    lost = _events("no-such-search", 1)
+    bad_type = {**_events(sid, 1)[0], "type": "like"}
+    r = client.post("/v1/events", json=[*good, *lost, bad_type, {"not": "an event"}])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert _counts(body) == {"received": 5, "stored": 3, "duplicates": 0, "refused": 2}
+    assert body["unknown_search"] == 1
+    results = body["results"]
+    assert [x["status"] for x in results] == ["stored", "stored", "stored", "refused", "refused"]
+    assert [x["search_known"] for x in results[:3]] == [True, True, False]
+    assert results[3]["event_id"] == bad_type["event_id"] and "type" in results[3]["reason"]
+    assert results[4]["event_id"] is None and "event_id" in results[4]["reason"]
+    with session_scope(client.db_url) as s:  # type: ignore[attr-defined]
+        known = dict(s.execute(select(Event.event_id, Event.search_known)).all())
+    assert known == {good[0]["event_id"]: True, good[1]["event_id"]: True,
+                     lost[0]["event_id"]: False}  # fmt: skip
+
+
+def test_events_refuse_what_is_not_a_batch(client: TestClient) -> None:
+    sid = _search(client)["search_id"]
     r = client.post("/v1/events", json=_events(sid, 1001))
     assert r.status_code == 422 and "at most 1000" in r.json()["error"]["message"]
     r = client.post("/v1/events", json=[])
+    assert r.status_code == 422
+    r = client.post("/v1/events", json=["not an object"])
     assert r.status_code == 422
     assert _count_events(client.db_url) == 0  # type: ignore[attr-defined]
 

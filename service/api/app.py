@@ -80,7 +80,11 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     retrievers = RetrieverHolder(settings)
     rewriter = _make_rewriter(settings, policy)
     batcher = SearchBatcher(retrievers.get, settings.search_max_batch, settings.search_window_ms)
-    search_log = SearchLogWriter(settings.resolved_database_url, settings.search_log_background)
+    search_log = SearchLogWriter(
+        settings.resolved_database_url,
+        settings.search_log_background,
+        settings.search_log_dir if settings.search_log_journal else None,
+    )
     rule_cache = RuleCache(settings.resolved_database_url)
     # Rules edited through another process arrive within `rules_refresh_s`; a failed reload
     # keeps the last rule book.

@@ -11,13 +11,13 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Float,
-    ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -115,13 +115,27 @@ class Event(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
-    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id"), index=True)
+    # Not a foreign key (migration 0005): an event naming a search the log lost is stored.
+    search_id: Mapped[str] = mapped_column(String(36), index=True)
     product_id: Mapped[str] = mapped_column(String(64))
     type: Mapped[EventType] = mapped_column(String(16))
     ts: Mapped[datetime] = mapped_column(UTCDateTime())
     # 1-based rank of the product in the search's results (None: it was not shown).
     position: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # False while no logged search has `search_id`: interaction labels leave the event out
+    # until the search arrives (another process's log buffer, a replayed write-ahead file).
+    search_known: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+
+
+class WorkerHeartbeat(Base):
+    """A live Celery worker process and the queues it consumes (service/workers.py)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    queues: Mapped[list[Any]] = mapped_column()
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class RelevanceLabel(Base):

@@ -41,5 +41,9 @@ def logged_searches(session: Session) -> list[LoggedSearch]:
 
 
 def logged_events(session: Session) -> list[LoggedEvent]:
-    stmt = select(Event.search_id, Event.product_id, Event.type, Event.position)
+    """Events whose search is logged: one naming a search we lost (`search_known` false) has
+    no shown list or rank to learn from, so labels skip it until its search arrives."""
+    stmt = select(Event.search_id, Event.product_id, Event.type, Event.position).where(
+        Event.search_known.is_(True)
+    )
     return [LoggedEvent(*row) for row in session.execute(stmt)]

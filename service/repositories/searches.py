@@ -6,17 +6,46 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import Event, Search, utcnow
-from service.repositories.upsert import upsert
+from service.repositories.upsert import upsert, upsert_keys
+
+ADOPT_CHUNK = 500  # search ids per IN list (SQLite binds at most 32,766 parameters)
 
 
 def add_searches(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert searches (one executemany); a row already stored (same id) is skipped, so a
-    retried batch that had in fact committed stores nothing twice."""
+    retried batch that had in fact committed stores nothing twice. Events that arrived before
+    their search (stored with `search_known` false) are adopted in the same transaction."""
     upsert(session, Search.__table__, rows, ["id"], None)
+    adopt_events(session, {r["id"]: list(r.get("product_ids") or []) for r in rows})
+
+
+def adopt_events(session: Session, shown: dict[str, list[str]]) -> int:
+    """Mark the events naming these searches known and give them the rank their product was
+    shown at (`shown`: search id → product ids in order). One indexed lookup per chunk; there
+    is usually nothing to adopt. Returns how many events were adopted."""
+    ids = list(shown)
+    adopted = 0
+    for start in range(0, len(ids), ADOPT_CHUNK):
+        waiting = session.execute(
+            select(Event.id, Event.search_id, Event.product_id).where(
+                Event.search_id.in_(ids[start : start + ADOPT_CHUNK]),
+                Event.search_known.is_(False),
+            )
+        ).all()
+        for event_id, search_id, product_id in waiting:
+            pids = shown[search_id]
+            position = pids.index(product_id) + 1 if product_id in pids else None
+            session.execute(
+                update(Event)
+                .where(Event.id == event_id)
+                .values(search_known=True, position=position)
+            )
+        adopted += len(waiting)
+    return adopted
 
 
 def existing_search_ids(session: Session, ids: Sequence[str]) -> set[str]:
@@ -35,9 +64,15 @@ def shown_lists(session: Session, ids: Sequence[str]) -> dict[str, list[str]]:
 
 def insert_events(session: Session, events: Sequence[dict[str, Any]]) -> int:
     """Insert events, skipping any whose `event_id` is already stored. Returns how many were new."""
+    return len(store_events(session, events))
+
+
+def store_events(session: Session, events: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert events, skipping any whose `event_id` is already stored (by an earlier batch or
+    a concurrent one). Returns the event ids this call stored."""
     now = utcnow()
     rows = [{**e, "received_at": now} for e in events]
-    return upsert(session, Event.__table__, rows, ["event_id"], None)
+    return set(upsert_keys(session, Event.__table__, rows, ["event_id"], None))
 
 
 def shown_products(session: Session) -> list[tuple[str, str, str, list[str]]]:

@@ -27,8 +27,19 @@ def upsert(
     update_cols: Sequence[str] | None,
 ) -> int:
     """Insert rows; on conflict update `update_cols` (or do nothing). Returns rows written."""
+    return len(upsert_keys(session, table, rows, conflict_cols, update_cols))
+
+
+def upsert_keys(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    conflict_cols: Sequence[str],
+    update_cols: Sequence[str] | None,
+) -> list[Any]:
+    """`upsert`, returning the first conflict column of each row written."""
     if not rows:
-        return 0
+        return []
     stmt = _insert(session, table).values(list(rows))
     if update_cols:
         stmt = stmt.on_conflict_do_update(
@@ -38,5 +49,4 @@ def upsert(
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict_cols))
     # rowcount is unreliable for multi-row INSERT … ON CONFLICT across drivers; RETURNING is not.
-    returned = session.execute(stmt.returning(table.c[conflict_cols[0]])).all()
-    return len(returned)
+    return list(session.scalars(stmt.returning(table.c[conflict_cols[0]])))

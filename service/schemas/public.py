@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -144,21 +144,57 @@ class EventIn(BaseModel):
 
 
 MAX_EVENTS_PER_BATCH = 1000
+# An item that is not a valid `EventIn` is refused alone (its result says why) instead of
+# failing the batch: so the published item is any object, with `EventIn` as what is stored.
+EventItem = Annotated[
+    EventIn | dict[str, Any],
+    Field(
+        union_mode="left_to_right",
+        description="An event (`EventIn`); an object that is not one is refused alone.",
+    ),
+]
 EventBatch = Annotated[
-    list[EventIn],
+    list[EventItem],
     Field(
         min_length=1,
         max_length=MAX_EVENTS_PER_BATCH,
-        description="1 to 1000 events; every search_id must name a logged search, or the "
-        "whole batch is refused (404) and nothing of it stored.",
+        description="1 to 1000 events. Each is stored, found a duplicate or refused on its "
+        "own (`results`); an event naming a search the log does not know is stored too, "
+        "marked `search_known: false`, and left out of interaction labels until the search "
+        "arrives.",
     ),
 ]
+
+EventStatus = Literal["stored", "duplicate", "refused"]
+
+
+class EventResult(BaseModel):
+    index: int = Field(description="Position of the event in the batch (0-based).")
+    event_id: str | None = Field(None, description="Its event_id, when it had a valid one.")
+    status: EventStatus = Field(
+        description="stored: new and stored; duplicate: this event_id was stored before (or "
+        "earlier in the batch), nothing changed; refused: not stored, see `reason` (send it "
+        "again only once corrected)."
+    )
+    search_known: bool | None = Field(
+        None,
+        description="Stored events: false when no logged search has its search_id (kept, "
+        "but not learned from until that search is logged).",
+    )
+    reason: str | None = Field(None, description="Why a refused event was refused.")
 
 
 class EventsResponse(BaseModel):
     received: int
     stored: int
     duplicates: int
+    refused: int = Field(0, description="Events not stored; each result says why.")
+    unknown_search: int = Field(
+        0, description="Of the stored events, those naming a search the log does not know."
+    )
+    results: list[EventResult] = Field(
+        default_factory=list, description="One per event of the batch, in its order."
+    )
 
 
 class ErrorDetail(BaseModel):

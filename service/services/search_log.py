@@ -1,13 +1,20 @@
-"""The search log writer: searches are committed off the request's critical path.
+"""The search log writer: searches are committed off the request's critical path, and made
+durable on it.
 
 A search is answered as soon as its results are ready; its row goes to a buffer that one
 background thread commits, everything buffered in one transaction (under load, the searches
 that arrive during a commit form the next one — no timer, so a lone search is written about a
-millisecond after it is answered). The guarantee events rely on: a search an event names is
-stored before the event is. `wait_written` blocks until the named searches of this process are
-committed; the events service calls it first, then gives searches buffered by another API
-process a short grace (`UNKNOWN_SEARCH_GRACE_S`) before rejecting an id as unknown. A database
-outage keeps the rows buffered and retried (with backoff), never dropped; stopping flushes.
+millisecond after it is answered). With a journal (`service.services.search_journal`, the
+default in the API: `OSPO_SEARCH_LOG_JOURNAL`), the row is also appended to a local
+write-ahead file before the answer leaves: a `kill -9` or OOM kill loses no answered search,
+and a power loss at most the searches answered since the writer's last fsync (one commit
+cycle, normally milliseconds). The journal left by a dead process is replayed at start-up and
+every `ORPHAN_SCAN_S`. The guarantee events rely on: a search an event names is stored before
+the event is. `wait_written` blocks until the named searches of this process are committed;
+the events service calls it first, then gives searches buffered by another API process a
+short grace (`UNKNOWN_SEARCH_GRACE_S`) before storing the event as naming an unknown search.
+A database outage keeps the rows buffered (and journaled) and retried with backoff, never
+dropped; stopping flushes, and what it could not flush stays in the journal for the next start.
 A row the database refuses for itself (not an outage) is found by halving the batch, logged,
 counted (`ospo_search_log_dropped_total`) and dropped, so it can never hold up the others;
 `service.schemas.text` refuses the inputs known to cause that at the door.
@@ -16,13 +23,17 @@ counted (`ospo_search_log_dropped_total`) and dropped, so it can never hold up t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from tenacity import (
+    RetryCallState,
     Retrying,
     before_sleep_log,
     retry_if_exception_type,
@@ -32,21 +43,28 @@ from tenacity import (
 )
 
 from service.db.engine import session_scope
-from service.observability import SEARCH_LOG_BUFFER, SEARCH_LOG_DROPPED
+from service.observability import SEARCH_LOG_BUFFER, SEARCH_LOG_DROPPED, SEARCH_LOG_RECOVERED
 from service.repositories.searches import add_searches
+from service.services.search_journal import SearchJournal, Segment, encode
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_SEARCH_GRACE_S = 0.5  # another API process commits its buffer well within this
 STOP_FLUSH_S = 30.0  # how long stopping keeps retrying a failing database
+ORPHAN_SCAN_S = 30.0  # how often a journal left by a dead process is looked for
 # The database or the connection to it is down: wait and retry the same rows.
 OUTAGE = (OperationalError, InterfaceError)
 
 
 class SearchLogWriter:
-    def __init__(self, database_url: str, background: bool = True) -> None:
+    def __init__(
+        self, database_url: str, background: bool = True, journal_dir: Path | None = None
+    ) -> None:
         self.database_url = database_url
         self.background = background
+        # Only the background writer holds rows after answering; a synchronous one needs none.
+        self.journal = SearchJournal(journal_dir) if journal_dir and background else None
+        self._segment: Segment | None = None  # the journal segment of the buffered rows
         self._buffer: list[dict[str, Any]] = []
         self._unwritten: set[str] = set()
         self._cond = threading.Condition()
@@ -54,18 +72,36 @@ class SearchLogWriter:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Replay what dead processes left in the journal (once here, so an API starting
+        after a crash serves with its searches stored; a database not reachable yet leaves it
+        to the periodic scan), then start the background writer."""
         if self.background and self._thread is None:
+            if self.journal is not None:
+                self._segment = self.journal.new_segment()
+                self.recover(give_up_after=5.0)
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="search-log", daemon=True)
             self._thread.start()
 
     def submit(self, row: dict[str, Any]) -> None:
         """Log one search (a `Search` row as a dict). Without the background thread (not
-        started, or `background=False`) it is committed before this returns."""
+        started, or `background=False`) it is committed before this returns; with a journal it
+        is in the journal file when this returns."""
         if self._thread is None:
             self._write([row])
             return
+        line = None
+        if self.journal is not None:
+            try:
+                line = encode(row)
+            except (TypeError, ValueError) as e:  # the database cannot hold it either
+                log.error("search %s cannot be journaled: %s", row["id"], e)
         with self._cond:
+            if line is not None and self._segment is not None:
+                try:
+                    self._segment.append(line)
+                except OSError as e:  # disk full: still answered, logged from memory
+                    log.error("search journal write failed: %s", e)
             self._buffer.append(row)
             self._unwritten.add(row["id"])
             SEARCH_LOG_BUFFER.set(len(self._buffer))
@@ -85,36 +121,105 @@ class SearchLogWriter:
             self._stopping = True
             self._cond.notify_all()
         thread.join(STOP_FLUSH_S + 5)
+        with self._cond:
+            segment, self._segment = self._segment, None
+            flushed = not self._buffer and not thread.is_alive()
+        if segment is not None:  # flushed: every row it held was taken and written
+            (segment.retire if flushed else segment.release)()
+
+    def recover(self, give_up_after: float | None = None) -> int:
+        """Store the rows of every orphaned journal segment; returns how many were read.
+        A segment whose rows could not be stored (database down) stays for the next scan."""
+        if self.journal is None:
+            return 0
+        recovered = 0
+        for segment, rows in self.journal.orphans():
+            if rows and not self._write_retrying(rows, give_up_after):
+                segment.release()
+                continue
+            segment.retire()
+            recovered += len(rows)
+            SEARCH_LOG_RECOVERED.inc(len(rows))
+            if rows:
+                log.warning("search log: replayed %d searches from %s", len(rows), segment.path)
+        return recovered
 
     def _run(self) -> None:
+        next_scan = time.monotonic() + ORPHAN_SCAN_S
         while True:
+            spare = self._new_segment()
             with self._cond:
-                self._cond.wait_for(lambda: self._buffer or self._stopping)
+                self._cond.wait_for(lambda: self._buffer or self._stopping, ORPHAN_SCAN_S)
                 rows, self._buffer = self._buffer, []
                 stopping = self._stopping
+                taken = None
+                if rows and spare is not None:  # the rows and their segment leave together
+                    taken, self._segment, spare = self._segment, spare, None
+            if spare is not None:
+                spare.retire()
             if rows:
-                self._write_retrying(rows, STOP_FLUSH_S if stopping else None)
+                if taken is not None:
+                    taken.sync()
+                written = self._write_retrying(rows, STOP_FLUSH_S if stopping else None)
+                if taken is not None:
+                    (taken.retire if written else taken.release)()
                 with self._cond:
                     self._unwritten.difference_update(r["id"] for r in rows)
                     SEARCH_LOG_BUFFER.set(len(self._buffer))
                     self._cond.notify_all()
             elif stopping:
                 return
+            if time.monotonic() >= next_scan and not stopping:
+                next_scan = time.monotonic() + ORPHAN_SCAN_S
+                try:
+                    self.recover(give_up_after=5.0)
+                except Exception:  # noqa: BLE001 - the next scan tries again
+                    log.exception("search log: replaying the journal failed")
 
-    def _write_retrying(self, rows: list[dict[str, Any]], give_up_after: float | None) -> None:
+    def _new_segment(self) -> Segment | None:
+        """The segment the next rows go to; None (they stay in the current one, replayed
+        twice at worst) when the disk refuses a new file."""
+        if self.journal is None:
+            return None
+        try:
+            return self.journal.new_segment()
+        except OSError as e:
+            log.error("search journal: no new segment: %s", e)
+            return None
+
+    def _sync_filling(self, _: RetryCallState) -> None:
+        # While the database is down the rows wait here: keep the segment filling meanwhile
+        # on disk too, so that the power-loss window stays one retry interval.
+        with self._cond:
+            segment = self._segment
+        if segment is not None:
+            with contextlib.suppress(OSError):
+                segment.sync()
+
+    def _write_retrying(self, rows: list[dict[str, Any]], give_up_after: float | None) -> bool:
+        """Write `rows`, retrying outages; False when it gave up (only with `give_up_after`)."""
         retrying = Retrying(
             retry=retry_if_exception_type(OUTAGE),
             wait=wait_exponential(multiplier=0.1, max=5.0),
             stop=stop_after_delay(give_up_after) if give_up_after else stop_never,
-            before_sleep=before_sleep_log(log, logging.WARNING),
+            before_sleep=self._before_retry,
             reraise=False,
         )
         try:
             for attempt in retrying:
                 with attempt:
                     self._write_isolating(rows)
-        except Exception:  # noqa: BLE001 - only when stopping: say what could not be stored
-            log.error("search log: %d searches could not be stored before stopping", len(rows))
+        except Exception:  # noqa: BLE001 - only with a time limit: say what could not be stored
+            log.error(
+                "search log: %d searches could not be stored in time%s",
+                len(rows), "; they stay in the journal" if self.journal else "",
+            )  # fmt: skip
+            return False
+        return True
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        before_sleep_log(log, logging.WARNING)(state)
+        self._sync_filling(state)
 
     def _write_isolating(self, rows: list[dict[str, Any]]) -> None:
         """Write `rows`; an outage propagates (retried), any other refusal is narrowed down to

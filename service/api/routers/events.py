@@ -15,7 +15,6 @@ router = APIRouter(prefix="/v1", tags=["events"])
     "/events",
     response_model=EventsResponse,
     responses={
-        404: {"model": ErrorResponse, "description": "A search_id names no logged search."},
         413: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         429: {"model": ErrorResponse, "headers": RETRY_AFTER},
@@ -25,7 +24,10 @@ router = APIRouter(prefix="/v1", tags=["events"])
 async def events(
     body: EventBatch, settings: SettingsDep, search_log: SearchLogDep, _: EventsRateLimit
 ) -> EventsResponse:
-    """Store a batch of shopper events; idempotent on `event_id` (a replay stores nothing twice)."""
+    """Store a batch of shopper events; idempotent on `event_id` (a replay stores nothing twice).
+    Each event is stored, a duplicate or refused on its own (`results`); one bad event never
+    costs the others, and an event naming a search the log does not know is stored (marked).
+    A 503 means nothing of the batch was stored: send it again."""
     return await to_thread.run_sync(
         record_events,
         settings.resolved_database_url,
