@@ -12,6 +12,7 @@ function; a query whose every term is unknown scores 0 everywhere and retrieves 
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Sequence
 from functools import lru_cache
@@ -21,6 +22,10 @@ import numpy as np
 
 LEXICAL_DIRNAME = "lexical"
 _ANALYZER_FILE = "analyzer.json"
+# The analysed terms of each row, one line per row (terms never hold whitespace): what a
+# search-engine backend indexes to score exactly the terms this arm scores
+# (service/retrieval/milvus.py); gzip level 1, read only when a version is published.
+TERMS_FILE = "terms.txt.gz"
 _NO_TERMS = " "
 
 
@@ -50,10 +55,11 @@ def analyze(texts: Sequence[str], stem: bool = True) -> list[list[str]]:
 class LexicalIndex:
     """BM25 (Lucene variant, k1=1.5, b=0.75) over one text per index row."""
 
-    def __init__(self, model, stem: bool) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model, stem: bool, terms: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
         self.model = model
         self.stem = stem
         self.count = int(model.scores["num_docs"])
+        self.terms = terms  # each row's analysed text, kept from a build (TERMS_FILE)
 
     @classmethod
     def build(cls, texts: Sequence[str], stem: bool = True) -> LexicalIndex:
@@ -61,19 +67,23 @@ class LexicalIndex:
 
         model = bm25s.BM25(method="lucene")
         # An empty document list breaks bm25s; keep a row per product even if its text is empty.
-        corpus = analyze(texts, stem) or [[]]
+        analysed = analyze(texts, stem)
+        corpus = [list(t) for t in analysed] or [[]]
         if not any(corpus):
             # No term at all (every title a stopword or a single character) also breaks bm25s:
             # give it one term no query can produce (the analyzer never emits a space), so the
             # arm exists and simply matches nothing.
             corpus[0] = [_NO_TERMS]
         model.index(corpus, show_progress=False)
-        return cls(model, stem)
+        return cls(model, stem, [" ".join(t) for t in analysed])
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save(str(directory), show_progress=False)
         (directory / _ANALYZER_FILE).write_text(json.dumps({"stem": self.stem}))
+        if self.terms is not None:
+            with gzip.open(directory / TERMS_FILE, "wt", compresslevel=1) as f:
+                f.writelines(f"{t}\n" for t in self.terms)
 
     @classmethod
     def load(cls, directory: Path) -> LexicalIndex:
@@ -106,6 +116,15 @@ class LexicalIndex:
                 row[~mask] = 0
             out.append(top_k(row, k))
         return out
+
+
+def read_terms(directory: Path) -> list[str] | None:
+    """Each row's analysed text (TERMS_FILE), None for versions built before it was kept."""
+    try:
+        with gzip.open(directory / TERMS_FILE, "rt") as f:
+            return [line.rstrip("\n") for line in f]
+    except FileNotFoundError:
+        return None
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
