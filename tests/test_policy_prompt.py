@@ -6,9 +6,11 @@ import pytest
 
 from service.policy.prompt import (
     DEFAULT_PROMPT,
+    GROUNDED_PROMPT,
     REPLACE_PROMPT,
     PromptConfig,
     parse_rewrite,
+    prompt_by_version,
 )
 
 QUERY = "hdmi cable 2m"
@@ -184,3 +186,58 @@ def test_default_prompt_shows_worked_examples() -> None:
     roles = [m["role"] for m in messages]
     assert roles == ["system"] + ["user", "assistant"] * len(DEFAULT_PROMPT.examples) + ["user"]
     assert messages[-1]["content"].startswith("Query: mouse")
+
+
+# -- grounded prompt ---------------------------------------------------------------------------
+
+TITLES = ("Duracell Plus AA alkaline battery 4 pack", "Varta Longlife AA batteries")
+
+
+def _grounded(titles: tuple[str, ...] = TITLES) -> PromptConfig:
+    return GROUNDED_PROMPT.with_grounder(lambda query: titles)
+
+
+def test_grounded_prompt_lists_the_titles_of_the_raw_query_and_examples() -> None:
+    long = ("one two three four five six seven eight nine ten eleven twelve thirteen",)
+    messages = _grounded(TITLES + long).build_messages("aa")
+    last = messages[-1]["content"]
+    assert last.startswith("Query: aa\nResults:\n- Duracell Plus AA alkaline battery 4 pack\n")
+    assert "- one two three four five six seven eight nine ten eleven twelve\n" in last
+    assert "thirteen" not in last  # titles are cut to context_words
+    # every worked example carries its own titles, so the format is shown, not described
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    assert len(users) == len(GROUNDED_PROMPT.examples) + 1
+    assert all("Results:\n- " in u for u in users)
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("alkaline, battery", "alkaline, battery"),
+        ("Alkaline batteries", "Alkaline batteries"),  # case-insensitive, words of the titles
+        ("alkaline, lithium, battery", "alkaline"),  # cut before the first invented item
+        ("lithium, alkaline", None),  # the first item is invented: unusable, raw query
+        ("NONE", ""),  # abstention
+        ("4 pack", "4 pack"),
+    ],
+)
+def test_grounded_answers_keep_only_what_the_titles_say(
+    completion: str, expected: str | None
+) -> None:
+    answer = _grounded().parse(completion, "aa")
+    assert answer == expected
+    if answer:
+        assert answer in completion  # still a verbatim piece of the completion
+
+
+def test_grounded_prompt_without_a_grounder_says_what_is_missing() -> None:
+    with pytest.raises(RuntimeError, match="grounder"):
+        GROUNDED_PROMPT.build_messages("aa")
+    assert DEFAULT_PROMPT.context("aa") == ()  # a free prompt needs none
+
+
+def test_prompt_versions_resolve_and_unknown_ones_are_refused() -> None:
+    assert prompt_by_version("grounded-v1") is GROUNDED_PROMPT
+    assert prompt_by_version(DEFAULT_PROMPT.version) is DEFAULT_PROMPT
+    with pytest.raises(ValueError, match="expand-v2"):
+        prompt_by_version("nope")
