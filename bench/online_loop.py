@@ -95,8 +95,8 @@ POLL_S = 5.0
 LIVE = ("queued", "running", "comparing")
 REPORTED = ("OSPO_TRAIN", "OSPO_EXPLORE", "OSPO_INTERLEAVE", "OSPO_GATE")
 # The recipe of each online update (TrainConfig fields, trainer/train.py): the rejection-sampling
-# warm start does most of the learning on this CPU (README, quality), taught to answer NONE
-# where no sample beat the raw query so that the candidate leaves such queries alone; then two
+# warm start does most of the learning on this CPU (docs/evaluation.md, quality), taught to answer
+# NONE where no sample beat the raw query so that the candidate leaves such queries alone; then two
 # small OSPO steps. About a quarter of the default recipe's rollouts.
 RECIPE = {
     "rs_samples": 2,

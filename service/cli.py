@@ -95,7 +95,7 @@ def labels_ingest(
         Path | None, typer.Option(help="WANDS query.csv (default: beside PATH)")
     ] = None,
 ) -> None:
-    """Upsert relevance judgments from PATH (gain tables in the README)."""
+    """Upsert relevance judgments from PATH (gain tables in docs/data.md)."""
     from service.catalog.ingest import ingest_labels
 
     if format not in LabelFormat.__args__:  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Faults at the storage layer, short versions of `bench/reliability.py`'s scenarios:
 a full disk under an index rebuild and an adapter registration, a PostgreSQL restart and a
-Redis restart while events and searches flow. Each checks the promise in the README's "What
-we promise": nothing acknowledged is lost, nothing half-written is registered, serving goes on.
+Redis restart while events and searches flow. Each checks the promise in docs/promises.md ("What
+we promise"): nothing acknowledged is lost, nothing half-written is registered, serving goes on.
 """
 
 from __future__ import annotations

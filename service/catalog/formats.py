@@ -1,6 +1,6 @@
 """Parsers for the catalog and judgment formats we ingest.
 
-Gain tables (documented in the README; NDCG uses gains linearly):
+Gain tables (documented in docs/data.md; NDCG uses gains linearly):
 
 | format | label → gain |
 |---|---|
