@@ -18,6 +18,8 @@ SCHEDULED_TASK = "ospo.maybe_train"
 PROMOTE_TASK = "ospo.promote_adapter"
 WARMUP_TASK = "ospo.warm_rewrites"
 DECIDE_TASK = "ospo.decide_comparisons"
+# Celery's default queue (`task_default_queue`): training and explanations.
+DEFAULT_QUEUE = "celery"
 # Promotions and warm-ups wait on the policy server, not the CPU: their own queue and worker
 # (`ospo worker --queues serving`), so they never wait behind an hour of training.
 SERVING_QUEUE = "serving"

@@ -52,6 +52,7 @@ from service.repositories.runs import create_run, finish_run, get_run
 from service.repositories.searches import add_searches
 from service.services.comparisons import decide_running, start_comparison
 from service.settings import Settings
+from service.workers import live_queues
 from tests.processes import OSPO, Child, wait_http, wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -374,6 +375,8 @@ def test_search_tab_shows_results_rewrite_timings_and_attribution(console: Page,
         else None
     )
     try:
+        if worker is not None:  # explain answers 503 at once until the worker beats
+            wait_until(lambda: "celery" in live_queues(server["url"]), 120, what="worker beat")
         _signed_in(console)
         page = console.page
         page.fill("#search-form input[name=query]", EXPLAIN_QUERY)
@@ -400,7 +403,7 @@ def test_search_tab_shows_results_rewrite_timings_and_attribution(console: Page,
             else:
                 assert "added nothing" in text
         else:
-            page.wait_for_selector("#explain .msg")
+            page.wait_for_selector("#explain .msg-warn >> text=No worker is running")
         console.shot("search")
         if model:
             # a query nobody judged: the worker's 404 is shown as the reason, not as a failure

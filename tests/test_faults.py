@@ -1,6 +1,7 @@
 """Faults at the storage layer, short versions of `bench/reliability.py`'s scenarios:
 a full disk under an index rebuild and an adapter registration, a PostgreSQL restart and a
-Redis restart while events and searches flow. Each checks the promise in docs/promises.md ("What
+Redis restart while events and searches flow, and a `kill -9` of the API with searches it
+answered not yet committed. Each checks the promise in docs/promises.md ("What
 we promise"): nothing acknowledged is lost, nothing half-written is registered, serving goes on.
 """
 
@@ -23,7 +24,7 @@ from sqlalchemy import func, select
 from service.adapters.registry import register_adapter
 from service.api.app import create_app
 from service.db.engine import session_scope
-from service.db.models import Adapter, Event
+from service.db.models import Adapter, Event, Search
 from service.processes import GroupChild
 from service.settings import Settings
 from tests.conftest import make_api_client
@@ -222,3 +223,57 @@ def test_redis_restart_fails_no_search_and_the_broker_reconnects(
         print(f"{len(statuses)} searches across the Redis restart, all 200")
     finally:
         redis.stop()
+
+
+def test_kill_9_of_the_api_loses_no_answered_search(small_index_root: Path, tmp_path: Path) -> None:
+    """`kill -9` of a real `ospo serve` right after it answered N searches whose log rows it
+    could not commit yet (another connection holds SQLite's write lock, as a slow disk or a
+    busy database would): none is in the database when it dies, all N are once the API has
+    started again (its start-up replays the journal the dead process left)."""
+    import sqlite3
+
+    import httpx
+
+    from service.db.migrate import upgrade
+    from service.policy.server import free_port
+    from tests.processes import OSPO, Child, wait_http
+
+    data = tmp_path / "var"
+    shutil.copytree(small_index_root, data / "indexes")
+    db = data / "ospo.db"
+    url = f"sqlite:///{db}"
+    upgrade(url)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OSPO_")},
+        "OSPO_DATA_DIR": str(data), "OSPO_POLICY_BACKEND": "none",
+        "OSPO_RATE_LIMIT_SEARCH": "", "OSPO_RATE_LIMIT_EVENTS": "",
+    }  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    api = Child([OSPO, "serve", "--port", str(port)], env, tmp_path / "api.log")
+    lock = sqlite3.connect(db, isolation_level=None)
+    try:
+        wait_http(f"{base}/healthz", api)
+        lock.execute("BEGIN IMMEDIATE")  # the search log's commits now wait
+        answered = [
+            httpx.post(f"{base}/v1/search", json={"query": q, "k": 3}, timeout=30).json()[
+                "search_id"
+            ]
+            for q in ("usb hub", "phone case", "wireless earbuds", "desk lamp", "hdmi") * 4
+        ]
+        api.kill()  # SIGKILL: no shutdown, no flush
+        api.proc.wait(30)
+        lock.rollback()
+        with session_scope(url) as s:
+            assert s.scalar(select(func.count()).select_from(Search)) == 0  # all were buffered
+        left = set((data / "search-log").glob("*.wal"))
+        assert left  # the dead process's journal
+        api = Child([OSPO, "serve", "--port", str(port)], env, tmp_path / "api2.log")
+        wait_http(f"{base}/healthz", api)
+        with session_scope(url) as s:
+            stored = set(s.scalars(select(Search.id)))
+        assert stored == set(answered) and len(answered) == 20
+        assert not left & set((data / "search-log").glob("*.wal"))  # replayed, then deleted
+    finally:
+        lock.close()
+        api.stop()

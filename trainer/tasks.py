@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
 from service.db.engine import session_scope
@@ -21,6 +23,7 @@ from service.queue import (
 )
 from service.repositories.runs import create_run, expire_stale_runs, live_run
 from service.settings import get_settings
+from service.workers import Heartbeat
 from trainer.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,26 @@ def decide_comparisons() -> list[dict[str, Any]]:
     from service.services.comparisons import decide_running
 
     return decide_running(get_settings())
+
+
+_heartbeat: Heartbeat | None = None
+
+
+@worker_ready.connect
+def _beat_while_running(sender: Any = None, **_: Any) -> None:
+    """Tell the API which queues a live worker consumes (service/workers.py): a request that
+    would wait on a queue nobody consumes answers 503 at once."""
+    global _heartbeat
+    queues = [q.name for q in sender.app.amqp.queues.consume_from.values()] if sender else []
+    name = f"{getattr(sender, 'hostname', None) or socket.gethostname()}:{os.getpid()}"
+    _heartbeat = Heartbeat(get_settings().resolved_database_url, name, queues)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_beating(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 @worker_ready.connect

@@ -32,6 +32,7 @@ from service.errors import Conflict, NotFound, Unavailable
 from service.observability import REWRITE_WARMUP
 from service.policy.prompt import DEFAULT_PROMPT
 from service.policy.protocol import Policy, PolicyError
+from service.policy.retry import until_reachable
 from service.repositories.adapters import (
     active_adapter,
     get_adapter,
@@ -74,9 +75,11 @@ async def activate(
     name: str,
     warmup: WarmupConfig | None = None,
     prompt_version: str = DEFAULT_PROMPT.version,
+    wait_s: float = 0.0,
 ) -> SwapResult:
     """Load, verify, canary, warm (when `warmup` is given), flip. Raises (and leaves the active
-    pointer as it was) on failure."""
+    pointer as it was) on failure. A policy server that cannot be reached is waited for up to
+    `wait_s` (a worker's promotion: it may be starting), with backoff."""
     started = time.perf_counter()
 
     def _row():  # type: ignore[no-untyped-def]
@@ -91,8 +94,10 @@ async def activate(
     row = await to_thread.run_sync(_row)
     path = await to_thread.run_sync(verify_files, row)
     try:
-        await ensure_loaded(policy, name, str(path))
-        canary = await policy.rewrite(CANARY_QUERY, adapter=name)
+        async for attempt in until_reachable(wait_s):
+            with attempt:
+                await ensure_loaded(policy, name, str(path))
+                canary = await policy.rewrite(CANARY_QUERY, adapter=name)
     except PolicyError as e:
         raise Unavailable(f"adapter {name!r} could not be served: {e}") from e
     canary_info = {
@@ -102,7 +107,18 @@ async def activate(
         "latency_ms": round(canary.latency_ms, 1),
     }
     log.info("canary for %s: %r", name, canary_info)
-    progress = await warm(policy, database_url, name, prompt_version, warmup) if warmup else None
+    progress = (
+        await warm(
+            policy,
+            database_url,
+            name,
+            prompt_version,
+            warmup,
+            reload=lambda: ensure_loaded(policy, name, str(path)),
+        )
+        if warmup
+        else None
+    )
 
     def _flip() -> str | None:
         with session_scope(database_url) as s:

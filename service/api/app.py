@@ -35,6 +35,7 @@ from service.services.search import Exploration, SearchService
 from service.services.search_log import SearchLogWriter
 from service.settings import Settings, get_settings
 from service.state import RetrieverHolder
+from service.workers import WorkerPresence
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
         settings, rewriter if isinstance(rewriter, PolicyRewriter) else None
     )
     app.state.rate_limits = RateLimits(settings)
+    app.state.workers = WorkerPresence(settings.resolved_database_url)
     install_error_handlers(app)
     install_edge(app, settings)
     app.include_router(search.router)

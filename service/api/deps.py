@@ -15,6 +15,7 @@ from service.services.search import SearchService
 from service.services.search_log import SearchLogWriter
 from service.settings import Settings
 from service.state import RetrieverHolder
+from service.workers import WorkerPresence
 
 
 def _settings(request: Request) -> Settings:
@@ -45,6 +46,10 @@ def _rule_cache(request: Request) -> RuleCache:
     return request.app.state.rule_cache
 
 
+def _workers(request: Request) -> WorkerPresence:
+    return request.app.state.workers
+
+
 def require_admin(
     settings: Annotated[Settings, Depends(_settings)],
     authorization: Annotated[str | None, Header()] = None,
@@ -62,4 +67,5 @@ RetrieversDep = Annotated[RetrieverHolder, Depends(_retrievers)]
 IndexRebuildsDep = Annotated[IndexRebuilds, Depends(_index_rebuilds)]
 ServingAdaptersDep = Annotated[ServingAdapters, Depends(_serving_adapters)]
 RuleCacheDep = Annotated[RuleCache, Depends(_rule_cache)]
+WorkersDep = Annotated[WorkerPresence, Depends(_workers)]
 AdminDep = Depends(require_admin)

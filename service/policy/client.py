@@ -21,8 +21,14 @@ from service.policy.protocol import (
     AdapterError,
     PolicyBusy,
     PolicyError,
+    PolicyUnreachable,
     RewriteResult,
 )
+
+# No server behind the address (yet): refused or reset connections, and the statuses a proxy
+# answers for a backend that is down. Timeouts of a connected request are PolicyBusy instead.
+UNREACHABLE = (httpx.ConnectError, httpx.RemoteProtocolError)
+UNAVAILABLE_STATUSES = (502, 503)
 
 
 class VllmPolicyClient:
@@ -157,8 +163,11 @@ class VllmPolicyClient:
     async def _adapter_call(self, path: str, body: dict[str, Any]) -> None:
         try:
             response = await self._http.post(path, json=body)
+        except UNREACHABLE as exc:
+            raise PolicyUnreachable(f"{path} failed: {exc!r}") from exc
         except httpx.HTTPError as exc:
             raise AdapterError(f"{path} failed: {exc!r}") from exc
+        _raise_if_unavailable(path, response)
         if response.status_code != 200:
             raise AdapterError(f"{path} {body['lora_name']!r}: {_error_message(response)}")
 
@@ -166,7 +175,9 @@ class VllmPolicyClient:
         try:
             response = await self._http.post(path, json=body)
         except httpx.ConnectTimeout as exc:
-            raise PolicyError(f"{path}: no connection within the timeout") from exc
+            raise PolicyUnreachable(f"{path}: no connection within the timeout") from exc
+        except UNREACHABLE as exc:
+            raise PolicyUnreachable(f"{path} failed: {exc!r}") from exc
         except httpx.TimeoutException as exc:
             raise PolicyBusy(f"{path} timed out after {self.timeout_s} s") from exc
         except httpx.HTTPError as exc:
@@ -176,6 +187,8 @@ class VllmPolicyClient:
     async def _get_json(self, path: str) -> dict[str, Any]:
         try:
             response = await self._http.get(path)
+        except UNREACHABLE as exc:
+            raise PolicyUnreachable(f"{path} failed: {exc!r}") from exc
         except httpx.HTTPError as exc:
             raise PolicyError(f"{path} failed: {exc!r}") from exc
         return _json_or_raise(path, response)
@@ -195,7 +208,14 @@ class VllmPolicyClient:
         await self.aclose()
 
 
+def _raise_if_unavailable(path: str, response: httpx.Response) -> None:
+    # A proxy or load balancer in front of a server that is (re)starting.
+    if response.status_code in UNAVAILABLE_STATUSES:
+        raise PolicyUnreachable(f"{path} -> HTTP {response.status_code}")
+
+
 def _json_or_raise(path: str, response: httpx.Response) -> dict[str, Any]:
+    _raise_if_unavailable(path, response)
     if response.status_code != 200:
         raise PolicyError(f"{path} -> HTTP {response.status_code}: {_error_message(response)}")
     try:

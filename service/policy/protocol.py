@@ -19,6 +19,11 @@ class PolicyBusy(PolicyError):
     """The server accepted the request but did not answer in time (overloaded, not down)."""
 
 
+class PolicyUnreachable(PolicyError):
+    """No policy server answers (starting, restarting, down): worth waiting for, unlike a
+    refusal. Promotion and warm-up retry it with backoff (`service.policy.retry`)."""
+
+
 class AdapterError(PolicyError):
     """An adapter could not be loaded or unloaded."""
 

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,7 +31,8 @@ from anyio import to_thread
 
 from service.db.engine import session_scope
 from service.domain import RewriteOrigin
-from service.policy.protocol import Policy, PolicyError
+from service.policy.protocol import Policy, PolicyError, RewriteResult
+from service.policy.retry import until_reachable
 from service.repositories.adapters import set_warmup
 from service.repositories.labels import labelled_queries
 from service.repositories.rewrites import put_rewrites, stored_queries
@@ -88,9 +90,12 @@ async def warm(
     prompt_version: str,
     config: WarmupConfig,
     missed_since: datetime | None = None,
+    reload: Callable[[], Awaitable[Any]] | None = None,
 ) -> dict[str, Any]:
     """Store the adapter's rewrites of the head queries (and of the queries missed since
-    `missed_since`); returns the final progress record."""
+    `missed_since`); returns the final progress record. A policy server that goes away
+    meanwhile (restarting) is waited for, within the time limit, and `reload` (loading the
+    adapter again: a restarted server has none) is awaited before asking it again."""
     started = time.time()
     queries = await to_thread.run_sync(head_queries, database_url, config.queries, missed_since)
 
@@ -127,6 +132,18 @@ async def warm(
     for item in todo:
         queue.put_nowait(item)
 
+    reloading = asyncio.Lock()
+
+    async def rewrite_waiting(spelling: str) -> RewriteResult:
+        # The time limit below bounds the wait: it cancels whatever is still retrying.
+        async for attempt in until_reachable(config.time_limit_s):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1 and reload is not None:
+                    async with reloading:  # one load; the other workers then find it listed
+                        await reload()
+                return await policy.rewrite(spelling, adapter=adapter)
+        raise AssertionError("unreachable: the retry loop returns or raises")
+
     async def worker() -> None:
         while True:
             try:
@@ -134,7 +151,7 @@ async def warm(
             except asyncio.QueueEmpty:
                 return
             try:
-                result = await policy.rewrite(spelling, adapter=adapter)
+                result = await rewrite_waiting(spelling)
             except PolicyError as e:
                 progress["failed"] += 1
                 log.warning("warm-up of %r with %s failed: %s", nq, adapter, e)

@@ -13,7 +13,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from service.db.engine import session_scope
 from service.domain import Algorithm, IndexType, RebuildStatus, RunStatus
 from service.errors import Conflict, NotFound, ServiceError, Unavailable, WorkerTimeout
-from service.queue import EXPLAIN_TASK, TRAIN_TASK, celery_client
+from service.queue import DEFAULT_QUEUE, EXPLAIN_TASK, TRAIN_TASK, celery_client
 from service.records import ProductRecord
 from service.repositories.adapters import list_adapters
 from service.repositories.products import upsert_products
@@ -36,6 +36,7 @@ from service.schemas.admin import (
 )
 from service.settings import Settings
 from service.state import RetrieverHolder
+from service.workers import WorkerPresence
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,13 @@ def enqueue_training(settings: Settings, algorithm: Algorithm, overrides: dict[s
     return run_id
 
 
-def explain(settings: Settings, query: str) -> ExplainOut:
+def explain(settings: Settings, workers: WorkerPresence, query: str) -> ExplainOut:
     """The active policy's rewrite of `query` with per-segment attributions, computed by a
     worker (attribution lives in the trainer). The task raises `NoLabels` (a `ServiceError`)
-    for an unjudged query; Celery brings the type back, so it keeps its 404. No answer within
-    `worker_timeout_s`: 504, and the task expires instead of running for nobody later."""
+    for an unjudged query; Celery brings the type back, so it keeps its 404. No live worker on
+    its queue: 503 with Retry-After at once. No answer within `worker_timeout_s` (the worker is
+    busy, say with a training run): 504, and the task expires instead of running for nobody."""
+    workers.require(DEFAULT_QUEUE, "explain the rewrite")
     timeout_s = settings.worker_timeout_s
     try:
         result = celery_client(settings).send_task(EXPLAIN_TASK, args=[query], expires=timeout_s)

@@ -14,8 +14,11 @@ Documented decisions
 * The window is half-open, [since, until), in UTC; a naive datetime is read as UTC. Without
   `until` it ends at the start of tomorrow (UTC), so the default window is the last `days` whole
   UTC days, today included. Without `since` it starts `days` (default 30) before `until`.
-  `days` and `since` together are ambiguous and refused, as is since >= until or a window longer
-  than 366 days (the per-day series is bounded).
+  With `since`, `days` counts forward from it (and cuts a given `until` short). Every request
+  the published schema allows is served (the schema cannot state rules between parameters,
+  so none is refused for them): since >= until is an empty window, a window longer than 366
+  days is cut to its last 366 (the per-day series is bounded), dates beyond the years 1 to
+  9999 stop there. The answer's `window` says what was counted.
 * Adapter filter: an adapter name, or `-` for the searches served with no adapter (adapter
   names start with a letter or digit, so `-` names none of them).
 * The three statements run in one transaction (`begin`: on PostgreSQL one REPEATABLE READ
@@ -30,7 +33,6 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
 from service.db.engine import session_scope
-from service.errors import InvalidInput
 from service.repositories.analytics import (
     GroupCounts,
     QueryCount,
@@ -55,10 +57,6 @@ NO_ADAPTER = "-"  # the adapter filter value that selects searches served with n
 _COUNTS = ("searches", "no_result", "clicked", "carted", "bought", "pos_sum", "pos_n")
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def resolve_window(
     now: datetime,
     *,
@@ -67,36 +65,20 @@ def resolve_window(
     until: datetime | None = None,
     adapter: str | None = None,
 ) -> Window:
-    """The window the parameters name (module docstring); InvalidInput (422) when they conflict
-    or reach outside the dates Python can count days in (years 1 to 9999)."""
-    try:
-        return _resolve(now, days, since, until, adapter)
-    except OverflowError:
-        raise InvalidInput("the window reaches outside the years 1 to 9999") from None
-
-
-def _resolve(
-    now: datetime,
-    days: int | None,
-    since: datetime | None,
-    until: datetime | None,
-    adapter: str | None,
-) -> Window:
-    if days is not None and since is not None:
-        raise InvalidInput("give `days` or `since`, not both")
-    if days is not None and not 1 <= days <= MAX_DAYS:
-        raise InvalidInput(f"`days` must be between 1 and {MAX_DAYS}")
-    if until is None:
-        today = _utc(now).replace(hour=0, minute=0, second=0, microsecond=0)
-        until = today + timedelta(days=1)
-    until = _utc(until)
-    since = _utc(since) if since is not None else until - timedelta(days=days or DEFAULT_DAYS)
-    if since >= until:
-        raise InvalidInput(
-            f"`since` ({since.isoformat()}) must be before `until` ({until.isoformat()})"
-        )
-    if until - since > timedelta(days=MAX_DAYS):
-        raise InvalidInput(f"the window may span at most {MAX_DAYS} days")
+    """The window the parameters name (module docstring). Every combination the published
+    schema allows names one, so none is refused here."""
+    length = timedelta(days=days or DEFAULT_DAYS)
+    if since is not None:
+        since = _utc(since)
+        end = _utc(until) if until is not None else None
+        if days is not None:  # `days` counted forward from `since`
+            end = min(end, _shift(since, length)) if end is not None else _shift(since, length)
+        until = end if end is not None else _tomorrow(now)
+    else:
+        until = _utc(until) if until is not None else _tomorrow(now)
+        since = _shift(until, -length)
+    # At most MAX_DAYS, the most recent ones; `since` after `until` is an empty window.
+    since = min(max(since, _shift(until, -timedelta(days=MAX_DAYS))), until)
     if adapter is None:
         return Window(since, until)
     return Window(
@@ -104,8 +86,35 @@ def _resolve(
     )
 
 
+FIRST = datetime.min.replace(tzinfo=UTC)
+LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:30+01:00 is in year 0 in UTC
+        return FIRST if value.year == 1 else LAST
+
+
+def _shift(value: datetime, delta: timedelta) -> datetime:
+    """`value + delta`, held within the years 1 to 9999 that Python can count days in."""
+    try:
+        return value + delta
+    except OverflowError:
+        return FIRST if delta < timedelta(0) else LAST
+
+
+def _tomorrow(now: datetime) -> datetime:
+    return _shift(_utc(now).replace(hour=0, minute=0, second=0, microsecond=0), timedelta(days=1))
+
+
 def window_days(w: Window) -> list[date]:
-    """Every UTC day the window touches, oldest first."""
+    """Every UTC day the window touches, oldest first (none when it is empty)."""
+    if w.since >= w.until:
+        return []
     first, last = w.since.date(), (w.until - timedelta(microseconds=1)).date()
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 

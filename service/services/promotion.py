@@ -27,6 +27,8 @@ from service.domain import AdapterStatus
 from service.errors import Conflict, NotFound, Unavailable
 from service.policy.factory import make_policy
 from service.policy.prompt import DEFAULT_PROMPT
+from service.policy.protocol import PolicyUnreachable
+from service.policy.retry import until_reachable
 from service.queue import PROMOTE_TASK, celery_client
 from service.repositories.adapters import active_adapter, get_adapter, set_active, set_warmup
 from service.repositories.rewrites import count_rewrites
@@ -114,12 +116,15 @@ def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str,
     async def go() -> dict[str, Any]:
         policy = make_policy(settings)
         try:
+            # Asked for while the policy server is still starting (`make up`: the API is up
+            # ~40 s before vLLM) or restarting: wait for it within the warm-up time limit.
             result = await activate(
                 policy,
                 url,
                 name,
                 WarmupConfig.from_settings(settings) if warm_first else None,
                 DEFAULT_PROMPT.version,
+                wait_s=settings.warmup_time_limit_s,
             )
             return asdict(result)
         finally:
@@ -148,7 +153,7 @@ def prepare_candidate(settings: Settings, name: str) -> dict[str, Any]:
             raise NotFound(f"no adapter named {name!r}")
         path = row.path
 
-    return _load_and_warm(settings, name, path, None, wait_for_server=False)
+    return _load_and_warm(settings, name, path, None, settings.warmup_time_limit_s)
 
 
 def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
@@ -173,7 +178,8 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
     last = progress.get("started_at")
     missed_since = datetime.fromtimestamp(float(last), UTC) if last else None
 
-    return _load_and_warm(settings, name, path, missed_since, wait_for_server=True)
+    # Started with the stack: the policy server may take its whole start-up time.
+    return _load_and_warm(settings, name, path, missed_since, settings.vllm_start_timeout_s)
 
 
 def _load_and_warm(
@@ -181,24 +187,21 @@ def _load_and_warm(
     name: str,
     path: str,
     missed_since: datetime | None,
-    *,
-    wait_for_server: bool,
+    wait_s: float,
 ) -> dict[str, Any]:
-    """Load `name` into the policy server and store its missing head-query rewrites (and those
-    of the queries missed since `missed_since`)."""
+    """Load `name` into the policy server (waiting up to `wait_s` for a server that is not
+    reachable yet) and store its missing head-query rewrites (and those of the queries missed
+    since `missed_since`)."""
 
     async def go() -> dict[str, Any]:
         policy = make_policy(settings)
         try:
-            if wait_for_server:
-                # Started with the stack: wait for the policy server, and load the adapter (a
-                # restarted server has none) before asking it anything.
-                deadline = time.monotonic() + settings.vllm_start_timeout_s
-                while not await policy.health():
-                    if time.monotonic() > deadline:
-                        raise Unavailable("the policy server did not come up; warm-up skipped")
-                    await asyncio.sleep(2)
-            await ensure_loaded(policy, name, path)
+            try:
+                async for attempt in until_reachable(wait_s):
+                    with attempt:  # a restarted server has no adapter: load it before asking
+                        await ensure_loaded(policy, name, path)
+            except PolicyUnreachable as e:
+                raise Unavailable(f"the policy server did not come up; warm-up skipped: {e}") from e
             return await warm(
                 policy,
                 settings.resolved_database_url,
@@ -206,6 +209,7 @@ def _load_and_warm(
                 DEFAULT_PROMPT.version,
                 WarmupConfig.from_settings(settings),
                 missed_since,
+                reload=lambda: ensure_loaded(policy, name, path),
             )
         finally:
             await policy.aclose()

@@ -10,7 +10,14 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, Query, Response
 
-from service.api.deps import AdminDep, IndexRebuildsDep, ServingAdaptersDep, SettingsDep
+from service.api.deps import (
+    AdminDep,
+    IndexRebuildsDep,
+    ServingAdaptersDep,
+    SettingsDep,
+    WorkersDep,
+)
+from service.api.ratelimit import RETRY_AFTER
 from service.schemas.admin import (
     AdapterOut,
     CatalogOut,
@@ -138,13 +145,20 @@ async def index_status(rebuilds: IndexRebuildsDep) -> IndexOut:
     response_model=ExplainOut,
     responses={
         404: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
+        503: {
+            "model": ErrorResponse,
+            "headers": RETRY_AFTER,
+            "description": "No live worker consumes the queue (`no_worker`), or the broker is "
+            "unavailable.",
+        },
         504: {"model": ErrorResponse},
     },
 )
 async def explain(
     settings: SettingsDep,
+    workers: WorkersDep,
     query: Annotated[str, Query(min_length=1, max_length=512)],
 ) -> ExplainOut:
-    """The active policy's rewrite of a labelled query, each segment's attribution, the reward."""
-    return await to_thread.run_sync(admin.explain, settings, query)
+    """The active policy's rewrite of a labelled query, each segment's attribution, the reward
+    (computed by a worker: 503 at once when none runs, 504 when it does not answer in time)."""
+    return await to_thread.run_sync(admin.explain, settings, workers, query)

@@ -47,8 +47,9 @@ async def search_analytics(
         Query(
             ge=1,
             le=analytics.MAX_DAYS,
-            description="The last `days` whole UTC days up to `until` (default 30); not with "
-            "`since`.",
+            description="Length of the window in days (default 30): the last `days` whole "
+            "UTC days up to `until`, or, with `since`, the `days` from `since` on (cut short "
+            "by `until`).",
         ),
     ] = None,
     since: Annotated[
@@ -57,7 +58,11 @@ async def search_analytics(
     ] = None,
     until: Annotated[
         IsoDateTime | None,
-        Query(description="End of the window, exclusive (default: the start of tomorrow, UTC)."),
+        Query(
+            description="End of the window, exclusive (default: the start of tomorrow, UTC). "
+            "Before `since`: an empty window. A window over 366 days is cut to its last 366; "
+            "the answer's `window` is what was counted."
+        ),
     ] = None,
     top: Annotated[int, Query(ge=1, le=100, description="Length of the top-query lists.")] = 10,
     adapter: Annotated[

@@ -129,11 +129,13 @@ async function explainInto(slot, query) {
     const ex = await api("/admin/explain", { query: { query } });
     slot.lastChild.replaceWith(renderExplanation(ex));
   } catch (err) {
-    const why = {
-      404: "Explain needs judged products (labels) for this query.",
-      503: "No worker or broker could run the explanation.",
-      504: "No worker answered in time; is `ospo worker` running?",
-    }[err.status];
+    const why = err.code === "no_worker"
+      ? "No worker is running to explain the rewrite: start `ospo worker` (or `ospo up`)."
+      : {
+        404: "Explain needs judged products (labels) for this query.",
+        503: "No worker or broker could run the explanation.",
+        504: "A worker is running but did not answer in time (busy training?).",
+      }[err.status];
     slot.lastChild.replaceWith(message(err.status === 404 ? "info" : "warn",
       why ? `${why} (${errorText(err)})` : errorText(err)));
   }
