@@ -186,3 +186,47 @@ def make_api_client(db_url: str, index_root: Path, tmp_path: Path, **overrides):
 def api_client(db_url: str, small_index_root: Path, tmp_path: Path):
     with make_api_client(db_url, small_index_root, tmp_path) as c:
         yield c
+
+
+def _milvus_answers(uri: str) -> bool:
+    from pymilvus import MilvusClient
+
+    try:
+        MilvusClient(uri=uri, timeout=2).list_collections()
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `milvus-lite server` on a free loopback port for the whole session (the milvus
+    retrieval backend's engine), stopped at the end; skipped with the reason printed when it
+    cannot start."""
+    import shutil
+    import sys
+    import time
+
+    from service.policy.server import free_port
+    from tests.processes import Child
+
+    exe = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
+    if not Path(exe).exists():
+        pytest.skip("milvus-lite is not installed (`pip install milvus-lite`, a dev extra)")
+    data = tmp_path_factory.mktemp("milvus")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    child = Child(
+        [exe, "server", "--data-dir", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
+        {},
+        data / "server.log",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _milvus_answers(uri):
+            if not child.alive() or time.monotonic() > deadline:
+                pytest.skip(f"milvus-lite server did not start on {uri}:\n{child.tail(20)}")
+            time.sleep(0.3)
+        yield uri
+    finally:
+        child.stop(10)

@@ -258,11 +258,14 @@ def drop_unused(client, keep: Sequence[str]) -> list[str]:  # type: ignore[no-un
 # ---------------------------------------------------------------- the retriever
 
 
-def _arm(hits) -> Arm:  # type: ignore[no-untyped-def]
-    """(rows, scores) of one query's hits. Milvus Lite reports BM25 scores negated (smaller
-    distance = better); the order is the engine's, the score shown is the magnitude."""
+def _arm(hits, bm25: bool = False) -> Arm:  # type: ignore[no-untyped-def]
+    """(rows, scores) of one query's hits, in the engine's order. BM25 scores are put on the
+    local arm's scale: bm25s' Lucene variant leaves out the constant factor (k1 + 1) that
+    Milvus keeps, and Milvus Lite reports them negated (smaller distance = better)."""
     rows = np.array([int(h["row"]) for h in hits], dtype=np.int64)
-    scores = np.array([abs(float(h["distance"])) for h in hits], dtype=np.float32)
+    scores = np.array([float(h["distance"]) for h in hits], dtype=np.float32)
+    if bm25:
+        scores = np.abs(scores) / (BM25_PARAMS["bm25_k1"] + 1)
     return rows, scores
 
 
@@ -354,7 +357,7 @@ class MilvusRetriever(Retriever):
             search_params=param,
             output_fields=[],
         )
-        return [_arm(h) for h in hits]
+        return [_arm(h, bm25=field == "sparse") for h in hits]
 
     def _engine_weights(self) -> tuple[int, int] | None:
         """Sub-requests per arm giving the configured weights exactly under RRF, or None."""
@@ -416,7 +419,8 @@ class MilvusRetriever(Retriever):
         candidates: bool = False,
     ) -> list[Ranking]:
         """As ``Retriever.rank``, each arm and the fusion run in the engine. Texts with the same
-        filter share one engine request; ``timings`` gets engine_ms (and embed_ms)."""
+        filter share one engine request; ``timings`` gets dense_ms (embedding the queries),
+        lexical_ms (analysing them) and engine_ms (the engine's search, fusion included)."""
         if not texts:
             return []
         chosen = self.resolve_mode(mode)
@@ -433,6 +437,7 @@ class MilvusRetriever(Retriever):
         queries = (
             self._lexical_queries(lexical_texts or texts) if chosen != RetrievalMode.dense else None
         )
+        t2 = time.perf_counter()
         empty: Arm = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         pool: list[Arm] = [empty] * len(texts)
         groups: dict[str, list[int]] = {}
@@ -443,10 +448,13 @@ class MilvusRetriever(Retriever):
             self._rank_groups(chosen, groups, vectors, queries, depth, keep, pool)
         except Exception as e:  # noqa: BLE001 - pymilvus raises its own and gRPC's errors
             raise EngineUnavailable(f"Milvus search failed: {e}") from e
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         if timings is not None:
-            timings["embed_ms"] = (t1 - t0) * 1000
-            timings["engine_ms"] = (t2 - t1) * 1000
+            if vectors is not None:
+                timings["dense_ms"] = (t1 - t0) * 1000  # the query embedding
+            if queries is not None:
+                timings["lexical_ms"] = (t2 - t1) * 1000  # the query analysis
+            timings["engine_ms"] = (t3 - t2) * 1000  # both arms and their fusion, in Milvus
         return [Ranking(r[:k], s[:k], r if candidates else None) for r, s in pool]
 
     def _rank_groups(  # type: ignore[no-untyped-def]
