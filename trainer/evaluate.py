@@ -90,19 +90,19 @@ def policy_rewrites(
     """(search texts, usable-rewrite flags) for ``policy`` = raw | base | ADAPTER_DIR."""
     if policy == "raw":
         return list(queries), [False] * len(queries)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from trainer.device import resolve_placement
     from trainer.rollout import greedy_rollouts
+    from trainer.train import load_base
 
     if model_path is None:
         raise ValueError("a model path is needed to generate rewrites")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    placement = resolve_placement()  # the training device and dtype (auto), as training loads
+    tokenizer, model = load_base(model_path, placement)
     if policy != "base":
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, resolve_adapter(Path(policy)))
+    model = model.to(placement.device)
     rollouts = greedy_rollouts(
         model, tokenizer, queries, max_new_tokens=max_new_tokens, batch_size=batch_size,
         prompt=prompt,

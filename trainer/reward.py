@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from service.domain import RetrievalMode
+from service.retrieval.exact import DenseBackend, dense_search_on
 from service.retrieval.fusion import fuse
 from service.retrieval.lexical import top_k
 from service.retrieval.metrics import ndcg_at_k
@@ -70,6 +71,9 @@ class RewardModel:
     depth:     how many results each ranking keeps (>= k; evaluation asks for more).
     mode:      "full" or "pooled" (module docstring).
     retrieval: dense, lexical or hybrid; None = the retriever's default mode.
+    device:    where the dense arm embeds and ranks (the training device; "cpu": the
+               retriever as it is); dense: its backend, "auto" | "faiss" | "torch"
+               (service/retrieval/exact.py's ``dense_search_on``: a matmul on the GPU).
     """
 
     def __init__(
@@ -84,12 +88,14 @@ class RewardModel:
         seed: int = 0,
         max_cache: int = 500_000,
         retrieval: RetrievalMode | str | None = None,
+        device: str = "cpu",
+        dense: DenseBackend = "auto",
     ) -> None:
         if k < 1:
             raise ValueError("k must be >= 1")
         if mode not in ("full", "pooled"):
             raise ValueError(f"mode must be 'full' or 'pooled', got {mode!r}")
-        self.retriever = retriever
+        self.retriever = dense_search_on(retriever, device, dense)
         self.targets = {key: dict(t) for key, t in targets.items()}
         self.k = k
         self.depth = max(k, depth or k)

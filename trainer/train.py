@@ -68,6 +68,7 @@ from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode
 from trainer.attribution import EstimatorName, K, PairValueFn, TextAttribution, attribute_batch
 from trainer.config_cli import check_choices
 from trainer.data import Example
+from trainer.device import DeviceName, DTypeName, Placement, resolve_placement
 from trainer.ospo import (
     AdvantageConfig,
     clipped_surrogate_loss,
@@ -184,6 +185,13 @@ class TrainConfig:
     eval_every: int = _opt(0, "Greedy validation NDCG every N steps (0: off).")
     eval_max_queries: int = _opt(32, "Validation queries scored by eval_every.")
     torch_threads: int | None = _opt(None, "torch threads for the run (None: leave as is).")
+    # hardware (trainer/device.py resolves both, once)
+    device: DeviceName = _opt(
+        "auto", "Policy, rollouts, optimiser and reward embedder on: auto (cuda if any)|cpu|cuda."
+    )
+    dtype: DTypeName = _opt(
+        "auto", "Base weights' dtype: auto = bfloat16 on GPUs that have it, else float32."
+    )
 
     def __post_init__(self) -> None:
         self.lora_targets = tuple(self.lora_targets)
@@ -214,6 +222,10 @@ class TrainConfig:
             negative_mode=self.negative_mode,
             min_std=self.min_std,
         )
+
+    def placement(self) -> Placement:
+        """The device and dtype ``device``/``dtype`` resolve to on this machine."""
+        return resolve_placement(self.device, self.dtype)
 
     def attribution_kwargs(self) -> dict[str, Any]:
         return {
@@ -256,19 +268,35 @@ def lora_config(config: TrainConfig) -> Any:
     )
 
 
-def load_policy(model_path: Path, config: TrainConfig) -> tuple[Any, Any]:
-    """(tokenizer, peft model in fp32) with fresh LoRA weights or the warm-start adapter."""
-    from peft import PeftModel, get_peft_model
+def load_base(model_path: Path, placement: Placement) -> tuple[Any, Any]:
+    """(tokenizer, base causal LM) with weights in ``placement.dtype``, still on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(model_path, dtype=placement.dtype)
+
+
+def attach_lora(base: Any, config: TrainConfig) -> Any:
+    """The trainable peft model of ``base`` (fresh LoRA weights or the warm-start adapter), on
+    the config's device. The adapter is made on the CPU and then moved, so a seed gives the
+    same LoRA initialisation on every device (peft keeps LoRA weights in float32 under a
+    bfloat16 base); AdamW's state follows the weights onto the device at its first step."""
+    from peft import PeftModel, get_peft_model
+
     torch.manual_seed(config.seed)  # LoRA A matrices are initialised randomly
     if config.warm_start:
         model = PeftModel.from_pretrained(base, config.warm_start, is_trainable=True)
     else:
         model = get_peft_model(base, lora_config(config))
-    return tokenizer, model
+    return model.to(config.placement().device)
+
+
+def load_policy(model_path: Path, config: TrainConfig) -> tuple[Any, Any]:
+    """(tokenizer, peft model) on the config's device and dtype (trainer/device.py), with fresh
+    LoRA weights or the warm-start adapter: what training, the update, explain and the
+    benchmarks load."""
+    tokenizer, base = load_base(model_path, config.placement())
+    return tokenizer, attach_lora(base, config)
 
 
 def lora_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -669,6 +697,7 @@ def train(
 
     tokenizer, model = load_policy(model_path, config)
     optimizer = make_optimizer(model, config)
+    device = str(config.placement().device)  # the reward embeds and ranks there too
     all_targets = {ex.key: ex.targets for ex in [*examples, *val_examples]}
     reward = RewardModel(
         retriever,
@@ -678,12 +707,18 @@ def train(
         pool_negatives=config.pool_negatives,
         seed=config.seed,
         retrieval=config.retrieval,
+        device=device,
     )
     full_reward = (
         reward
         if config.reward_mode == "full"
         else RewardModel(
-            retriever, all_targets, k=config.reward_k, mode="full", retrieval=config.retrieval
+            retriever,
+            all_targets,
+            k=config.reward_k,
+            mode="full",
+            retrieval=config.retrieval,
+            device=device,
         )
     )
     val = list(val_examples)[: config.eval_max_queries]
@@ -750,6 +785,7 @@ def train(
         "index_version": retriever.version,
         "train_queries": len(examples),
         "final": metrics[-1] if metrics else {},
+        "placement": {"device": device, "dtype": str(config.placement().dtype)},
     }
     adapter_dir = save_adapter(model, out_dir, info)
     plot_metrics(

@@ -141,8 +141,10 @@ def fine_tune(
             for b, t in enumerate(rows):
                 completion[b, : len(t.completion_ids)] = torch.tensor(t.completion_ids)
                 completion_mask[b, : len(t.completion_ids)] = 1
-            sequences = torch.cat([ids, completion], dim=1)
-            attention = torch.cat([mask, completion_mask], dim=1)
+            # built on the CPU, trained on the policy's device
+            sequences = torch.cat([ids, completion], dim=1).to(model.device)
+            attention = torch.cat([mask, completion_mask], dim=1).to(model.device)
+            completion_mask = completion_mask.to(model.device)
             nll = -completion_logprobs(model, sequences, attention, ids.shape[1])  # (b, T)
             loss = (nll * completion_mask).sum() / completion_mask.sum().clamp(min=1)
             optimizer.zero_grad(set_to_none=True)

@@ -28,12 +28,15 @@ def resolve_model_path(name: str) -> str:
 class Embedder:
     """Normalised embeddings (inner product = cosine), one `encode` call per batch of texts."""
 
-    def __init__(self, name: str = DEFAULT_EMBEDDER, batch_size: int = 64) -> None:
+    def __init__(
+        self, name: str = DEFAULT_EMBEDDER, batch_size: int = 64, device: str = "cpu"
+    ) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.batch_size = batch_size
-        self._model = SentenceTransformer(resolve_model_path(name), device="cpu")
+        self.device = device  # serving embeds on the CPU; a reward on a GPU worker asks for cuda
+        self._model = SentenceTransformer(resolve_model_path(name), device=device)
         self.dim = int(self._model.get_embedding_dimension())
         # torch inference is not re-entrant across threads on one model; serialise encodes.
         self._lock = threading.Lock()
@@ -54,8 +57,10 @@ class Embedder:
 
 
 @lru_cache(maxsize=4)
-def get_embedder(name: str = DEFAULT_EMBEDDER, batch_size: int = 64) -> Embedder:
-    return Embedder(name, batch_size)
+def get_embedder(
+    name: str = DEFAULT_EMBEDDER, batch_size: int = 64, device: str = "cpu"
+) -> Embedder:
+    return Embedder(name, batch_size, device)
 
 
 def model_exists(name: str) -> bool:

@@ -24,12 +24,13 @@ fewer than k results when k admitted rows match.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,8 @@ from service.retrieval.fusion import Arm, FusionConfig, fuse
 from service.retrieval.lexical import LEXICAL_DIRNAME, LexicalIndex
 
 IndexKind = Literal["flat", "hnsw"]
+# (B, dim) float32 queries, k → scores (B, k), rows (B, k): a FAISS index's ``search``
+DenseSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 class IndexNotFoundError(FileNotFoundError):
@@ -240,6 +243,7 @@ class Retriever:
         self.ef_search = ef_search
         self.mode = RetrievalMode(mode)
         self.fusion = fusion
+        self._dense_search: DenseSearch | None = None  # None: self.index (FAISS)
 
     @classmethod
     def load_current(
@@ -321,10 +325,19 @@ class Retriever:
         top = top[np.lexsort((allowed[top], -exact[top]))]
         return allowed[top].astype(np.int64), exact[top].astype(np.float32)
 
+    def with_dense_search(self, search: DenseSearch | None, embedder: Embedder) -> Retriever:
+        """A view of this version whose unfiltered dense arm ranks with ``search`` (None: the
+        FAISS index) and embeds with ``embedder``; rows, lexical arm and fusion are shared.
+        A reward on a GPU uses it (service/retrieval/exact.py); serving never does."""
+        view = copy.copy(self)
+        view._dense_search, view.embedder = search, embedder
+        return view
+
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, dim) → scores (B, k), rows (B, k) with -1 where the index has fewer than k items."""
         k = max(1, min(k, max(self.manifest.count, 1)))
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        search = self._dense_search or self.index.search
+        scores, rows = search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, rows
 
     def rank(
