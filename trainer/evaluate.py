@@ -45,6 +45,7 @@ from trainer.data import Example
 from trainer.reward import RewardModel
 
 DEPTH = 100  # results kept per query (MRR looks this deep)
+TIE = 1e-3  # |Δ NDCG@10| below this is neither a gain nor a loss
 METRICS = ("ndcg@10", "judged@10", "recall@10", "recall@50", "mrr")
 
 
@@ -122,15 +123,23 @@ class PolicyEval:
     parse_rate: float
     per_query: dict[str, dict[str, list[float]]]  # retriever -> metric -> (n_queries,)
     seconds: float
+    abstain: float  # share of queries searched with the raw query (NONE or unusable)
 
     def summary(self, raw: PolicyEval | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"parse_rate": self.parse_rate, "seconds": self.seconds}
+        """Per retriever: each metric's mean and CI, ``reliable``; against ``raw``: the paired
+        Δ NDCG@10 and how many queries gain / lose more than ``TIE`` (an abstaining policy
+        neither gains nor loses). ``abstain``: share of queries searched with the raw query."""
+        out: dict[str, Any] = {
+            "parse_rate": self.parse_rate, "abstain": self.abstain, "seconds": self.seconds,
+        }  # fmt: skip
         for name, metrics in self.per_query.items():
             out[name] = {m: summarize(v) for m, v in metrics.items()}
             out[name]["reliable"] = bool(np.mean(metrics["judged@10"]) >= MIN_JUDGED)
             if raw is not None and raw is not self and name in raw.per_query:
                 diff = np.subtract(metrics["ndcg@10"], raw.per_query[name]["ndcg@10"])
                 out[name]["delta_ndcg@10_vs_raw"] = summarize(diff.tolist())
+                out[name]["gains"] = int((diff > TIE).sum())
+                out[name]["losses"] = int((diff < -TIE).sum())
         return out
 
 
@@ -195,6 +204,7 @@ def evaluate_policies(
             parse_rate=float(np.mean(ok)) if policy != "raw" else 1.0,
             per_query=score_texts(texts, examples, retriever, modes, pooled),
             seconds=time.perf_counter() - started,
+            abstain=float(np.mean([t == q for t, q in zip(texts, queries, strict=True)])),
         )
     raw = evals.get("raw")
     return {

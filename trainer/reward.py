@@ -35,7 +35,7 @@ from service.domain import RetrievalMode
 from service.retrieval.exact import DenseBackend, dense_search_on
 from service.retrieval.fusion import fuse
 from service.retrieval.lexical import top_k
-from service.retrieval.metrics import ndcg_at_k
+from service.retrieval.metrics import judged_at_k, ndcg_at_k
 from trainer.attribution import TextValueFn
 
 if TYPE_CHECKING:  # faiss comes with the index: the training step imports this module without it
@@ -144,6 +144,17 @@ class RewardModel:
                 self._search_pooled(missing)  # type: ignore[arg-type]
         self.stats.seconds += time.perf_counter() - started
         return [self._rankings[c] for c in cache_keys]  # type: ignore[index]
+
+    def judged(self, pairs: Sequence[Pair]) -> np.ndarray:
+        """judged@k of each pair's ranking: the share of its top k with any grade."""
+        ranked = self.rankings(pairs)
+        return np.array(
+            [
+                judged_at_k(r, self.targets[key], self.k)
+                for r, (_, key) in zip(ranked, pairs, strict=True)
+            ],
+            dtype=np.float64,
+        )
 
     def __call__(self, pairs: Sequence[Pair]) -> np.ndarray:
         """``score``: the model as the step's reward function (a ``PairValueFn[str]``)."""

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from service.domain import Algorithm, RetrievalMode
-from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode, prompt_by_version
 from trainer.attribution import EstimatorName, K, PairValueFn, TextAttribution, attribute_batch
 from trainer.config_cli import check_choices
 from trainer.data import Example
@@ -146,6 +146,11 @@ class TrainConfig:
     rs_epochs: int = _opt(2, "Warm start: fine-tuning passes over the kept completions.")
     rs_lr: float = _opt(2e-4, "Warm start: learning rate of the fine-tuning.")
     # sampling
+    prompt_version: str = _opt(
+        DEFAULT_PROMPT.version,
+        "Rewrite prompt: expand-v2 (free additions), grounded-v1 (additions copied from the "
+        "raw query's top titles, or NONE), rewrite-v1 (replace the query: the paper's mode).",
+    )
     max_new_tokens: int = _opt(
         DEFAULT_PROMPT.max_tokens, "Longest completion (sampled, and greedy in validation)."
     )
@@ -610,6 +615,37 @@ def _k3(logp_ref: torch.Tensor, batch: RolloutBatch) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def training_prompt(
+    config: TrainConfig, retriever: Retriever, queries: Sequence[str] = ()
+) -> PromptConfig:
+    """The prompt of ``config.prompt_version``; a grounded one shows this retriever's titles
+    (those of ``queries`` ranked up front, in one batch)."""
+    from service.rewriting.grounding import TitleGrounder
+
+    prompt = prompt_by_version(config.prompt_version)
+    if not prompt.grounded:
+        return prompt
+    grounder = TitleGrounder(retriever)
+    grounder.prefetch(queries)
+    return prompt.with_grounder(grounder)
+
+
+def greedy_pairs(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    prompt: PromptConfig,
+) -> list[tuple[str, str]]:
+    """(search text, query key) of each example's greedy rewrite (raw query when unusable, as
+    serving does): what the gate and validation score."""
+    rollouts = greedy_rollouts(
+        model, tokenizer, [ex.query for ex in examples], max_new_tokens=config.max_new_tokens,
+        prompt=prompt,
+    )  # fmt: skip
+    return [(r.search_text, ex.key) for r, ex in zip(rollouts, examples, strict=True)]
+
+
 def greedy_scores(
     model: Any,
     tokenizer: Any,
@@ -618,25 +654,24 @@ def greedy_scores(
     config: TrainConfig,
     prompt: PromptConfig,
 ) -> np.ndarray:
-    """(n,) reward of greedy rewrites per example (raw query when unusable, as serving)."""
-    rollouts = greedy_rollouts(
-        model, tokenizer, [ex.query for ex in examples], max_new_tokens=config.max_new_tokens,
-        prompt=prompt,
-    )  # fmt: skip
-    pairs = [(r.search_text, ex.key) for r, ex in zip(rollouts, examples, strict=True)]
-    return reward(pairs)
+    """(n,) reward of greedy rewrites per example."""
+    return reward(greedy_pairs(model, tokenizer, examples, config, prompt))
 
 
-def greedy_ndcg(
+def greedy_validation(
     model: Any,
     tokenizer: Any,
     examples: Sequence[Example],
-    reward: PairValueFn[str],
+    reward: RewardModel,
     config: TrainConfig,
     prompt: PromptConfig,
-) -> float:
-    """Mean of ``greedy_scores``."""
-    return float(greedy_scores(model, tokenizer, examples, reward, config, prompt).mean())
+) -> dict[str, float]:
+    """Mean NDCG and judged@k of greedy rewrites on held-out queries."""
+    pairs = greedy_pairs(model, tokenizer, examples, config, prompt)
+    return {
+        "val_ndcg": float(reward.score(pairs).mean()),
+        "val_judged": float(reward.judged(pairs).mean()),
+    }
 
 
 def save_adapter(model: Any, out_dir: Path, info: dict[str, Any]) -> Path:
@@ -672,13 +707,14 @@ def train(
     progress: bool = True,
     *,
     val_examples: Sequence[Example] = (),
-    prompt: PromptConfig = DEFAULT_PROMPT,
+    prompt: PromptConfig | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter with OSPO or GRPO; write metrics, plots and ``out_dir/adapter``.
 
     retriever:    the serving retriever; the reward is NDCG@k of its rankings.
     examples:     training prompts with their targets (see trainer/data.py).
     val_examples: scored with greedy rewrites every ``config.eval_every`` steps, if any.
+    prompt:       default: ``training_prompt(config, retriever)``.
     """
     from tqdm.auto import tqdm
 
@@ -686,6 +722,9 @@ def train(
 
     if not examples:
         raise ValueError("no training examples")
+    prompt = prompt or training_prompt(
+        config, retriever, [ex.query for ex in [*examples, *val_examples]]
+    )
     started = time.perf_counter()
     out_dir, model_path = Path(out_dir), Path(model_path).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -735,8 +774,9 @@ def train(
                 model, tokenizer, examples, reward, config, prompt, progress
             )})  # fmt: skip
         if val and config.eval_every:
-            val_ndcg = greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)
-            record({"step": 0, "val_ndcg": val_ndcg})
+            record({"step": 0, **greedy_validation(
+                model, tokenizer, val, full_reward, config, prompt
+            )})  # fmt: skip
 
         bar = tqdm(range(1, config.steps + 1), disable=not progress, desc=config.algo, unit="step")
         for step in bar:
@@ -771,7 +811,7 @@ def train(
                 and (step % config.eval_every == 0 or step == config.steps)
             ):
                 t_eval = time.perf_counter()
-                row["val_ndcg"] = greedy_ndcg(model, tokenizer, val, full_reward, config, prompt)
+                row.update(greedy_validation(model, tokenizer, val, full_reward, config, prompt))
                 row["eval_s"] = time.perf_counter() - t_eval
             record(row)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}")
