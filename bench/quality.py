@@ -1,6 +1,9 @@
 """Quality benchmark → bench/results/quality.json + quality.png.
 
-Does a learned rewrite beat the shopper's own words? On the Chorus validation split (the split
+Does a learned rewrite beat the shopper's own words? Grades are human + assessed (the judged
+pools completed, service/grades.py), and judged@10, the abstention rate and the queries each
+policy helps or hurts are reported beside NDCG; ``--prompt-version`` picks the prompt every
+policy is trained and scored with. On the Chorus validation split (the split
 `ospo eval` and the online update use: 30% of the judged queries by hash, split seed 0) over the
 serving index (19,406 Icecat + 392 ESCI products), and on the ESCI sample's queries (never
 trained on: an out-of-domain check), with greedy rewrites as serving produces them:
@@ -52,9 +55,9 @@ from service.retrieval.metrics import bootstrap_ci  # noqa: E402
 from service.settings import get_settings  # noqa: E402
 from trainer.config_cli import add_config_arguments, config_from_args  # noqa: E402
 from trainer.data import load_examples, restrict_to_index, split_examples  # noqa: E402
-from trainer.evaluate import METRICS, evaluate_policies  # noqa: E402
+from trainer.evaluate import METRICS, TIE, evaluate_policies  # noqa: E402
 from trainer.resources import load_retriever, policy_model_path  # noqa: E402
-from trainer.train import TrainConfig, train  # noqa: E402
+from trainer.train import TrainConfig, train, training_prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -98,6 +101,14 @@ def aggregate(per_query: dict[str, list[dict[str, dict[str, list[float]]]]]) -> 
             deltas[f"{method}-raw_same_retriever"] = {
                 r: ci(v - averaged["raw"][r]) for r, v in by_retriever.items()
             }
+    if "raw" in averaged:
+        # how many queries each method moves, seed-averaged, against raw on the same retriever
+        out["gains_losses"] = {
+            m: {r: {"gains": int((v - averaged["raw"][r] > TIE).sum()),
+                    "losses": int((v - averaged["raw"][r] < -TIE).sum())}
+                for r, v in by_r.items()}
+            for m, by_r in averaged.items() if m != "raw"
+        }  # fmt: skip
     if "ospo" in averaged and "grpo" in averaged:
         deltas["ospo-grpo"] = {
             r: ci(averaged["ospo"][r] - averaged["grpo"][r]) for r in averaged["ospo"]
@@ -158,6 +169,10 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.3)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument(
+        "--train-esci", action="store_true",
+        help="also train on the ESCI sample's queries (every labelled source)",
+    )  # fmt: skip
     ap.add_argument("--out-dir", type=Path, default=OUT)
     ap.add_argument(
         "--rl-eval", default="chorus_val,esci",
@@ -182,12 +197,15 @@ def main() -> None:
     esci = restrict_to_index(
         load_examples(str(DATA / "esci" / "sample_2c_full_data.csv"), fmt="esci"), retriever.row_of
     )
+    if args.train_esci:
+        train_ex = [*train_ex, *esci]  # more signal per step; ESCI is then in-domain
     eval_sets = {"chorus_val": val_ex, "esci": esci}
 
     per_query: dict[str, dict[str, list[Any]]] = {
         name: {m: [] for m in METHODS} for name in eval_sets
     }
     rewrites: dict[str, dict[str, Any]] = {name: {} for name in eval_sets}
+    abstain: dict[str, dict[str, list[float]]] = {}
     runs: list[dict[str, Any]] = []
     out_json = args.out_dir / "quality.json"
 
@@ -197,7 +215,11 @@ def main() -> None:
         for name, examples in eval_sets.items():
             if sets is not None and name not in sets:
                 continue
-            report = evaluate_policies([policy], examples, retriever, model_path)
+            prompt = training_prompt(base_config, retriever, [ex.query for ex in examples])
+            report = evaluate_policies([policy], examples, retriever, model_path, prompt=prompt)
+            abstain.setdefault(name, {}).setdefault(method, []).append(
+                report["policies"][policy]["abstain"]
+            )
             per_query[name][method].append(report["per_query"][policy])
             rewrites[name].setdefault(method, []).append(report["rewrites"][policy])
             headline[name] = report["policies"][policy]["hybrid"]["ndcg@10"]["mean"]
@@ -207,6 +229,7 @@ def main() -> None:
         report = {
             "summary": {name: aggregate(pq) for name, pq in per_query.items()},
             "runs": runs,
+            "abstain": abstain,
             "setup": {
                 "seeds": seeds,
                 "command": " ".join(sys.argv),
