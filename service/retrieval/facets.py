@@ -80,6 +80,20 @@ def _text_value(value: Any) -> str | None:
     return None
 
 
+def _row_values(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """{field: value} of one row's facetable attributes (the first of two keys naming one
+    field wins)."""
+    out: dict[str, str] = {}
+    for key, raw in attrs.items():
+        name = field_name(key)
+        if key in _NOT_FACETS or name in _NOT_FACETS or name == BRAND or name in out:
+            continue
+        value = _text_value(raw)
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def _price(value: Any) -> float:
     if isinstance(value, bool):
         return np.nan
@@ -113,20 +127,28 @@ class FacetTable:
     ) -> FacetTable:
         n = len(brands)
         columns: dict[str, list[str | None]] = {BRAND: [b.strip() if b else None for b in brands]}
-        seen: dict[str, list[str | None]] = defaultdict(lambda: [None] * n)
-        for i, attrs in enumerate(attributes):
-            for key, raw in attrs.items():
-                name = field_name(key)
-                if key in _NOT_FACETS or name in _NOT_FACETS or name == BRAND:
-                    continue
-                value = _text_value(raw)
-                if value is not None and seen[name][i] is None:
-                    seen[name][i] = value
-        for name, col in seen.items():
-            carried = [v for v in col if v is not None]
-            distinct = {v.casefold() for v in carried}
-            if len(carried) >= max(2, MIN_SHARE * n) and len(distinct) <= MAX_VALUES:
-                columns[name] = col
+        # Two passes: count first, then fill columns for the fields that qualify only. A
+        # catalogue carries thousands of attribute names (Icecat: 5,359), so a column for each
+        # would take names × rows memory (bench/scale.py).
+        carried: Counter[str] = Counter()
+        distinct: dict[str, set[str]] = defaultdict(set)
+        for attrs in attributes:
+            for name, value in _row_values(attrs).items():
+                carried[name] += 1
+                if len(distinct[name]) <= MAX_VALUES:
+                    distinct[name].add(value.casefold())
+        fields = [
+            name
+            for name in carried  # first-seen order, as before
+            if carried[name] >= max(2, MIN_SHARE * n) and len(distinct[name]) <= MAX_VALUES
+        ]
+        for name in fields:
+            columns[name] = [None] * n
+        if fields:
+            for i, attrs in enumerate(attributes):
+                for name, value in _row_values(attrs).items():
+                    if name in columns:
+                        columns[name][i] = value
         values: dict[str, list[str]] = {}
         codes: dict[str, np.ndarray] = {}
         for name, col in columns.items():
