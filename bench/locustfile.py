@@ -3,8 +3,9 @@
 A shopper searches a query drawn from the pool, then reports impressions of the top results and
 a click on one of them (unique event ids, so every acknowledged event must be stored once).
 Everything the check needs is counted here, per second, and written to `OSPO_LOAD_REPORT` when
-locust quits: statuses per endpoint, latencies, events acknowledged (a 200 answer's `stored`),
-search ids answered. Settings come from the environment (see `bench/reliability.py`).
+locust quits: statuses per endpoint, latencies, events acknowledged (a 200 answer's `stored`,
+and the ids its per-item results say were stored), refused and naming an unknown search, and
+the search ids answered. Settings come from the environment (see `bench/reliability.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ STARTED = time.monotonic()
 seconds: dict[int, dict[str, list[float] | int]] = defaultdict(
     lambda: {"search_ms": [], "events_ms": [], "ok": 0, "5xx": 0, "503": 0, "429": 0, "other": 0}
 )
-totals = {"events_sent": 0, "events_acknowledged": 0, "searches_answered": 0}
+totals = {"events_sent": 0, "events_acknowledged": 0, "searches_answered": 0,
+          "events_refused": 0, "events_unknown_search": 0}  # fmt: skip
+# What was promised, by id: every answered search must be logged, every acknowledged event stored.
+answered_ids: list[str] = []
+acknowledged_ids: list[str] = []
 statuses: dict[str, dict[int, int]] = {"search": defaultdict(int), "events": defaultdict(int)}
 
 
@@ -56,6 +61,7 @@ class Shopper(FastHttpUser):
                 return
             body = r.json()
         totals["searches_answered"] += 1
+        answered_ids.append(body["search_id"])
         shown = [hit["product_id"] for hit in body["results"][:3]]
         batch = [
             {"event_id": uuid.uuid4().hex, "search_id": body["search_id"], "product_id": pid,
@@ -71,7 +77,13 @@ class Shopper(FastHttpUser):
             _count("events", e.status_code, (time.perf_counter() - started) * 1000)
             e.success()
             if e.status_code == 200:
-                totals["events_acknowledged"] += e.json()["stored"]
+                answer = e.json()
+                totals["events_acknowledged"] += answer["stored"]
+                totals["events_refused"] += answer.get("refused", 0)
+                totals["events_unknown_search"] += answer.get("unknown_search", 0)
+                acknowledged_ids.extend(
+                    r["event_id"] for r in answer.get("results", []) if r["status"] == "stored"
+                )
 
 
 @events.quitting.add_listener
@@ -83,6 +95,8 @@ def _write_report(environment, **_: object) -> None:  # type: ignore[no-untyped-
         json.dumps(
             {
                 "totals": totals,
+                "answered_ids": answered_ids,
+                "acknowledged_ids": acknowledged_ids,
                 "statuses": {k: dict(v) for k, v in statuses.items()},
                 "seconds": {str(s): b for s, b in sorted(seconds.items())},
             }

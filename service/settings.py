@@ -9,7 +9,14 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.domain import FusionMethod, GradeSet, IndexType, MissPolicy, RetrievalMode
+from service.domain import (
+    FusionMethod,
+    GradeSet,
+    IndexType,
+    MissPolicy,
+    PromptVersion,
+    RetrievalMode,
+)
 
 
 class Settings(BaseSettings):
@@ -122,9 +129,9 @@ class Settings(BaseSettings):
         True,
         description="With the background writer: append each search to a local write-ahead "
         "file (data_dir/search-log) before answering it, replayed at start-up, so a killed "
-        "API process loses no answered search (a power loss: at most the last ~ms, before the "
-        "writer's fsync). false: searches wait in memory only (measured cost: "
-        "bench/results/search_log.json).",
+        "API process loses no answered search (a power loss: those not committed yet, "
+        "normally the last milliseconds). false: searches wait in memory only (measured "
+        "cost: bench/results/search_log.json).",
     )
 
     rules_refresh_s: float = Field(
@@ -179,6 +186,12 @@ class Settings(BaseSettings):
         None,
         description="HF model folder for the policy; default: SmolLM2-135M-Instruct prepared "
         "under data_dir/models by `ospo models prepare`.",
+    )
+    policy_prompt: PromptVersion = Field(
+        PromptVersion.expand,
+        description="Prompt version the policy serves and online updates train with: "
+        "expand-v2 (free additions), grounded-v1 (additions copied from the titles of the raw "
+        "query's top results, or NONE; bench/grounding.py), rewrite-v1 (replace the query).",
     )
     vllm_url: str = Field("http://127.0.0.1:8001", description="Base URL of the vLLM server.")
     vllm_port: int = Field(8001, description="Port `ospo policy serve` starts vLLM on.")

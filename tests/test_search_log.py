@@ -232,3 +232,34 @@ def test_a_torn_journal_line_is_skipped_and_the_rest_replayed(db_url: str, tmp_p
     assert [p.name for p in (tmp_path / "search-log").glob("*.wal")].count(live.path.name) == 1
     log.stop()
     live.retire()
+
+
+def test_the_journal_is_emptied_as_rows_commit_and_rotated_under_load(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.services.search_log as search_log
+
+    monkeypatch.setattr(search_log, "ROTATE_BYTES", 4000)  # a few rows per segment
+    journal = tmp_path / "search-log"
+    log = SearchLogWriter(db_url, journal_dir=journal)
+    log.start()
+    rows = [_row(f"q{i}") for i in range(300)]
+
+    def submit(chunk: list[dict]) -> None:
+        for r in chunk:
+            log.submit(r)
+
+    threads = [threading.Thread(target=submit, args=(rows[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert log.wait_written([r["id"] for r in rows], timeout=60)
+    assert {r["id"] for r in rows} <= _stored(db_url)
+    lone = _row("lone")
+    log.submit(lone)
+    assert log.wait_written([lone["id"]], timeout=30)
+    segments = list(journal.glob("*.wal"))
+    assert len(segments) == 1 and segments[0].stat().st_size == 0  # committed: emptied
+    log.stop()
+    assert not list(journal.glob("*.wal"))

@@ -3,9 +3,11 @@ them, so that a crashed API process loses none.
 
 Each API process appends every search, as one JSON line and one `write(2)`, to its current
 segment file before the search's answer leaves; from then on the row is in the kernel, so a
-`kill -9` or an OOM kill of the process loses nothing. The search log's writer takes the buffered
-rows together with the segment holding them (`rotate`), fsyncs the segment (from here a power
-loss loses nothing either), commits the rows to the database and deletes the segment.
+`kill -9` or an OOM kill of the process loses nothing. Once the search log's writer has
+committed every row a segment holds, it empties it (`truncate`); a segment that grows past a
+megabyte (sustained load: rows keep arriving while the writer commits) is set aside for a new
+one and deleted after its last rows are committed. While the database is unreachable the
+segments are fsync'd before each retry, so rows waiting out an outage survive a power loss too.
 
 Every live segment is locked (`flock`) by the process writing it; the lock dies with the
 process. A segment nobody holds is an orphan of a process that died (or that could not reach
@@ -59,11 +61,19 @@ class Segment:
 
     path: Path
     fd: int
+    size: int = 0
 
     def append(self, line: bytes) -> None:
         view = memoryview(line)
         while view:  # a regular file takes it in one call unless the disk is full
-            view = view[os.write(self.fd, view) :]
+            written = os.write(self.fd, view)
+            self.size += written
+            view = view[written:]
+
+    def truncate(self) -> None:
+        """Every row it holds is in the database: empty it (appends go on at its start)."""
+        os.ftruncate(self.fd, 0)
+        self.size = 0
 
     def sync(self) -> None:
         os.fsync(self.fd)

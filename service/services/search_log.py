@@ -7,9 +7,10 @@ that arrive during a commit form the next one — no timer, so a lone search is 
 millisecond after it is answered). With a journal (`service.services.search_journal`, the
 default in the API: `OSPO_SEARCH_LOG_JOURNAL`), the row is also appended to a local
 write-ahead file before the answer leaves: a `kill -9` or OOM kill loses no answered search,
-and a power loss at most the searches answered since the writer's last fsync (one commit
-cycle, normally milliseconds). The journal left by a dead process is replayed at start-up and
-every `ORPHAN_SCAN_S`. The guarantee events rely on: a search an event names is stored before
+and a power loss at most those not committed yet (normally the last milliseconds, as without
+the journal; during a database outage, at most one retry interval: the journal is fsync'd
+before each retry). The journal left by a dead process is replayed at start-up and every
+`ORPHAN_SCAN_S`. The guarantee events rely on: a search an event names is stored before
 the event is. `wait_written` blocks until the named searches of this process are committed;
 the events service calls it first, then gives searches buffered by another API process a
 short grace (`UNKNOWN_SEARCH_GRACE_S`) before storing the event as naming an unknown search.
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 UNKNOWN_SEARCH_GRACE_S = 0.5  # another API process commits its buffer well within this
 STOP_FLUSH_S = 30.0  # how long stopping keeps retrying a failing database
 ORPHAN_SCAN_S = 30.0  # how often a journal left by a dead process is looked for
+ROTATE_BYTES = 1 << 20  # a journal segment this large is replaced (~1,500 searches)
 # The database or the connection to it is down: wait and retry the same rows.
 OUTAGE = (OperationalError, InterfaceError)
 
@@ -64,7 +66,9 @@ class SearchLogWriter:
         self.background = background
         # Only the background writer holds rows after answering; a synchronous one needs none.
         self.journal = SearchJournal(journal_dir) if journal_dir and background else None
-        self._segment: Segment | None = None  # the journal segment of the buffered rows
+        self._segment: Segment | None = None  # the journal segment rows are appended to
+        self._full: Segment | None = None  # one set aside, deleted once its rows are committed
+        self._kept = False  # rows were given up on (stopping): the journal keeps them
         self._buffer: list[dict[str, Any]] = []
         self._unwritten: set[str] = set()
         self._cond = threading.Condition()
@@ -123,8 +127,8 @@ class SearchLogWriter:
         thread.join(STOP_FLUSH_S + 5)
         with self._cond:
             segment, self._segment = self._segment, None
-            flushed = not self._buffer and not thread.is_alive()
-        if segment is not None:  # flushed: every row it held was taken and written
+            flushed = not self._buffer and not thread.is_alive() and not self._kept
+        if segment is not None:  # flushed: every row it held is committed
             (segment.retire if flushed else segment.release)()
 
     def recover(self, give_up_after: float | None = None) -> int:
@@ -147,26 +151,25 @@ class SearchLogWriter:
     def _run(self) -> None:
         next_scan = time.monotonic() + ORPHAN_SCAN_S
         while True:
-            spare = self._new_segment()
             with self._cond:
                 self._cond.wait_for(lambda: self._buffer or self._stopping, ORPHAN_SCAN_S)
                 rows, self._buffer = self._buffer, []
                 stopping = self._stopping
-                taken = None
-                if rows and spare is not None:  # the rows and their segment leave together
-                    taken, self._segment, spare = self._segment, spare, None
-            if spare is not None:
-                spare.retire()
+                full = self._rotate_if_full() if rows else None
             if rows:
-                if taken is not None:
-                    taken.sync()
                 written = self._write_retrying(rows, STOP_FLUSH_S if stopping else None)
-                if taken is not None:
-                    (taken.retire if written else taken.release)()
                 with self._cond:
                     self._unwritten.difference_update(r["id"] for r in rows)
+                    if not written:  # kept on disk for the next start to replay
+                        self._kept = True
+                    elif not self._buffer and self._segment is not None and not self._kept:
+                        # Nothing arrived meanwhile: every row of the segment is committed.
+                        self._truncate(self._segment)
                     SEARCH_LOG_BUFFER.set(len(self._buffer))
                     self._cond.notify_all()
+                if full is not None:
+                    self._full = None
+                    (full.retire if written else full.release)()
             elif stopping:
                 return
             if time.monotonic() >= next_scan and not stopping:
@@ -176,23 +179,31 @@ class SearchLogWriter:
                 except Exception:  # noqa: BLE001 - the next scan tries again
                     log.exception("search log: replaying the journal failed")
 
-    def _new_segment(self) -> Segment | None:
-        """The segment the next rows go to; None (they stay in the current one, replayed
-        twice at worst) when the disk refuses a new file."""
-        if self.journal is None:
+    def _rotate_if_full(self) -> Segment | None:
+        """Under the lock: set a segment past `ROTATE_BYTES` aside (returned; deleted once the
+        rows just taken are committed) for a new one. Rare: only under sustained load."""
+        if self.journal is None or self._segment is None or self._segment.size < ROTATE_BYTES:
             return None
         try:
-            return self.journal.new_segment()
-        except OSError as e:
+            fresh = self.journal.new_segment()
+        except OSError as e:  # the full one goes on growing; replayed whole at worst
             log.error("search journal: no new segment: %s", e)
             return None
+        self._full, self._segment = self._segment, fresh
+        return self._full
 
-    def _sync_filling(self, _: RetryCallState) -> None:
-        # While the database is down the rows wait here: keep the segment filling meanwhile
-        # on disk too, so that the power-loss window stays one retry interval.
+    def _truncate(self, segment: Segment) -> None:
+        try:
+            segment.truncate()
+        except OSError as e:  # replayed (idempotently) at worst
+            log.warning("search journal: could not empty %s: %s", segment.path, e)
+
+    def _sync_waiting(self, _: RetryCallState) -> None:
+        # While the database is down the rows wait in the journal: put it on disk, so that a
+        # power loss during an outage loses at most one retry interval.
         with self._cond:
-            segment = self._segment
-        if segment is not None:
+            segments = [s for s in (self._segment, self._full) if s is not None]
+        for segment in segments:
             with contextlib.suppress(OSError):
                 segment.sync()
 
@@ -219,7 +230,7 @@ class SearchLogWriter:
 
     def _before_retry(self, state: RetryCallState) -> None:
         before_sleep_log(log, logging.WARNING)(state)
-        self._sync_filling(state)
+        self._sync_waiting(state)
 
     def _write_isolating(self, rows: list[dict[str, Any]]) -> None:
         """Write `rows`; an outage propagates (retried), any other refusal is narrowed down to
