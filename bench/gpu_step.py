@@ -289,13 +289,12 @@ def rewrite_bias(tok: PreTrainedTokenizerFast, strength: float) -> torch.Tensor 
     return bias
 
 
-def build_policy(
-    name: str, config: TrainConfig, tok: PreTrainedTokenizerFast, device: torch.device
-) -> tuple[Any, dict[str, Any]]:
-    """Qwen2.5-``name`` architecture with random weights and the project's LoRA (``config``),
-    writing rewrite-shaped word soup (``rewrite_bias``)."""
-    hidden, inter, layers, heads, kv, tied = (TINY if ARGS.tiny else QWEN25)[name]
-    cfg = Qwen2Config(
+def qwen25_config(
+    name: str, tok: PreTrainedTokenizerFast, tiny: bool, attn_implementation: str = "sdpa"
+) -> Qwen2Config:
+    """The Qwen2.5-``name`` architecture (``TINY``'s shapes with ``tiny``), ``tok``'s vocabulary."""
+    hidden, inter, layers, heads, kv, tied = (TINY if tiny else QWEN25)[name]
+    return Qwen2Config(
         vocab_size=len(tok),
         hidden_size=hidden,
         intermediate_size=inter,
@@ -309,8 +308,17 @@ def build_policy(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         use_cache=True,
-        attn_implementation=ARGS.attn_implementation,
+        attn_implementation=attn_implementation,
     )
+
+
+def build_policy(
+    name: str, config: TrainConfig, tok: PreTrainedTokenizerFast, device: torch.device
+) -> tuple[Any, dict[str, Any]]:
+    """Qwen2.5-``name`` architecture with random weights and the project's LoRA (``config``),
+    writing rewrite-shaped word soup (``rewrite_bias``)."""
+    hidden, inter, layers, heads, kv, tied = (TINY if ARGS.tiny else QWEN25)[name]
+    cfg = qwen25_config(name, tok, ARGS.tiny, ARGS.attn_implementation)
     with default_dtype(DTYPE), torch.device(device):
         base = Qwen2ForCausalLM(cfg)
     base.eval()
@@ -832,7 +840,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="CPU smoke test with tiny shapes")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--budget-s", type=float, default=None, help="stop starting new configs")
-    p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     p.add_argument("--models", type=strs, default=["1.5b", "7b"], help=f"of {list(QWEN25)}")
     p.add_argument("--algos", type=strs, default=["grpo", "ospo"])
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before --steps timed")
@@ -850,12 +857,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="best of N for retrieval timings")
     p.add_argument("--embed-batch", type=int, default=1024)
     p.add_argument("--embed-max-length", type=int, default=128)
-    p.add_argument(
-        "--dtype",
-        choices=("bfloat16", "float16", "float32"),
-        default=None,
-        help="policy weights; default bfloat16 on cuda, float32 on cpu",
-    )
     p.add_argument("--encoder-dtype", choices=("bfloat16", "float16", "float32"), default=None)
     p.add_argument("--skip-steps", action="store_true", help="retrieval section only")
     p.add_argument("--skip-retrieval", action="store_true", help="training steps only")
@@ -910,12 +911,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     global ARGS, ENGINE_DEVICE, DTYPE
     ARGS = parse_args(argv)
     config: TrainConfig = ARGS.config
-    device = torch.device(ARGS.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ENGINE_DEVICE = device
-    if ARGS.dtype:
-        DTYPE = getattr(torch, ARGS.dtype)
-    else:
-        DTYPE = torch.bfloat16 if device.type == "cuda" else torch.float32
+    placement = config.placement()  # --device/--dtype: TrainConfig's, resolved as training does
+    device = ENGINE_DEVICE = placement.device
+    DTYPE = placement.dtype
     enc_dtype = getattr(torch, ARGS.encoder_dtype) if ARGS.encoder_dtype else DTYPE
     torch.manual_seed(config.seed)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}

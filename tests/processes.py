@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -50,3 +51,24 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
             return last
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def run_script_without(
+    script: str, args: list[str], absent: tuple[str, ...], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with ``args`` in a child Python and fail the child if it exited non-zero
+    or imported any module named in ``absent`` (or below it): a benchmark meant for a machine
+    that lacks those packages proves here that it never needs them."""
+    code = f"""
+import runpy, sys
+sys.argv = [{script!r}, *{args!r}]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+loaded = [m for m in sys.modules if any(m == s or m.startswith(s + ".") for s in {absent!r})]
+assert not loaded, loaded
+"""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )

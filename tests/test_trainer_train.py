@@ -4,8 +4,6 @@ the step with any reward function; the GPU benchmark running that step."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +13,7 @@ import pytest
 from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
+from tests.processes import run_script_without
 from trainer.data import Example
 
 if TYPE_CHECKING:
@@ -232,19 +231,7 @@ def test_gpu_benchmark_runs_the_project_step_without_the_serving_stack(tmp_path:
         "faiss", "bm25s", "Stemmer", "matplotlib", "sqlalchemy", "typer", "fastapi", "celery",
         "sentence_transformers", "service.retrieval.index", "service.settings", "service.db",
     )  # fmt: skip
-    code = f"""
-import runpy, sys
-sys.argv = ["bench/gpu_step.py", *{args!r}]
-try:
-    runpy.run_path("bench/gpu_step.py", run_name="__main__")
-except SystemExit as e:
-    assert not e.code, e.code
-loaded = [m for m in sys.modules if any(m == s or m.startswith(s + ".") for s in {stack!r})]
-assert not loaded, loaded
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    done = run_script_without("bench/gpu_step.py", args, stack)
     assert done.returncode == 0, done.stderr[-3000:]
     step = json.loads(out.read_text())["steps"]["qwen2.5-0.5b/ospo"]
     assert step["status"] == "ok", step
