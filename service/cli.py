@@ -279,8 +279,10 @@ def adapters_register(name: str, path: Path, parent: str | None = None) -> None:
 
 async def _with_policy(action, *args):  # type: ignore[no-untyped-def]
     from service.policy.factory import make_policy
+    from service.rewriting.grounding import serving_prompt
 
-    policy = make_policy(get_settings())
+    settings = get_settings()
+    policy = make_policy(settings, serving_prompt(settings))
     try:
         return await action(policy, *args)
     finally:

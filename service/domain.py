@@ -28,6 +28,15 @@ class RetrievalMode(StrEnum):
     hybrid = "hybrid"  # both, fused (service.retrieval.fusion)
 
 
+class PromptVersion(StrEnum):
+    """The versions of the rewrite prompt (service/policy/prompt.py holds their text); every
+    stored rewrite and trained adapter records one, so they never mix."""
+
+    expand = "expand-v2"  # free additions to the query, or NONE
+    grounded = "grounded-v1"  # additions copied from the raw query's top titles, or NONE
+    replace = "rewrite-v1"  # the policy's line replaces the query (the paper's setting)
+
+
 class GradeSet(StrEnum):
     """Which relevance grades score a ranking (service.grades says how sources combine)."""
 

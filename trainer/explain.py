@@ -42,7 +42,7 @@ def _policy(model_path: Path, adapter: str | None) -> tuple[Any, Any]:
 
 
 def explain_query(settings: Settings, query: str) -> dict[str, Any]:
-    from service.policy.prompt import DEFAULT_PROMPT
+    from service.rewriting.grounding import serving_prompt
     from trainer.reward import RewardModel
     from trainer.rollout import greedy_rollouts
     from trainer.train import coalition_values
@@ -58,13 +58,13 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
     model_path = resolve_policy_model(settings)
     retriever = open_retriever(settings)
     tokenizer, model = _policy(model_path, adapter_path)
+    prompt = serving_prompt(settings, retriever)
     [rollout] = greedy_rollouts(
-        model, tokenizer, [query], max_new_tokens=DEFAULT_PROMPT.max_tokens,
-        prompt=DEFAULT_PROMPT,
-    )  # fmt: skip
+        model, tokenizer, [query], max_new_tokens=prompt.max_tokens, prompt=prompt
+    )
     reward = RewardModel(retriever, {key: targets}, k=10)
     text = rollout.search_text
-    values = coalition_values(reward, {key: query}, DEFAULT_PROMPT)
+    values = coalition_values(reward, {key: query}, prompt)
     att = attribute(
         rollout.rewrite or "",
         lambda texts: values([(t, key) for t in texts]),

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from service.domain import Algorithm, RetrievalMode
+from service.domain import Algorithm, PromptVersion, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode, prompt_by_version
 from trainer.attribution import EstimatorName, K, PairValueFn, TextAttribution, attribute_batch
 from trainer.config_cli import check_choices
@@ -146,8 +146,8 @@ class TrainConfig:
     rs_epochs: int = _opt(2, "Warm start: fine-tuning passes over the kept completions.")
     rs_lr: float = _opt(2e-4, "Warm start: learning rate of the fine-tuning.")
     # sampling
-    prompt_version: str = _opt(
-        DEFAULT_PROMPT.version,
+    prompt_version: PromptVersion = _opt(
+        PromptVersion.expand,
         "Rewrite prompt: expand-v2 (free additions), grounded-v1 (additions copied from the "
         "raw query's top titles, or NONE), rewrite-v1 (replace the query: the paper's mode).",
     )

@@ -132,20 +132,20 @@ def _gate(
     """
     import dataclasses
 
-    from service.policy.prompt import DEFAULT_PROMPT
     from trainer.gate import gate_decision
     from trainer.reward import RewardModel
-    from trainer.train import greedy_pairs, load_policy
+    from trainer.train import greedy_pairs, load_policy, training_prompt
 
     reward = RewardModel(retriever, {ex.key: ex.targets for ex in val}, k=10)
     policies = {"candidate": candidate}
     if active is not None or settings.serve_base_policy:
         policies["active"] = active
     pairs: dict[str, list[tuple[str, str]]] = {"raw": [(ex.query, ex.key) for ex in val]}
+    prompt = training_prompt(config, retriever, [ex.query for ex in val])
     for label, path in policies.items():
         cfg = dataclasses.replace(config, warm_start=str(path) if path else None)
         tokenizer, model = load_policy(model_path, cfg)
-        pairs[label] = greedy_pairs(model, tokenizer, val, cfg, DEFAULT_PROMPT)
+        pairs[label] = greedy_pairs(model, tokenizer, val, cfg, prompt)
         del model
     scores = {label: reward.score(p) for label, p in pairs.items()}
     gate = gate_decision(
@@ -236,6 +236,7 @@ def _train_gate_promote(
         TrainConfig,
         {
             "torch_threads": settings.train_torch_threads,
+            "prompt_version": settings.policy_prompt,  # what serving will show the adapter
             **settings.train_overrides,
             "algo": algorithm,
             "warm_start": str(active_path) if active_path else None,

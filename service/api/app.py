@@ -42,16 +42,19 @@ log = logging.getLogger(__name__)
 INDEX_POLL_S = 5.0
 
 
-def _make_rewriter(settings: Settings, policy: Policy | None) -> Rewriter:
+def _make_rewriter(
+    settings: Settings, policy: Policy | None, retrievers: RetrieverHolder
+) -> Rewriter:
     """The policy-backed rewriter, or the identity when no policy is configured."""
     if policy is None and settings.policy_backend == "none":
         return IdentityRewriter()
     from service.adapters.swap import ActiveAdapterWatcher
     from service.policy.factory import make_policy
-    from service.policy.prompt import DEFAULT_PROMPT
+    from service.rewriting.grounding import serving_prompt
     from service.rewriting.store import RewriteStore
 
-    policy = policy or make_policy(settings)
+    prompt = serving_prompt(settings, retrievers.get)
+    policy = policy or make_policy(settings, prompt)
     return PolicyRewriter(
         policy,
         RewriteStore(
@@ -66,7 +69,7 @@ def _make_rewriter(settings: Settings, policy: Policy | None) -> Rewriter:
             settings.adapter_poll_s,
             settings.adapter_unload_grace_s,
         ),
-        DEFAULT_PROMPT,
+        prompt,
         settings.rewrite_budget_ms,
         settings.adapter_poll_s,
         serve_base=settings.serve_base_policy,
@@ -79,7 +82,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
     """The API. `policy` overrides the backend chosen by settings (tests, embedding)."""
     settings = settings or get_settings()
     retrievers = RetrieverHolder(settings)
-    rewriter = _make_rewriter(settings, policy)
+    rewriter = _make_rewriter(settings, policy, retrievers)
     batcher = SearchBatcher(retrievers.get, settings.search_max_batch, settings.search_window_ms)
     search_log = SearchLogWriter(
         settings.resolved_database_url,

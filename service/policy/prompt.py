@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from service.domain import PromptVersion
+
 REWRITE_OPEN = "<rewrite>"
 REWRITE_CLOSE = "</rewrite>"
 
@@ -49,7 +51,7 @@ Grounder = Callable[[str], Sequence[str]]
 class PromptConfig:
     """One version of the rewrite prompt plus the generation parameters used to serve it."""
 
-    version: str = "expand-v2"
+    version: str = PromptVersion.expand
     mode: RewriteMode = RewriteMode.expand
     system_prompt: str = (
         "You help an online shop's search engine. Given a shopper's search query, write a few "
@@ -143,7 +145,7 @@ class PromptConfig:
 
 DEFAULT_PROMPT = PromptConfig()
 REPLACE_PROMPT = PromptConfig(
-    version="rewrite-v1",
+    version=PromptVersion.replace,
     mode=RewriteMode.replace,
     system_prompt=(
         "You rewrite online shop search queries. Expand the shopper's query into a better "
@@ -154,7 +156,7 @@ REPLACE_PROMPT = PromptConfig(
     examples=(),
 )
 GROUNDED_PROMPT = PromptConfig(
-    version="grounded-v1",
+    version=PromptVersion.grounded,
     system_prompt=(
         "You help an online shop's search engine. You see a shopper's search query and the "
         "titles of the first products it finds. If words from those titles name what the "

@@ -4,6 +4,8 @@
 shopper's own words the way search does (the retriever's default mode) and returns the top
 ``n`` titles. Answers are cached per normalised query (an LRU); ``prefetch`` ranks many queries
 in one embedder call and one search, which is how training and warm-up use it.
+``serving_prompt`` is the one place a deployment's prompt is resolved (API, serving worker,
+promotion, online update and explain all call it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Callable, Sequence
 from cachetools import LRUCache
 
 from service.normalize import normalize_query
+from service.policy.prompt import PromptConfig, prompt_by_version
 from service.retrieval.index import Retriever
+from service.settings import Settings
 
 CONTEXT_TITLES = 5  # measured: bench/grounding.py
 
@@ -57,3 +61,28 @@ class TitleGrounder:
         if key not in self._cache:
             self.prefetch([query])
         return self._cache[key]
+
+
+def serving_prompt(
+    settings: Settings, retriever: Retriever | Callable[[], Retriever | None] | None = None
+) -> PromptConfig:
+    """The deployment's prompt (``policy_prompt``); a grounded one shows the titles of
+    ``retriever`` (default: the index version current when first needed, kept for the
+    process: a worker's warm-up grounds on the version it started with)."""
+    prompt = prompt_by_version(settings.policy_prompt)
+    if not prompt.grounded:
+        return prompt
+    return prompt.with_grounder(TitleGrounder(retriever or _opened_once(settings)))
+
+
+def _opened_once(settings: Settings) -> Callable[[], Retriever]:
+    from service.retrieval.open import open_retriever
+
+    opened: list[Retriever] = []
+
+    def get() -> Retriever:
+        if not opened:
+            opened.append(open_retriever(settings))
+        return opened[0]
+
+    return get

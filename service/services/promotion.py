@@ -26,12 +26,12 @@ from service.db.engine import session_scope
 from service.domain import AdapterStatus
 from service.errors import Conflict, NotFound, Unavailable
 from service.policy.factory import make_policy
-from service.policy.prompt import DEFAULT_PROMPT
 from service.policy.protocol import PolicyUnreachable
 from service.policy.retry import until_reachable
 from service.queue import PROMOTE_TASK, celery_client
 from service.repositories.adapters import active_adapter, get_adapter, set_active, set_warmup
 from service.repositories.rewrites import count_rewrites
+from service.rewriting.grounding import serving_prompt
 from service.rewriting.rewriter import PolicyRewriter
 from service.rewriting.warmup import WarmupConfig, WarmupStatus, warm
 from service.schemas.admin import PromotionOut, RewriteStoreOut
@@ -114,7 +114,8 @@ def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str,
         return {"active": name, "previous": previous}
 
     async def go() -> dict[str, Any]:
-        policy = make_policy(settings)
+        prompt = serving_prompt(settings)
+        policy = make_policy(settings, prompt)
         try:
             # Asked for while the policy server is still starting (`make up`: the API is up
             # ~40 s before vLLM) or restarting: wait for it within the warm-up time limit.
@@ -123,7 +124,7 @@ def promote(settings: Settings, name: str, warm_first: bool = True) -> dict[str,
                 url,
                 name,
                 WarmupConfig.from_settings(settings) if warm_first else None,
-                DEFAULT_PROMPT.version,
+                prompt.version,
                 wait_s=settings.warmup_time_limit_s,
             )
             return asdict(result)
@@ -194,7 +195,8 @@ def _load_and_warm(
     since `missed_since`)."""
 
     async def go() -> dict[str, Any]:
-        policy = make_policy(settings)
+        prompt = serving_prompt(settings)
+        policy = make_policy(settings, prompt)
         try:
             try:
                 async for attempt in until_reachable(wait_s):
@@ -206,7 +208,7 @@ def _load_and_warm(
                 policy,
                 settings.resolved_database_url,
                 name,
-                DEFAULT_PROMPT.version,
+                prompt.version,
                 WarmupConfig.from_settings(settings),
                 missed_since,
                 reload=lambda: ensure_loaded(policy, name, path),
