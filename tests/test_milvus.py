@@ -215,3 +215,21 @@ def test_brand_filter_through_the_api_on_every_hit(shop) -> None:  # type: ignor
         assert {f["value"] for f in body["facets"]["brand"]} == {"Epson", "HP"}
         assert "engine_ms" in body["timings"]
     assert set(BRANDS) >= {"Epson", "HP"}
+
+
+def test_an_engine_that_does_not_answer_is_unavailable(shop_index: Path, tmp_path: Path) -> None:
+    from service.errors import Unavailable
+    from service.policy.server import free_port
+    from service.retrieval.milvus import EngineUnavailable
+    from service.retrieval.open import open_retriever
+    from service.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path,
+        retrieval_backend="milvus",
+        milvus_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+    )
+    with pytest.raises(EngineUnavailable) as raised:
+        open_retriever(settings, root=shop_index)
+    # 503 to a shopper; a RuntimeError to the holder, which keeps serving the version it has.
+    assert isinstance(raised.value, Unavailable) and isinstance(raised.value, RuntimeError)

@@ -85,9 +85,13 @@ def collection_name(version: str) -> str:
 
 
 def connect(uri: str, token: str | None = None):  # type: ignore[no-untyped-def]
+    """A pymilvus client of ``uri`` (it connects at once: EngineUnavailable if nothing answers)."""
     from pymilvus import MilvusClient
 
-    return MilvusClient(uri=uri, token=token or "")
+    try:
+        return MilvusClient(uri=uri, token=token or "")
+    except Exception as e:  # noqa: BLE001 - pymilvus raises its own and gRPC's errors
+        raise EngineUnavailable(f"Milvus at {uri} does not answer: {e}") from e
 
 
 # ---------------------------------------------------------------- filters as an expression
