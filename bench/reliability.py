@@ -141,8 +141,7 @@ def private_postgres(port: int, root: Path) -> tuple[GroupChild, str]:
     data, sockets = root / "pgdata", root / "pgsock"
     for d in (root, sockets):
         d.mkdir(parents=True, exist_ok=True)
-    shutil.chown(root, "postgres", "postgres")
-    shutil.chown(sockets, "postgres", "postgres")
+        shutil.chown(d, "postgres", "postgres")
     as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
     subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
                     "--auth=trust"], check=True, capture_output=True, timeout=300)  # fmt: skip
@@ -245,8 +244,10 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
     if name in SQLITE_SCENARIOS:
         url = f"sqlite:///{data / 'ospo.db'}"
     elif name == "postgres_kill":
-        pg, url = private_postgres(free_port(), work / "postgres")
+        pg_root = Path(tempfile.mkdtemp(prefix="ospo-pg-"))  # the postgres user must reach it
+        pg, url = private_postgres(free_port(), pg_root)
         extra.append(pg)
+        cleanup.append(lambda: shutil.rmtree(pg_root, ignore_errors=True))
 
         def fault() -> dict[str, Any]:
             pg.kill()  # SIGKILL: the postmaster and its backends, no shutdown checkpoint
@@ -517,6 +518,27 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_results(args: argparse.Namespace, argv: list[str] | None, results: list[dict]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.exists():  # keep the scenarios this run did not repeat
+        kept = [
+            r
+            for r in json.loads(args.out.read_text())["scenarios"]
+            if r["scenario"] not in {x["scenario"] for x in results}
+        ]
+        results = sorted(kept + results, key=lambda r: SCENARIOS.index(r["scenario"]))
+    args.out.write_text(json.dumps({
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python bench/reliability.py " + " ".join(argv or sys.argv[1:]),
+        "note": "scenarios may come from several runs of the command (see each one's users)",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "offered_load": {"users": args.users, "searches_per_user_s": args.tasks_per_user_s,
+                         "requests_per_search": 2},  # fmt: skip
+        "scenarios": results,
+    }, indent=1))  # fmt: skip
+    plot(results, args.out.with_suffix(".png"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=60, help="seconds of load per scenario")
@@ -543,30 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"index: {args.index}")
     queries = work / "queries.json"
     queries.write_text(json.dumps(query_pool()))
-    results = []
+    results: list[dict] = []
     for name in args.scenarios.split(","):
         results.append(run_scenario(name, args, work, queries))
         r = results[-1]
         log(f"{name}: {r['requests_per_s']} req/s, search p99 {r['search']['p99_ms']} ms, "
             f"promise {r['promise']}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.out.exists():  # keep the scenarios this run did not repeat
-        kept = [
-            r
-            for r in json.loads(args.out.read_text())["scenarios"]
-            if r["scenario"] not in {x["scenario"] for x in results}
-        ]
-        results = sorted(kept + results, key=lambda r: SCENARIOS.index(r["scenario"]))
-    args.out.write_text(json.dumps({
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python bench/reliability.py " + " ".join(argv or sys.argv[1:]),
-        "note": "scenarios may come from several runs of the command (see each one's users)",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "offered_load": {"users": args.users, "searches_per_user_s": args.tasks_per_user_s,
-                         "requests_per_search": 2},  # fmt: skip
-        "scenarios": results,
-    }, indent=1))  # fmt: skip
-    plot(results, args.out.with_suffix(".png"))
+        write_results(args, argv, results)  # after each one: a later failure keeps it
     log(f"wrote {args.out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
