@@ -13,13 +13,15 @@ from service.db.models import Event, Search, utcnow
 from service.repositories.upsert import upsert, upsert_keys
 
 ADOPT_CHUNK = 500  # search ids per IN list (SQLite binds at most 32,766 parameters)
+INSERT_CHUNK = 500  # search rows per INSERT (~22 parameters each; PostgreSQL binds ≤ 65,535)
 
 
 def add_searches(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert searches (one executemany); a row already stored (same id) is skipped, so a
     retried batch that had in fact committed stores nothing twice. Events that arrived before
     their search (stored with `search_known` false) are adopted in the same transaction."""
-    upsert(session, Search.__table__, rows, ["id"], None)
+    for start in range(0, len(rows), INSERT_CHUNK):  # a backlog after an outage, a replay
+        upsert(session, Search.__table__, rows[start : start + INSERT_CHUNK], ["id"], None)
     adopt_events(session, {r["id"]: list(r.get("product_ids") or []) for r in rows})
 
 

@@ -81,8 +81,14 @@ class SearchLogWriter:
         to the periodic scan), then start the background writer."""
         if self.background and self._thread is None:
             if self.journal is not None:
-                self._segment = self.journal.new_segment()
-                self.recover(give_up_after=5.0)
+                try:
+                    self._segment = self.journal.new_segment()
+                except OSError as e:  # still serving; searches wait in memory only
+                    log.error("search journal unavailable (%s): %s", self.journal.directory, e)
+                try:
+                    self.recover(give_up_after=5.0)
+                except Exception:  # noqa: BLE001 - the periodic scan tries again
+                    log.exception("search log: replaying the journal failed")
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="search-log", daemon=True)
             self._thread.start()
