@@ -26,8 +26,8 @@ from service.repositories.upsert import upsert
 
 log = logging.getLogger(__name__)
 
-BEAT_S = 5.0
-STALE_S = 20.0  # four beats missed: gone (also covers a few seconds of clock skew)
+BEAT_S = 2.0
+STALE_S = 10.0  # five beats missed: gone (also covers a few seconds of clock skew)
 CACHE_S = 2.0  # how long an API process trusts its last look
 RETRY_AFTER_S = 10  # about when a worker that is being started beats for the first time
 

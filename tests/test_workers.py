@@ -62,4 +62,4 @@ def test_a_real_worker_announces_its_queues_until_it_stops(tmp_path: Path) -> No
         wait_until(lambda: live_queues(url) == {DEFAULT_QUEUE, SERVING_QUEUE}, 180, what="beat")
     finally:
         worker.stop()
-    assert live_queues(url) == set()  # withdrawn on a clean stop (a kill: stale in 20 s)
+    assert live_queues(url) == set()  # withdrawn on a clean stop (a kill: stale in 10 s)
