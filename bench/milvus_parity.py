@@ -7,7 +7,9 @@ lexical mode for the overlap alone — by the local backend (FAISS + bm25s, weig
 service) and by the milvus backend (one collection on a `milvus-lite server` this script starts
 on a loopback port, or ``--milvus-uri``):
 
-* overlap@20: |top-20 local ∩ top-20 milvus| / 20 per query (mean, min, share of queries at 1);
+* overlap@20: |top-20 local ∩ top-20 milvus| / 20 per query (mean, min, share of queries at 1;
+  two empty lists agree), and the share of queries whose results scored above the 20th one's
+  score are the same set (BM25 gives many equal scores; ties at the cut fall either way);
 * NDCG@10 of each backend over the queries with a positive grade, 95% bootstrap intervals, and
   the paired difference (milvus − local) with its interval: parity is an interval holding 0;
 * a brand filter (the catalogue's most common brand) on every query: each hit's brand checked;
@@ -83,6 +85,30 @@ def milvus_lite_server(data_dir: Path):  # type: ignore[no-untyped-def]
         child.stop(10)
 
 
+def private_copy(settings: Settings, root: Path) -> Path:
+    """The serving version copied under TMP (this bench never touches var/); rebuilt from the
+    catalogue when it keeps no analysed terms (built before the milvus backend): every
+    embedding is reused by text hash, nothing is embedded again."""
+    from service.retrieval.build import build_index_from_db
+    from service.retrieval.embedder import get_embedder
+    from service.retrieval.index import current_version, set_current
+    from service.retrieval.lexical import TERMS_FILE
+
+    version = current_version(root)
+    if version is None:
+        raise SystemExit(f"no index under {root}: run `ospo bootstrap`")
+    copy = TMP / "indexes"
+    if current_version(copy) is None or not (copy / version).exists():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(root / version, copy / version)
+        set_current(copy, version)
+    if not (copy / current_version(copy) / "lexical" / TERMS_FILE).exists():
+        build_index_from_db(
+            settings.resolved_database_url, copy, get_embedder(settings.embedder), kind="flat"
+        )
+    return copy
+
+
 def load_targets() -> dict[str, dict[str, float]]:
     targets: dict[str, dict[str, float]] = defaultdict(dict)
     for lab in parse_chorus_labels(CHORUS):
@@ -91,8 +117,9 @@ def load_targets() -> dict[str, dict[str, float]]:
 
 
 def ranked_ids(retriever, queries: list[str], mode: str, k: int, filters=None):  # type: ignore[no-untyped-def]
-    """Top-k product ids per query and the seconds each batch took per query."""
+    """Top-k product ids per query, their scores, and the seconds each batch took per query."""
     out: list[list[str]] = []
+    scores: list[list[float]] = []
     per_query: list[float] = []
     for start in range(0, len(queries), BATCH):
         batch = queries[start : start + BATCH]
@@ -102,7 +129,16 @@ def ranked_ids(retriever, queries: list[str], mode: str, k: int, filters=None): 
         )
         per_query += [(time.perf_counter() - t0) / len(batch)] * len(batch)
         out += [[retriever.ids[r] for r in rk.rows.tolist()] for rk in rankings]
-    return out, per_query
+        scores += [rk.scores.tolist() for rk in rankings]
+    return out, scores, per_query
+
+
+def above_cut(ids: list[str], scores: list[float]) -> set[str]:
+    """The ids scored strictly above the last one shown: the part of a top-k that ties at the
+    cut cannot reorder (ties are broken by row locally, by the engine's order in Milvus)."""
+    if len(ids) < TOP:
+        return set(ids)
+    return {i for i, s in zip(ids, scores, strict=True) if s > scores[-1] + 1e-6}
 
 
 def ci(values) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -116,7 +152,7 @@ def main() -> None:
     ap.add_argument("--milvus-uri", default=None, help="an existing Milvus (default: start one)")
     args = ap.parse_args()
     base = Settings()
-    root = args.index or base.index_dir
+    root = private_copy(base, args.index or base.index_dir)
     local = open_retriever(base, root=root)
     if local.facets is None or local.lexical is None:
         raise SystemExit(f"{root}: the index lacks facet columns or a lexical arm; rebuild it")
@@ -147,11 +183,16 @@ def main() -> None:
             "modes": {},
         }
         for mode in ("hybrid", "dense", "lexical"):
-            want, t_local = ranked_ids(local, queries, mode, TOP)
-            got, t_milvus = ranked_ids(milvus, queries, mode, TOP)
+            want, s_local, t_local = ranked_ids(local, queries, mode, TOP)
+            got, s_milvus, t_milvus = ranked_ids(milvus, queries, mode, TOP)
+            # Both empty (no term known to the lexical arm) is agreement.
             overlap = [
-                len(set(w) & set(g)) / max(1, min(TOP, max(len(w), len(g))))
+                len(set(w) & set(g)) / max(len(w), len(g)) if (w or g) else 1.0
                 for w, g in zip(want, got, strict=True)
+            ]
+            untied = [
+                above_cut(w, sw) == above_cut(g, sg)
+                for w, sw, g, sg in zip(want, s_local, got, s_milvus, strict=True)
             ]
             entry = {
                 "overlap_at_20": {
@@ -161,6 +202,7 @@ def main() -> None:
                     "share_identical_order": round(
                         float(np.mean([w == g for w, g in zip(want, got, strict=True)])), 4
                     ),
+                    "share_same_above_tied_cut": round(float(np.mean(untied)), 4),
                 },
                 "latency_ms_per_query": {
                     "local_p50": round(float(np.median(t_local)) * 1000, 2),
@@ -182,7 +224,7 @@ def main() -> None:
 
         counts = np.bincount(local.facets.codes[BRAND][local.facets.codes[BRAND] >= 0])
         brand = local.facets.values[BRAND][int(counts.argmax())]
-        got, _ = ranked_ids(milvus, queries, "hybrid", TOP, Filters(brand=(brand,)))
+        got, _, _ = ranked_ids(milvus, queries, "hybrid", TOP, Filters(brand=(brand,)))
         brands = {local.facets.brand_of(local.row_of[pid]) for ids in got for pid in ids}
         result["brand_filter"] = {
             "brand": brand,
