@@ -63,6 +63,7 @@ def milvus_lite_server(data_dir: Path):  # type: ignore[no-untyped-def]
     exe = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
+    shutil.rmtree(data_dir / "db", ignore_errors=True)  # publish from scratch: it is measured
     data_dir.mkdir(parents=True, exist_ok=True)
     child = GroupChild(
         [exe, "server", "--data-dir", str(data_dir / "db"), "--host", "127.0.0.1"]
