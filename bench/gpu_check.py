@@ -163,6 +163,14 @@ def _on(batch: Any, device: torch.device) -> Any:
     return dataclasses.replace(batch, **moved)
 
 
+@torch.no_grad()
+def _logprobs(model: Any, batch: Any, config: TrainConfig) -> torch.Tensor:
+    """(B, T) float32 completion log-probs of the batch's rows under ``model``."""
+    return completion_logprobs(
+        model, batch.sequences, batch.attention_mask, batch.prompt_length, config.temperature
+    ).float()
+
+
 def _grads(model: Any) -> torch.Tensor:
     return torch.cat(
         [p.grad.detach().double().flatten().cpu() for p in lora_parameters(model).values()]
@@ -183,6 +191,9 @@ def parity(tok: Any, placement: Placement) -> dict[str, Any]:
         np.random.default_rng(config.seed), seed=config.seed,
     )  # fmt: skip
     cpu_grad = _grads(cpu_model)
+    reference = attach_lora(copy.deepcopy(base), cpu_cfg)  # the same LoRA init, not updated
+    cpu_logp = _logprobs(reference, out.batch, cpu_cfg)
+    del reference
     rec: dict[str, Any] = {"rows": len(out.batch.rollouts), "cpu": dict(out.stats)}
     for dtype in ("float32", "bfloat16"):
         cfg = dataclasses.replace(config, device=placement.device.type, dtype=dtype)
@@ -193,13 +204,7 @@ def parity(tok: Any, placement: Placement) -> dict[str, Any]:
             if init[n].any()  # lora_B starts at zero on both sides
         )
         batch = _on(out.batch, placement.device)
-        with torch.no_grad():
-            logp = completion_logprobs(
-                model, batch.sequences, batch.attention_mask, batch.prompt_length,
-                cfg.temperature,
-            )  # fmt: skip
-        mask = out.batch.completion_mask
-        logp_diff = (logp.float().cpu() - out.batch.logp_old)[mask].abs()
+        logp_diff = (_logprobs(model, batch, cfg).cpu() - cpu_logp)[out.batch.completion_mask].abs()
         stats = policy_update(
             model, make_optimizer(model, cfg), batch, out.advantages.to(placement.device), None,
             cfg,
@@ -243,7 +248,7 @@ def timed_steps(name: str, tok: Any, reward: Reward, placement: Placement) -> di
         "weights_gib": gs.peak_gib(device),
     }
     for algo in ("grpo", "ospo"):
-        if over_budget():
+        if gs.over_budget():
             out[algo] = {"status": "skipped", "reason": "time budget spent"}
             continue
         config = dataclasses.replace(ARGS.config, algo=algo)
@@ -270,7 +275,7 @@ def timed_steps(name: str, tok: Any, reward: Reward, placement: Placement) -> di
                         "coalition_evals": res.stats["coalition_evals"],
                     }
                 )
-            if over_budget():
+            if gs.over_budget():
                 break
         if not steps:
             out[algo] = {"status": "skipped", "reason": "time budget spent in warm-up"}
@@ -288,7 +293,7 @@ def timed_steps(name: str, tok: Any, reward: Reward, placement: Placement) -> di
                 for k in ("tokens", "parse_rate", "active_rows", "coalition_evals")
             },
         }
-        print(f"[{elapsed():6.1f}s] {name}/{algo}: step {out[algo]['step_s']} s", flush=True)
+        print(f"[{gs.elapsed():6.1f}s] {name}/{algo}: step {out[algo]['step_s']} s", flush=True)
         del optimizer
         model.zero_grad(set_to_none=True)
     del model, base
@@ -351,28 +356,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
-T0 = time.perf_counter()
-
-
-def elapsed() -> float:
-    return time.perf_counter() - T0
-
-
-def over_budget() -> bool:
-    return elapsed() > ARGS.budget_s
-
-
-def write(state: dict[str, Any]) -> None:
-    state["elapsed_s"] = gs.r(elapsed(), 1)
-    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ARGS.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
-    tmp.replace(ARGS.out)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     global ARGS
-    ARGS = parse_args(argv)
+    ARGS = gs.ARGS = parse_args(argv)  # gpu_step's clock, budget and writer read --out, --budget-s
     placement = ARGS.config.placement()
     device = placement.device
     state: dict[str, Any] = {
@@ -402,14 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"gpu_check on {state['card']} ({placement.dtype}), torch {torch.__version__}", flush=True
     )
-    write(state)
+    gs.write(state)
     tok = gs.policy_tokenizer()
     try:
         state["parity"] = parity(tok, placement)
     except Exception as exc:  # record and go on: the step timings are still worth having
         state["parity"] = {**gs.error_record(exc), "ok": False}
-    print(f"[{elapsed():6.1f}s] parity ok: {state['parity'].get('ok')}", flush=True)
-    write(state)
+    print(f"[{gs.elapsed():6.1f}s] parity ok: {state['parity'].get('ok')}", flush=True)
+    gs.write(state)
     with tempfile.TemporaryDirectory() as folder:
         embedder = random_embedder(Path(folder), device)
         rng = np.random.default_rng(ARGS.config.seed)
@@ -417,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
         reward = Reward(embedder, catalog, gs.QUERIES)
         for name in ARGS.archs:
-            if over_budget():
+            if gs.over_budget():
                 state["steps"][name] = {"status": "skipped", "reason": "time budget spent"}
                 continue
             try:
@@ -425,12 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # OOM or a version incompatibility: record and go on
                 state["steps"][name] = gs.error_record(exc)
                 gs.free_memory(device)
-            write(state)
+            gs.write(state)
     state["goals"] = goals(state)
     state["finished"] = True
-    write(state)
+    gs.write(state)
     print(json.dumps({"parity": state["parity"], "goals": state["goals"]}, indent=1, default=str))
-    print(f"wrote {ARGS.out} in {elapsed():.1f}s", flush=True)
+    print(f"wrote {ARGS.out} in {gs.elapsed():.1f}s", flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ gradient norm and the LoRA weights after the update. To regenerate (only when a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -46,24 +47,13 @@ def step_metrics(model_path: Path, algo: str, **fields: Any) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from trainer.train import TrainConfig, load_policy, lora_parameters, make_optimizer, train_step
+    from tests.test_trainer_train import _step_config  # the train_step tests' small config
+    from trainer.train import load_policy, lora_parameters, make_optimizer, train_step
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU kernels are deterministic for a fixed thread count
     try:
-        config = TrainConfig(
-            algo=algo,  # type: ignore[arg-type]
-            group_size=4,
-            prompts_per_step=2,
-            max_new_tokens=8,
-            lora_r=2,
-            lora_alpha=4,
-            lora_targets=("q_proj", "v_proj"),
-            lr=1e-3,
-            seed=3,
-            rs_samples=0,
-            **fields,
-        )
+        config = dataclasses.replace(_step_config(algo), lr=1e-3, **fields)
         tokenizer, model = load_policy(model_path, config)
 
         def reward(pairs: list[tuple[str, str]]) -> np.ndarray:  # any fixed function of the text
@@ -115,8 +105,13 @@ def test_cpu_step_gives_what_it_gave_before_devices(
     assert got["device"] == "cpu" and got["weights"]  # float32 on the CPU, as before
     assert got["rewards"] == want["rewards"]  # the same completions were sampled
     assert got["completion_tokens"] == want["completion_tokens"]
-    for key in ("loss", "grad_norm", "lora_abs_sum"):
-        assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+    # The update to float32 rounding: a batched or row-by-row forward, or old log-probs from
+    # ``generate``'s logits or a forward pass, move these in their 7th digit; a dtype or device
+    # change moves them in the 3rd. The loss of one update per batch is ~0 (ratio 1, advantages
+    # centred), so it is held to an absolute bound.
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+    assert got["lora_abs_sum"] == pytest.approx(want["lora_abs_sum"], rel=1e-6)
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-6)
 
 
 def test_auto_is_cpu_float32_without_a_gpu_and_cuda_is_refused() -> None:
