@@ -281,7 +281,9 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
-async def _latencies(retriever, queries: list[str], concurrency: int, variant: str) -> list[float]:  # type: ignore[no-untyped-def]
+async def _latencies(retriever, queries: list[str], concurrency: int, variant: str):  # type: ignore[no-untyped-def]
+    """(wall ms per search, CPU ms per search at concurrency 1, CPU ms of the process per
+    search): CPU time is what a search costs whatever else the machine runs."""
     from service.retrieval.batcher import SearchBatcher
     from service.retrieval.facets import PRICE, Filters
 
@@ -291,44 +293,85 @@ async def _latencies(retriever, queries: list[str], concurrency: int, variant: s
     filters = Filters(brand=(top_brand(table),)) if variant == "brand_filter" else None
     facets = table.default_facets() if variant == "facets" else []
     work = list(queries)
-    out: list[float] = []
+    wall: list[float] = []
+    cpu: list[float] = []
 
     async def client() -> None:
         while work:
             q = work.pop()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ranking, *_ = await batcher.search(q, 10, filters=filters, candidates=bool(facets))
             if facets:
                 rows = np.asarray(ranking.candidates, dtype=np.int64)
                 table.counts(rows, facets)
                 if PRICE in facets:
                     table.price_stats(rows)
-            out.append((time.perf_counter() - t0) * 1000)
+            wall.append((time.perf_counter() - t0) * 1000)
+            if concurrency == 1:
+                cpu.append((time.process_time() - c0) * 1000)
 
+    c_start = time.process_time()
     await asyncio.gather(*(client() for _ in range(concurrency)))
+    total = (time.process_time() - c_start) * 1000 / len(queries)
     await batcher.stop()
+    return wall, cpu, total
+
+
+VARIANTS = ("plain", "brand_filter", "facets")
+
+
+def _summarise(samples: dict[str, tuple[list[float], list[float], list[float]]]):  # type: ignore[no-untyped-def]
+    out = {}
+    for key, (wall, cpu, totals) in samples.items():
+        out[key] = {
+            **percentiles(wall),
+            "cpu_ms_per_search": round(float(np.mean(totals)), 2),
+            **({"cpu_p50_ms": round(float(np.percentile(cpu, 50)), 2)} if cpu else {}),
+        }
     return out
 
 
+def _round(retriever, queries, samples) -> None:  # type: ignore[no-untyped-def]
+    for variant in VARIANTS:
+        for concurrency in (1, 8):
+            key = f"{variant}@c{concurrency}"
+            wall, cpu, total = asyncio.run(_latencies(retriever, queries, concurrency, variant))
+            acc = samples.setdefault(key, ([], [], []))
+            acc[0].extend(wall)
+            acc[1].extend(cpu)
+            acc[2].append(total)
+
+
 def probe(root: Path, repeats: int) -> dict[str, Any]:
-    """Latency of each variant × concurrency, rounds interleaved (load falls on all alike)."""
+    """Latency of each variant × concurrency for one version."""
     from service.retrieval.facets import Filters
 
     retriever = open_for_serving(root)
     queries = chorus_queries()
     retriever.rank(queries[:8], 10)  # one-off costs
-    samples: dict[str, list[float]] = {}
+    samples: dict = {}
     for _ in range(repeats):
-        for variant in ("plain", "brand_filter", "facets"):
-            for concurrency in (1, 8):
-                key = f"{variant}@c{concurrency}"
-                samples.setdefault(key, []).extend(
-                    asyncio.run(_latencies(retriever, queries, concurrency, variant))
-                )
+        _round(retriever, queries, samples)
     mask = retriever.mask(Filters(brand=(top_brand(retriever.facets),)))
     return {
-        "latency": {k: percentiles(v) for k, v in samples.items()},
+        "latency": _summarise(samples),
         "brand_filter_share": round(float(mask.mean()), 4) if mask is not None else None,
+    }
+
+
+def probe_all(roots: list[Path], repeats: int) -> dict[str, Any]:
+    """The same measures for several versions in one process, rounds interleaved across them,
+    so machine load falls on every size alike: the across-size ratios come from here."""
+    retrievers = [open_for_serving(root) for root in roots]
+    queries = chorus_queries()
+    for r in retrievers:
+        r.rank(queries[:8], 10)
+    samples: list[dict] = [{} for _ in roots]
+    for _ in range(repeats):
+        for retriever, acc in zip(retrievers, samples, strict=True):
+            _round(retriever, queries, acc)
+    return {
+        str(r.manifest.count): _summarise(acc) for r, acc in zip(retrievers, samples, strict=True)
     }
 
 
@@ -545,30 +588,57 @@ def run(sizes: list[int], repeats: int) -> None:
         )
         result["sizes"][str(n)] = entry
         save(result)
-        measure(entry, "flat", work / "flat" / "indexes", repeats, log)
+        measure(entry, "flat", work / "flat" / "indexes", repeats, log, latency=False)
         save(result)
+    finish(list(SIZES), repeats)
+
+
+def finish(sizes: list[int], repeats: int) -> None:
+    """After the flat phase of ``run``: latency of every flat version interleaved in one
+    process; then HNSW per size (graph, memory, latency) and the HNSW versions interleaved."""
+    path = OUT / "scale.json"
+    result = json.loads(path.read_text())
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def interleaved(kind: str) -> None:
+        have = [n for n in sizes if (TMP / f"n{n}" / kind / "indexes" / "CURRENT").exists()]
+        log(f"{kind}: interleaved latency of {have}")
+        roots = [str(TMP / f"n{n}" / kind / "indexes") for n in have]
+        got = child("probe-all", "--repeats", str(repeats), "--roots", *roots)
+        for n in have:
+            result["sizes"][str(n)][kind]["latency_interleaved"] = got[str(n)]
+        save(result)
+
+    interleaved("flat")
     for n in sizes:
         work = TMP / f"n{n}"
         entry = result["sizes"][str(n)]
+        if "hnsw" in entry or not (work / "flat").exists():
+            continue
         log(f"{n}: hnsw graph")
         entry.update(child("build-hnsw", "--work", str(work)))
-        entry["build_total_hnsw_s"] = round(entry["build_total_flat_s"] + entry["hnsw_graph_s"], 1)
         save(result)
-        measure(entry, "hnsw", work / "hnsw" / "indexes", repeats, log)
+        measure(entry, "hnsw", work / "hnsw" / "indexes", repeats, log, latency=False)
         save(result)
-        shutil.rmtree(work, ignore_errors=True)
+        if n >= 300_000:  # the graph takes longest from here: keep what finished
+            interleaved("hnsw")
     plot(result)
 
 
-def measure(entry: dict[str, Any], kind: str, root: Path, repeats: int, log) -> None:  # type: ignore[no-untyped-def]
+def measure(
+    entry: dict[str, Any], kind: str, root: Path, repeats: int, log, latency: bool = True
+) -> None:  # type: ignore[no-untyped-def]
     log(f"{entry['products']} {kind}: memory")
     entry[kind] = {"memory": measure_memory(root, [])}
     try:  # faiss may refuse to map an index kind's codes
         entry[kind]["memory_mmap_codes"] = measure_memory(root, ["--mmap-flat"])
     except (RuntimeError, subprocess.SubprocessError) as e:
         entry[kind]["memory_mmap_codes"] = {"error": str(e)[:300]}
-    log(f"{entry['products']} {kind}: latency")
-    entry[kind].update(child("probe", "--root", str(root), "--repeats", str(repeats)))
+    if latency:
+        log(f"{entry['products']} {kind}: latency")
+        entry[kind].update(child("probe", "--root", str(root), "--repeats", str(repeats)))
 
 
 def finalize(result: dict[str, Any]) -> None:
@@ -604,14 +674,18 @@ def plot(result: dict[str, Any] | None = None) -> None:
     save(result)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for kind, style in (("flat", "-"), ("hnsw", "--")):
-        sizes = sorted(int(n) for n, e in result["sizes"].items() if "latency" in e.get(kind, {}))
+        sizes = sorted(
+            int(n) for n, e in result["sizes"].items() if "latency_interleaved" in e.get(kind, {})
+        )
         for key, colour in (
             ("plain@c1", "C0"),
             ("plain@c8", "C1"),
             ("brand_filter@c1", "C2"),
             ("facets@c1", "C3"),
         ):
-            ys = [result["sizes"][str(n)][kind]["latency"][key]["p50_ms"] for n in sizes]
+            ys = [
+                result["sizes"][str(n)][kind]["latency_interleaved"][key]["p50_ms"] for n in sizes
+            ]
             axes[0].plot(sizes, ys, style, color=colour, marker="o", label=f"{kind} {key}")
         rss = [result["sizes"][str(n)][kind]["memory"]["one_process"]["rss_mib"] for n in sizes]
         add = [result["sizes"][str(n)][kind]["memory"]["second_process_adds_mib"] for n in sizes]
@@ -649,6 +723,12 @@ def main() -> None:
     sub.add_parser("plot")
     sub.add_parser("embed-demo")
     sub.add_parser("recombination")
+    pa = sub.add_parser("probe-all")
+    pa.add_argument("--roots", type=Path, nargs="+", required=True)
+    pa.add_argument("--repeats", type=int, default=2)
+    f = sub.add_parser("finish")
+    f.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    f.add_argument("--repeats", type=int, default=2)
     b = sub.add_parser("build-flat")
     b.add_argument("--n", type=int, required=True)
     b.add_argument("--work", type=Path, required=True)
@@ -666,6 +746,10 @@ def main() -> None:
         print(json.dumps(build_flat(args.n, args.work)))
     elif args.cmd == "build-hnsw":
         print(json.dumps(build_hnsw(args.work)))
+    elif args.cmd == "probe-all":
+        print(json.dumps(probe_all(args.roots, args.repeats)))
+    elif args.cmd == "finish":
+        finish(args.sizes, args.repeats)
     elif args.cmd == "recombination":
         recombination_check()
     elif args.cmd == "probe":
