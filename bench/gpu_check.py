@@ -41,7 +41,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -56,9 +55,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import gpu_step as gs  # noqa: E402  (tokenizers, architectures, rewrite bias, GPU phase timer)
 import numpy as np  # noqa: E402
-import peft  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from service.retrieval.embedder import Embedder  # noqa: E402
@@ -367,13 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tiny": ARGS.tiny,
         "card": torch.cuda.get_device_name(device) if placement.on_gpu else "cpu",
         "placement": {"device": str(device), "dtype": str(placement.dtype)},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },  # fmt: skip
+        "versions": gs.versions(),
+        "gpu_memory_gib": (
+            gs.r(torch.cuda.get_device_properties(device).total_memory / gs.GIB, 1)
+            if placement.on_gpu
+            else None
+        ),
         "config": {
             "train_config": dataclasses.asdict(ARGS.config),
             "archs": ARGS.archs,

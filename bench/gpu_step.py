@@ -218,6 +218,18 @@ class Phases(PhaseTimes):
         self.engine_stats[name] = dict(self.engine.stats)
 
 
+def versions() -> dict[str, str | None]:
+    """What a GPU result depends on besides the card."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "numpy": np.__version__,
+    }
+
+
 def error_record(exc: BaseException) -> dict[str, str]:
     kind = "oom" if isinstance(exc, OOM_ERRORS) else "error"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -927,14 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if device.type == "cuda"
             else None
         ),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "numpy": np.__version__,
-        },
+        "versions": versions(),
         "config": {
             **{
                 k: (str(v) if isinstance(v, Path) else v)
