@@ -248,14 +248,16 @@ def open_for_serving(root: Path, mmap_flat: bool = False):  # type: ignore[no-un
         from service.retrieval.embedder import get_embedder
 
         return get_embedder()
+    import faiss
+
     from service.retrieval.open import open_retriever
     from service.settings import Settings
 
-    if mmap_flat:
-        import faiss
-
-        read = faiss.read_index
+    read = faiss.read_index
+    if mmap_flat:  # as the service reads it since this bench (service/retrieval/index.py)
         faiss.read_index = lambda path, flags=0: read(path, flags | faiss.IO_FLAG_MMAP_IFC)
+    else:  # as it did before: the index copied into the process
+        faiss.read_index = lambda path, flags=0: read(path, flags & ~faiss.IO_FLAG_MMAP_IFC)
     return open_retriever(Settings(data_dir=root.parent), root=root)
 
 
@@ -346,7 +348,7 @@ def probe(root: Path, repeats: int) -> dict[str, Any]:
     """Latency of each variant × concurrency for one version."""
     from service.retrieval.facets import Filters
 
-    retriever = open_for_serving(root)
+    retriever = open_for_serving(root, mmap_flat=True)
     queries = chorus_queries()
     retriever.rank(queries[:8], 10)  # one-off costs
     samples: dict = {}
@@ -362,7 +364,7 @@ def probe(root: Path, repeats: int) -> dict[str, Any]:
 def probe_all(roots: list[Path], repeats: int) -> dict[str, Any]:
     """The same measures for several versions in one process, rounds interleaved across them,
     so machine load falls on every size alike: the across-size ratios come from here."""
-    retrievers = [open_for_serving(root) for root in roots]
+    retrievers = [open_for_serving(root, mmap_flat=True) for root in roots]
     queries = chorus_queries()
     for r in retrievers:
         r.rank(queries[:8], 10)
@@ -652,6 +654,13 @@ def finalize(result: dict[str, Any]) -> None:
         "note": "totals use the reference rate; the measured one ran niced on a loaded machine",
     }
     for entry in result["sizes"].values():
+        for kind in ("flat", "hnsw"):
+            m = entry.get(kind, {})
+            if "memory_mmap_codes" in m:  # measured as: a private copy, and mapped
+                m["memory_read_private"] = m["memory"]
+                m["memory"] = m.pop("memory_mmap_codes")
+            if "latency" in m:  # a run of its own; the interleaved one is comparable
+                m["latency_separate_run"] = m.pop("latency")
         n = entry["products"]
         entry["embed_estimate_s"] = round(n / REFERENCE_EMBED_RATE, 1)
         entry["build_total_flat_s"] = round(
@@ -687,10 +696,15 @@ def plot(result: dict[str, Any] | None = None) -> None:
                 result["sizes"][str(n)][kind]["latency_interleaved"][key]["p50_ms"] for n in sizes
             ]
             axes[0].plot(sizes, ys, style, color=colour, marker="o", label=f"{kind} {key}")
-        rss = [result["sizes"][str(n)][kind]["memory"]["one_process"]["rss_mib"] for n in sizes]
-        add = [result["sizes"][str(n)][kind]["memory"]["second_process_adds_mib"] for n in sizes]
+        mem = [result["sizes"][str(n)][kind] for n in sizes]
+        rss = [m["memory"]["one_process"]["rss_mib"] for m in mem]
+        add = [m["memory"]["second_process_adds_mib"] for m in mem]
+        before = [m["memory_read_private"]["second_process_adds_mib"] for m in mem]
         axes[1].plot(sizes, rss, style, color="C0", marker="o", label=f"{kind}: one process RSS")
         axes[1].plot(sizes, add, style, color="C1", marker="o", label=f"{kind}: a second adds")
+        axes[1].plot(
+            sizes, before, style, color="C2", marker="o", label=f"{kind}: a second adds (copied)"
+        )
     for kind, style in (("flat", "-"), ("hnsw", "--")):
         key = f"build_total_{kind}_s"
         sizes = sorted(int(n) for n, e in result["sizes"].items() if key in e)

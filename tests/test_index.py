@@ -80,3 +80,17 @@ def test_versions_and_errors(tmp_path: Path) -> None:
     bad = write_index(tmp_path / "other", ["a"], ["a"], np.zeros((1, 8), np.float32), "x", "flat")
     with pytest.raises(ValueError, match="was built with"):
         Retriever(tmp_path / "other" / bad.version, emb)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_the_vectors_are_mapped_from_the_version_file(tmp_path: Path, kind: str) -> None:
+    """Processes on one host share one copy of the index (bench/scale.py measures it): the
+    FAISS file is mapped, not read into private memory, and searches as before."""
+    emb = get_embedder()
+    titles = [f"{c} kettle {i}" for i, c in enumerate(["red", "blue", "green", "steel"] * 5)]
+    write_index(tmp_path, titles, titles, emb.encode(titles), emb.name, kind, hnsw_m=8)
+    r = Retriever.load_current(tmp_path, emb)
+    index_file = str(r.path / "index.faiss")
+    assert index_file in Path("/proc/self/maps").read_text()
+    exact = np.argsort(-(np.asarray(r.embeddings) @ emb.encode(["blue kettle 1"])[0]))[:5]
+    assert r.rank(["blue kettle 1"], 5, "dense")[0].rows.tolist() == exact.tolist()
