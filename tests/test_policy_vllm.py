@@ -169,3 +169,21 @@ def test_hot_swap_in_place_and_unload(
                 await client.unload_adapter("live")
 
     asyncio.run(run())
+
+
+def test_rewrite_many_equals_one_request_per_query(
+    vllm_server: str, loaded_adapters: dict[str, Path]
+) -> None:
+    """The batch endpoint (warm-up's path) gives each query the rewrite a request of its own
+    gives it, in the order asked."""
+
+    async def run() -> tuple[list[RewriteResult], list[RewriteResult]]:
+        async with VllmPolicyClient(vllm_server) as client:
+            many = await client.rewrite_many(QUERIES, "rand-a")
+            one = [await client.rewrite(q, "rand-a") for q in QUERIES]
+            return many, one
+
+    many, one = asyncio.run(run())
+    assert [r.raw_completion for r in many] == [r.raw_completion for r in one]
+    assert [r.text for r in many] == [r.text for r in one]
+    assert all(r.adapter == "rand-a" for r in many)

@@ -105,3 +105,56 @@ def test_sampling_log_probs_match_a_training_forward(model_path: Path, tokenizer
     assert [r.token_ids for r in again.rollouts] == [r.token_ids for r in batch.rollouts]
     greedy = greedy_rollouts(model, tokenizer, ["usb c charger"], max_new_tokens=6)
     assert len(greedy) == 1 and greedy[0].query == "usb c charger"
+
+
+def test_shared_prefix_log_probs_and_gradients_equal_the_row_by_row_forward(
+    model_path: Path, tokenizer
+) -> None:  # type: ignore[no-untyped-def]
+    """completion_logprobs runs the prompt tokens all rows share once; the log-probs and the
+    LoRA gradients equal those of one plain forward over every full row."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trainer.rollout import (
+        _shared_prefix_length,
+        completion_logprobs,
+        position_ids,
+        sample_rollouts,
+    )
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # non-zero B, so the adapter changes the prefix's keys and values
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    queries = ["usb c charger", "aa battery pack for a remote", "tv"]  # prompts of 3 lengths
+    batch = sample_rollouts(model, tokenizer, queries, group_size=1, max_new_tokens=5, seed=0)
+    seq, mask, P = batch.sequences, batch.attention_mask, batch.prompt_length
+    lengths = mask[:, :P].sum(-1)
+    assert len(set(lengths.tolist())) == 3  # left padding differs per row
+    assert 8 < _shared_prefix_length(seq[:, :P], lengths) < int(lengths.min())
+
+    def plain() -> torch.Tensor:
+        T = seq.shape[1] - P
+        logits = model(
+            input_ids=seq, attention_mask=mask, position_ids=position_ids(mask),
+            logits_to_keep=T + 1,
+        ).logits[:, :-1]  # fmt: skip
+        return torch.log_softmax(logits, -1).gather(-1, seq[:, P:, None]).squeeze(-1)
+
+    results = []
+    for forward in (plain, lambda: completion_logprobs(model, seq, mask, P)):
+        model.zero_grad()
+        logp = forward() * batch.completion_mask
+        logp.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((logp.detach(), grads))
+    (want, want_grads), (got, got_grads) = results
+    assert float((want - got).abs().max()) < 1e-4
+    for name, grad in want_grads.items():
+        assert float(grad.norm()) > 0
+        assert float((got_grads[name] - grad).norm() / grad.norm()) < 1e-4, name

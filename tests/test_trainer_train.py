@@ -75,6 +75,7 @@ def runs(model_path: Path, retriever: Retriever, tmp_path_factory: pytest.TempPa
             seed=3,
             torch_threads=1,
             rs_samples=0,  # the warm start has its own test below
+            rollouts="generate",  # in-process; tests/test_served_rollouts.py runs the vLLM path
         )
         run_dir = tmp_path_factory.mktemp(algo)
         out[algo] = train(config, retriever, EXAMPLES, model_path, run_dir, progress=False)
@@ -138,6 +139,7 @@ def test_warm_start_keeps_the_best_sample_and_tunes_lora(
         reward_k=3,
         seed=3,
         torch_threads=1,
+        rollouts="generate",
     )
     result = train(config, retriever, EXAMPLES, model_path, tmp_path, progress=False)
     [row] = result.metrics

@@ -133,3 +133,33 @@ def test_the_time_limit_cuts_warmup_short_and_keeps_what_was_generated(db_url: s
     assert progress["done"] == progress["generated"] == 1 < progress["total"] == 4
     with session_scope(db_url) as s:
         assert s.query(StoredRewrite).count() == 1
+
+
+class BatchingPolicy(SlowPolicy):
+    """A `BatchPolicy`: many queries per request; records each request's queries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[list[str]] = []
+
+    async def rewrite_many(
+        self, queries: list[str], adapter: str | None = None
+    ) -> list[RewriteResult]:
+        self.requests.append(list(queries))
+        return [await self.rewrite(q, adapter) for q in queries]
+
+
+def test_a_batching_policy_gets_many_queries_per_request(db_url: str) -> None:
+    from service.policy.protocol import BatchPolicy
+
+    _seed(db_url)
+    policy = BatchingPolicy()
+    assert isinstance(policy, BatchPolicy) and not isinstance(SlowPolicy(), BatchPolicy)
+    config = WarmupConfig(queries=10, concurrency=1, batch_size=3)
+    progress = asyncio.run(warm(policy, db_url, "a1", "v1", config))  # type: ignore[arg-type]
+    assert progress["status"] == WarmupStatus.done
+    assert (progress["done"], progress["generated"]) == (4, 4)
+    assert [len(r) for r in policy.requests] == [3, 1]  # 4 queries, 3 per request
+    with session_scope(db_url) as s:
+        stored = {r.normalized_query: r.answer for r in s.query(StoredRewrite).all()}
+    assert stored == dict.fromkeys(["usb hub", "desk lamp", "mug", "office chair"], "extra")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -66,7 +66,9 @@ class RolloutBatch:
     sequences:       (B, P + T) long — prompt left-padded to P, completion right-padded to T.
     attention_mask:  (B, P + T) long — 1 on real prompt and completion tokens.
     completion_mask: (B, T) bool — 1 on completion tokens (through the terminating token).
-    logp_old:        (B, T) float32 — sampling log-probs, 0 on padding.
+    logp_old:        (B, T) float32 — sampling log-probs, 0 on padding; None when the sampler
+                     did not record them (a vLLM server): the update then takes the policy's
+                     own log-probs (trainer/train.py ``old_logprobs``).
     All on the model's device.
     """
 
@@ -74,7 +76,7 @@ class RolloutBatch:
     sequences: torch.Tensor
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
-    logp_old: torch.Tensor
+    logp_old: torch.Tensor | None
     prompt_length: int
 
     @property
@@ -206,6 +208,26 @@ def _make_rollout(
     )
 
 
+class RolloutSampler(Protocol):
+    """What samples a step's rollouts: ``sample_rollouts`` below (in-process ``generate``) or
+    ``trainer.served_rollouts.VllmRollouts`` (a vLLM server), called the same way."""
+
+    def __call__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        queries: Sequence[str],
+        *,
+        group_size: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        prompt: PromptConfig = DEFAULT_PROMPT,
+        seed: int | None = None,
+        max_chars: int = 256,
+        phase: Phase = untimed,
+    ) -> RolloutBatch: ...
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling and greedy decoding
 # ---------------------------------------------------------------------------------------------
@@ -277,46 +299,68 @@ def sample_rollouts(
         )
         model.train(was_training)
 
-    P = prompt_mask.shape[1]
-    generated = out.sequences[:, P:]  # (B, T_gen)
+    generated_ids = out.sequences[:, prompt_mask.shape[1] :].tolist()  # one copy, not per row
     with phase("decode"):
-        generated_ids = generated.tolist()  # one copy from the device, not one per row
-        rollouts = [
-            _make_rollout(
-                tokenizer,
-                b // group_size,
-                queries[b // group_size],
-                generated_ids[b],
-                tokenizer.eos_token_id,
-                prompt,
-                max_chars,
-            )
-            for b in range(len(rows))
-        ]
-        T = max(1, max(len(r.token_ids) for r in rollouts))
-        completion_mask = torch.zeros((len(rows), T), dtype=torch.bool, device=generated.device)
-        for b, r in enumerate(rollouts):
-            completion_mask[b, : len(r.token_ids)] = True
-        completion = generated[:, :T].clone()  # (B, T)
-        pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        batch = rollout_batch(
+            tokenizer, queries, group_size, rows, generated_ids, prompt, max_chars, model.device
         )
-        completion[~completion_mask] = pad_id
-
     with phase("old_logprobs"):
-        logp_old = torch.zeros((len(rows), T), dtype=torch.float32, device=generated.device)
+        T = batch.completion_mask.shape[1]
+        completion = batch.sequences[:, batch.prompt_length :]
+        logp_old = torch.zeros(completion.shape, dtype=torch.float32, device=completion.device)
         for t in range(min(T, len(out.logits))):
             logp = torch.log_softmax(out.logits[t].float() / temperature, dim=-1)  # (B, V)
             logp_old[:, t] = logp.gather(1, completion[:, t : t + 1]).squeeze(1)
-        logp_old[~completion_mask] = 0.0
+        logp_old[~batch.completion_mask] = 0.0
+        batch.logp_old = logp_old
+    return batch
 
+
+def rollout_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Sequence[str],
+    group_size: int,
+    prompt_rows: Sequence[Sequence[int]],
+    generated: Sequence[Sequence[int]],
+    prompt: PromptConfig = DEFAULT_PROMPT,
+    max_chars: int = 256,
+    device: torch.device | str = "cpu",
+) -> RolloutBatch:
+    """The rollouts of a step from each row's prompt ids and generated ids, however sampled
+    (``generate`` here, a vLLM server in trainer/served_rollouts.py); ``logp_old`` is None.
+
+    prompt_rows, generated: (B,) row b = sample b % G of query b // G; ``generated`` may run
+    past the end of a completion (padding after EOS): ``_cut`` finds where it ends.
+    """
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    rollouts = [
+        _make_rollout(
+            tokenizer,
+            b // group_size,
+            queries[b // group_size],
+            generated[b],
+            tokenizer.eos_token_id,
+            prompt,
+            max_chars,
+        )
+        for b in range(len(prompt_rows))
+    ]
+    T = max(1, max(len(r.token_ids) for r in rollouts))
+    completion = torch.full((len(rollouts), T), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(rollouts), T), dtype=torch.bool)
+    for b, r in enumerate(rollouts):
+        completion[b, : len(r.token_ids)] = torch.tensor(r.token_ids, dtype=torch.long)
+        completion_mask[b, : len(r.token_ids)] = True
+    prompt_ids, prompt_mask = left_pad(prompt_rows, pad_id)
     return RolloutBatch(
         rollouts=rollouts,
-        sequences=torch.cat([out.sequences[:, :P], completion], dim=1),
-        attention_mask=torch.cat([prompt_mask, completion_mask.long()], dim=1),
-        completion_mask=completion_mask,
-        logp_old=logp_old,
-        prompt_length=P,
+        sequences=torch.cat([prompt_ids, completion], dim=1).to(device),
+        attention_mask=torch.cat([prompt_mask, completion_mask.long()], dim=1).to(device),
+        completion_mask=completion_mask.to(device),
+        logp_old=None,
+        prompt_length=prompt_ids.shape[1],
     )
 
 
@@ -377,14 +421,71 @@ def completion_logprobs(
     sequences, attention_mask: (B, P + T) rows of a ``RolloutBatch`` (any subset of rows).
     Only the last T + 1 positions go through the LM head (``logits_to_keep``): the logits at
     positions P - 1 .. P + T - 2 predict completion tokens 0 .. T - 1.
+
+    The prompt tokens all rows share (the serving prompt's system text and examples: ~170 of
+    its ~200 tokens) go through the model once, not once per row: a forward over the shared
+    prefix fills a KV cache that is repeated for every row, and each row's own tokens (the end
+    of its prompt, its completion) run on top of it. Gradients reach the prefix through every
+    row's copy, so log-probs and gradients are those of the row-by-row forward up to float
+    rounding (tests/test_trainer_rollout.py), for P_shared + B·(P − P_shared + T) tokens of
+    compute instead of B·(P + T).
     """
     T = sequences.shape[1] - prompt_length
-    logits = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        logits_to_keep=T + 1,
-    ).logits[:, :-1]  # (B, T, V)
+    prompt_mask = attention_mask[:, :prompt_length]
+    lengths = prompt_mask.sum(-1)  # (B,) real prompt tokens; prompts are left-padded
+    shared = _shared_prefix_length(sequences[:, :prompt_length], lengths)
+    if shared < MIN_SHARED_PREFIX:
+        logits = model(
+            input_ids=sequences,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            logits_to_keep=T + 1,
+        ).logits[:, :-1]  # (B, T, V)
+    else:
+        B = sequences.shape[0]
+        first = prompt_length - int(lengths[0])
+        prefix = sequences[:1, first : first + shared]  # (1, S)
+        cache = model(
+            input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True
+        ).past_key_values
+        cache.batch_repeat_interleave(B)
+        # Each row's rest: the last (length − S) prompt tokens, right-aligned in a window of
+        # the widest rest, then the completion; window positions before a row's rest are
+        # masked (that row's copy of the prefix or its padding).
+        tail = lengths - shared  # (B,)
+        width = int(tail.max())
+        window = sequences[:, prompt_length - width :]
+        window_mask = attention_mask[:, prompt_length - width :].clone()
+        columns = torch.arange(width, device=sequences.device)
+        window_mask[:, :width] = (columns[None, :] >= (width - tail)[:, None]).long()
+        ones = torch.ones((B, shared), dtype=window_mask.dtype, device=window_mask.device)
+        full_mask = torch.cat([ones, window_mask], dim=1)  # (B, S + width + T)
+        logits = model(
+            input_ids=window,
+            attention_mask=full_mask,
+            position_ids=position_ids(full_mask)[:, shared:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=T + 1,
+        ).logits[:, :-1]  # (B, T, V)
     targets = sequences[:, prompt_length:]  # (B, T)
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a second forward call
+
+
+def _shared_prefix_length(prompts: torch.Tensor, lengths: torch.Tensor) -> int:
+    """Tokens at the start of every row's (left-padded) prompt that all rows have in common,
+    leaving each row at least its last prompt token (its logits predict the completion)."""
+    P, shortest = prompts.shape[1], int(lengths.min())
+    if shortest < 2:
+        return 0
+    aligned = torch.stack(
+        [prompts[b, P - int(n) : P - int(n) + shortest] for b, n in enumerate(lengths)]
+    )  # (B, shortest) each prompt's first tokens
+    same = (aligned == aligned[:1]).all(0)  # (shortest,)
+    differs = (~same).nonzero()
+    common = int(differs[0]) if len(differs) else shortest
+    return min(common, shortest - 1)

@@ -38,7 +38,13 @@ import torch
 from service.policy.prompt import PromptConfig
 from trainer.data import Example
 from trainer.reward import RewardModel
-from trainer.rollout import completion_logprobs, left_pad, prompt_token_ids, sample_rollouts
+from trainer.rollout import (
+    RolloutSampler,
+    completion_logprobs,
+    left_pad,
+    prompt_token_ids,
+    sample_rollouts,
+)
 
 if TYPE_CHECKING:
     from trainer.train import TrainConfig
@@ -65,6 +71,7 @@ def collect_targets(
     prompt: PromptConfig,
     chunk: int = 8,
     progress: bool = True,
+    sampler: RolloutSampler = sample_rollouts,
 ) -> tuple[list[Target], dict[str, float]]:
     """Steps 1–3: the kept completions, and how many queries had one."""
     from tqdm.auto import tqdm
@@ -78,7 +85,7 @@ def collect_targets(
     bar = tqdm(total=len(examples), desc="warm start", unit="query", disable=not progress)
     for start in range(0, len(examples), chunk):
         part = list(examples[start : start + chunk])
-        batch = sample_rollouts(
+        batch = sampler(
             model,
             tokenizer,
             [ex.query for ex in part],
@@ -163,9 +170,10 @@ def warm_start(
     config: TrainConfig,
     prompt: PromptConfig,
     progress: bool = True,
+    sampler: RolloutSampler = sample_rollouts,
 ) -> dict[str, float]:
     """Rejection sampling then fine-tuning (module docstring); returns its statistics."""
     targets, stats = collect_targets(
-        model, tokenizer, examples, reward, config, prompt, progress=progress
+        model, tokenizer, examples, reward, config, prompt, progress=progress, sampler=sampler
     )
     return {**stats, **fine_tune(model, tokenizer, targets, config)}

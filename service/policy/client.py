@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,6 +30,14 @@ from service.policy.protocol import (
 # answers for a backend that is down. Timeouts of a connected request are PolicyBusy instead.
 UNREACHABLE = (httpx.ConnectError, httpx.RemoteProtocolError)
 UNAVAILABLE_STATUSES = (502, 503)
+
+
+@dataclass(frozen=True)
+class SampledTokens:
+    """One sampled completion as the server's token ids (see `sample_token_ids`)."""
+
+    token_ids: list[int]
+    finish_reason: str | None
 
 
 class VllmPolicyClient:
@@ -88,6 +97,45 @@ class VllmPolicyClient:
             overrides["seed"] = seed
         return await self._chat(query, adapter, n=n, overrides=overrides)
 
+    async def sample_token_ids(
+        self,
+        prompt_ids: list[int],
+        adapter: str | None = None,
+        *,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        stop: list[str],
+        seed: int | None = None,
+    ) -> list[SampledTokens]:
+        """`n` completions of an already tokenised prompt, as token ids (training rollouts).
+
+        Pure sampling (top-p 1, no top-k): softmax(logits / temperature), what the trainer's
+        loss assumes. The ids run through the token that ended a completion (EOS, or the one
+        that completed a stop string); the caller decodes them with its own tokenizer.
+        """
+        body: dict[str, Any] = {
+            "model": model_name(adapter),
+            "prompt": prompt_ids,
+            "n": n,
+            "temperature": temperature,
+            "top_p": 1.0,
+            "max_tokens": max_tokens,
+            "stop": stop,
+            "return_token_ids": True,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        async with self.semaphore:
+            data = await self._post_json("/v1/completions", body)
+        try:
+            return [
+                SampledTokens(list(c["token_ids"]), c.get("finish_reason"))
+                for c in sorted(data["choices"], key=lambda c: c["index"])
+            ]
+        except (KeyError, TypeError) as exc:
+            raise PolicyError(f"malformed completion response: {data!r:.300}") from exc
+
     async def _chat(
         self, query: str, adapter: str | None, *, n: int, overrides: dict[str, Any]
     ) -> list[RewriteResult]:
@@ -107,30 +155,64 @@ class VllmPolicyClient:
             usage = data.get("usage") or {}
         except (KeyError, TypeError) as exc:
             raise PolicyError(f"malformed completion response: {data!r:.300}") from exc
-        results = []
-        for choice in choices:
-            completion = (choice.get("message") or {}).get("content") or ""
-            finish_reason = choice.get("finish_reason")
-            answer = self.prompt.parse(
-                completion, query, truncated=finish_reason == "length", max_chars=self.max_chars
-            )
-            text, ok = self.prompt.search_text(query, answer), answer is not None
-            results.append(
-                RewriteResult(
-                    text=text,
-                    answer=answer,
-                    raw_completion=completion,
-                    adapter=adapter,
-                    prompt_version=self.prompt.version,
-                    latency_ms=latency_ms,
-                    ok=ok,
-                    finish_reason=finish_reason,
-                    completion_tokens=usage.get("completion_tokens") if n == 1 else None,
-                )
-            )
+        tokens = usage.get("completion_tokens") if n == 1 else None
+        results = [self._result(query, adapter, c, latency_ms, tokens) for c in choices]
         if not results:
             raise PolicyError("completion response without choices")
         return results
+
+    async def rewrite_many(
+        self, queries: list[str], adapter: str | None = None
+    ) -> list[RewriteResult]:
+        """Greedy rewrites of many queries in ONE request (vLLM's `/v1/chat/completions/batch`):
+        the engine schedules them all at once, for bulk work such as the warm-up."""
+        if not queries:
+            return []
+        body: dict[str, Any] = {
+            "model": model_name(adapter),
+            "messages": [self.prompt.build_messages(q) for q in queries],
+            **self.prompt.sampling_params(self.max_tokens),
+        }
+        async with self.semaphore:
+            started = time.perf_counter()
+            data = await self._post_json("/v1/chat/completions/batch", body)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            choices = sorted(data["choices"], key=lambda c: c["index"])
+        except (KeyError, TypeError) as exc:
+            raise PolicyError(f"malformed batch response: {data!r:.300}") from exc
+        if len(choices) != len(queries):
+            raise PolicyError(f"{len(queries)} conversations, {len(choices)} choices")
+        return [
+            self._result(q, adapter, c, latency_ms, None)
+            for q, c in zip(queries, choices, strict=True)
+        ]
+
+    def _result(
+        self,
+        query: str,
+        adapter: str | None,
+        choice: dict[str, Any],
+        latency_ms: float,
+        completion_tokens: int | None,
+    ) -> RewriteResult:
+        """One choice of a chat completion, parsed as serving parses it."""
+        completion = (choice.get("message") or {}).get("content") or ""
+        finish_reason = choice.get("finish_reason")
+        answer = self.prompt.parse(
+            completion, query, truncated=finish_reason == "length", max_chars=self.max_chars
+        )
+        return RewriteResult(
+            text=self.prompt.search_text(query, answer),
+            answer=answer,
+            raw_completion=completion,
+            adapter=adapter,
+            prompt_version=self.prompt.version,
+            latency_ms=latency_ms,
+            ok=answer is not None,
+            finish_reason=finish_reason,
+            completion_tokens=completion_tokens,
+        )
 
     async def health(self) -> bool:
         """True when the server answers `/health` with 200 (never raises)."""
@@ -144,6 +226,11 @@ class VllmPolicyClient:
         """Served model names: `base` and every loaded adapter."""
         data = await self._get_json("/v1/models")
         return [entry["id"] for entry in data.get("data", [])]
+
+    async def model_roots(self) -> dict[str, str]:
+        """{served name: the folder it was loaded from} (`base`: the base model's folder)."""
+        data = await self._get_json("/v1/models")
+        return {entry["id"]: entry.get("root") or "" for entry in data.get("data", [])}
 
     async def load_adapter(self, name: str, path: Path | str, load_inplace: bool = False) -> None:
         """Load a LoRA adapter folder under `name`.

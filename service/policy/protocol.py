@@ -70,3 +70,14 @@ class Policy(Protocol):
     async def unload_adapter(self, name: str) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BatchPolicy(Protocol):
+    """A policy that also rewrites many queries in one request (bulk work: the warm-up)."""
+
+    async def rewrite_many(
+        self, queries: list[str], adapter: str | None = None
+    ) -> list[RewriteResult]:
+        """Greedy rewrites of `queries`, in their order."""
+        ...

