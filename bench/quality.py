@@ -216,7 +216,10 @@ def main() -> None:
             if sets is not None and name not in sets:
                 continue
             prompt = training_prompt(base_config, retriever, [ex.query for ex in examples])
-            report = evaluate_policies([policy], examples, retriever, model_path, prompt=prompt)
+            report = evaluate_policies(
+                [policy], examples, retriever, model_path, prompt=prompt,
+                entry=base_config.expansion_entry,
+            )  # fmt: skip
             abstain.setdefault(name, {}).setdefault(method, []).append(
                 report["policies"][policy]["abstain"]
             )

@@ -37,6 +37,14 @@ class PromptVersion(StrEnum):
     replace = "rewrite-v1"  # the policy's line replaces the query (the paper's setting)
 
 
+class ExpansionEntry(StrEnum):
+    """How a policy's additions enter retrieval (measured: bench/grounding.py)."""
+
+    concat = "concat"  # both arms search `query + additions`
+    lexical = "lexical"  # the dense arm keeps the raw query; BM25 searches with the additions
+    fused = "fused"  # the raw query's ranking and the expanded query's, fused by reciprocal rank
+
+
 class GradeSet(StrEnum):
     """Which relevance grades score a ranking (service.grades says how sources combine)."""
 

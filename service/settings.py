@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.domain import (
+    ExpansionEntry,
     FusionMethod,
     GradeSet,
     IndexType,
@@ -187,6 +188,13 @@ class Settings(BaseSettings):
         description="HF model folder for the policy; default: SmolLM2-135M-Instruct prepared "
         "under data_dir/models by `ospo models prepare`.",
     )
+    expansion_entry: ExpansionEntry = Field(
+        ExpansionEntry.fused,
+        description="How the policy's additions enter retrieval, in serving and in the "
+        "training reward alike: fused (the raw query's and the expanded query's rankings "
+        "fused by reciprocal rank: a bad addition costs little), lexical (only BM25 sees "
+        "them), concat (both arms search query + additions). bench/grounding.py measures all.",
+    )
     policy_prompt: PromptVersion = Field(
         PromptVersion.expand,
         description="Prompt version the policy serves and online updates train with: "
@@ -251,6 +259,9 @@ class Settings(BaseSettings):
         300.0, gt=0, description="A promotion flips after this long even if warm-up is not done."
     )
     warmup_concurrency: int = Field(8, ge=1, description="Warm-up generations in flight.")
+    warmup_batch_size: int = Field(
+        16, ge=1, description="Warm-up queries per request to a policy that batches (vLLM)."
+    )
 
     adapter_poll_s: float = Field(
         1.0, gt=0, description="How often each API process re-reads the active adapter."

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from service.db.engine import session_scope
 from service.db.migrate import upgrade
 from service.db.models import Event, Search
-from service.domain import EventType
+from service.domain import EventType, GradeSet
 from service.policy.server import free_port
 from service.settings import Settings
 from tests.conftest import DATA, make_api_client
@@ -98,6 +98,18 @@ def test_query_set_follows_the_trainers_split() -> None:
     assert not {e.key for e in train} & {e.key for e in val}
     with pytest.raises(ValueError, match="split"):
         load_query_set(ESCI, "esci", "test")  # type: ignore[arg-type]
+
+
+def test_shoppers_see_the_assessed_grades_unless_told_human() -> None:
+    chorus = Path(__file__).resolve().parents[1] / "data" / "chorus_icecat"
+    labels = chorus / "Broad_Query_Set_rated.csv"
+    completed = {e.key: e.targets for e in load_query_set(labels, "chorus")}
+    human = {e.key: e.targets for e in load_query_set(labels, "chorus", grades=GradeSet.human)}
+    assert completed.keys() >= human.keys()
+    # the assessed pool adds products the human raters never saw, and never overrides a human
+    added = sum(len(completed[k].keys() - human[k].keys()) for k in human)
+    assert added > 1000
+    assert all(completed[k][pid] == g for k in human for pid, g in human[k].items())
 
 
 # ------------------------------------------------------------------------- pacing and retries

@@ -176,3 +176,43 @@ def test_coalition_values_are_centred_on_the_raw_query(retriever: Retriever) -> 
     alone = values([("paper tray", query)])[0]
     assert alone < 0 and att.phi[0] < 0  # the off-topic phrase hurts and is blamed
     np.testing.assert_allclose(values([("", query)]), [0.0], atol=1e-12)  # v(∅) = 0
+
+
+# -- how additions enter retrieval (ExpansionEntry) ------------------------------------------
+
+QUERIES = {"network cable": "network cable", "wireless mouse": "wireless mouse"}
+
+
+def test_fused_entry_fuses_the_raw_ranking_with_the_expanded_one(retriever: Retriever) -> None:
+    from service.domain import ExpansionEntry
+    from service.retrieval.fusion import fuse_expansion
+
+    fused = RewardModel(retriever, TARGETS, k=5, entry=ExpansionEntry.fused, queries=QUERIES)
+    plain = RewardModel(retriever, TARGETS, k=5)
+    text = "network cable audio optical toslink"
+    raw_ids, exp_ids = plain.rankings([("network cable", "network cable"), (text, "network cable")])
+    arms = [
+        (np.array([retriever.row_of[p] for p in ids]), np.zeros(len(ids)))
+        for ids in (raw_ids, exp_ids)
+    ]
+    want = [retriever.ids[r] for r in fuse_expansion(*arms, retriever.fusion, 5)[0].tolist()]
+    assert fused.rankings([(text, "network cable")]) == [want]
+    assert want != exp_ids  # the entry changed what is searched
+    # the raw query is its own ranking under every entry: v(∅) = 0 still holds
+    assert fused.rankings([("network cable", "network cable")]) == [raw_ids]
+
+
+def test_lexical_entry_keeps_the_dense_arm_on_the_raw_query(retriever: Retriever) -> None:
+    from service.domain import ExpansionEntry
+
+    lexical = RewardModel(retriever, TARGETS, k=5, entry=ExpansionEntry.lexical, queries=QUERIES)
+    text = "wireless mouse microphone"
+    rows = retriever.rank(["wireless mouse"], 5, lexical_texts=[text])[0].rows.tolist()
+    assert lexical.rankings([(text, "wireless mouse")]) == [[retriever.ids[r] for r in rows]]
+
+
+def test_an_entry_other_than_concat_needs_the_raw_queries(retriever: Retriever) -> None:
+    from service.domain import ExpansionEntry
+
+    with pytest.raises(ValueError, match="raw query"):
+        RewardModel(retriever, TARGETS, entry=ExpansionEntry.fused)

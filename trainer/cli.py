@@ -17,10 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.domain import GradeSet, RetrievalMode
+from service.domain import ExpansionEntry, GradeSet, PromptVersion, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT
 from service.retrieval.metrics import MIN_JUDGED
-from trainer.config_cli import with_config_options
+from trainer.config_cli import GradesOpt, with_config_options
 from trainer.train import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,13 +39,6 @@ FormatOpt = Annotated[
 ]
 SourcesOpt = Annotated[
     str | None, typer.Option(help="With --data db: comma-separated label sources, e.g. chorus.")
-]
-GradesOpt = Annotated[
-    GradeSet,
-    typer.Option(
-        help="completed: human grades with the assessed grades that complete the judged pool "
-        "(service/grades.py); human: human grades only (the pool-biased yardstick)."
-    ),
 ]
 ValFractionOpt = Annotated[float, typer.Option(help="Share of queries held out for validation.")]
 SplitSeedOpt = Annotated[int, typer.Option(help="Seed of the train/validation query split.")]
@@ -160,6 +153,7 @@ def train_command(
         f"{algo.upper()}: {len(train_ex)} training / {len(val_ex)} validation queries, "
         f"index {retriever.version}, model {model_path}"
     )
+    console.print(_plan(config, len(train_ex), model_path))
     result = train(
         config, retriever, train_ex, model_path, Path(run_dir), progress=not quiet,
         val_examples=val_ex,
@@ -169,6 +163,15 @@ def train_command(
         f"done in {result.seconds:.0f} s; last reward {last.get('reward_mean', float('nan')):.3f}; "
         f"adapter: {result.adapter_dir}"
     )
+
+
+def _plan(config: TrainConfig, train_queries: int, model_path: Path) -> str:
+    """The run's plan and ETA (trainer/plan.py), printed before anything heavy loads."""
+    from trainer.plan import describe, train_plan
+    from trainer.served_rollouts import rollout_server_url, serves_model
+
+    running = config.rollouts == "vllm" and serves_model(rollout_server_url(config), model_path)
+    return describe(train_plan(config, train_queries, server_running=running), config)
 
 
 def eval_command(
@@ -193,11 +196,25 @@ def eval_command(
         ),
     ] = None,
     pooled: Annotated[bool, typer.Option(help="Also score inside the judged pool.")] = False,
+    prompt_version: Annotated[
+        PromptVersion | None,
+        typer.Option(
+            help="Prompt the policies answer (default: the deployment's, OSPO_POLICY_PROMPT)."
+        ),
+    ] = None,
+    entry: Annotated[
+        ExpansionEntry | None,
+        typer.Option(
+            help="How additions enter retrieval (default: the deployment's, OSPO_EXPANSION_ENTRY)."
+        ),
+    ] = None,
     model: ModelOpt = None,
     index_dir: IndexOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """Score policies' greedy rewrites: NDCG@10 with judged@10, recall@10/50, MRR, 95% CIs."""
+    from service.rewriting.grounding import serving_prompt
+    from service.settings import get_settings
     from trainer.data import split_examples
     from trainer.evaluate import evaluate_policies, resolve_adapter
 
@@ -221,9 +238,15 @@ def eval_command(
 
     if mode and retriever.lexical is None and any(m != RetrievalMode.dense for m in mode):
         raise _fail(f"index {retriever.version} has no lexical arm; rebuild it", MISSING_RESOURCE)
+    settings = get_settings().model_copy(
+        update={
+            k: v for k, v in (("policy_prompt", prompt_version), ("expansion_entry", entry)) if v
+        }
+    )
     report = evaluate_policies(
         policy, examples, retriever, model_path, modes=mode, pooled=pooled,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, entry=settings.expansion_entry,
+        prompt=serving_prompt(settings, retriever),
     )  # fmt: skip
     report["grades"] = str(grades)
     _print_report(report)

@@ -29,7 +29,19 @@ import typing
 from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any, TypeVar
 
+import typer
+
+from service.domain import GradeSet
+
 BAD_INPUT = 2
+# The grade set of every command that scores rankings (train, eval, simulate): one option.
+GradesOpt = Annotated[
+    GradeSet,
+    typer.Option(
+        help="completed: human grades with the assessed grades that complete the judged pool "
+        "(service/grades.py); human: human grades only (the pool-biased yardstick)."
+    ),
+]
 C = TypeVar("C")
 
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from service.domain import RetrievalMode
-from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
+from service.domain import ExpansionEntry, RetrievalMode
+from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode
 from service.retrieval.index import Retriever
 from service.retrieval.metrics import (
     MIN_JUDGED,
@@ -156,12 +156,17 @@ def score_texts(
     retriever: Retriever,
     modes: Sequence[RetrievalMode] | None = None,
     pooled: bool = False,
+    entry: ExpansionEntry = ExpansionEntry.concat,
 ) -> dict[str, dict[str, list[float]]]:
-    """retriever name -> metric -> per-query values, for search texts aligned with examples."""
+    """retriever name -> metric -> per-query values, for search texts aligned with examples
+    (additions entering retrieval as ``entry`` says: trainer/reward.py)."""
     targets = {ex.key: ex.targets for ex in examples}
+    queries = {ex.key: ex.query for ex in examples}
     pairs = [(t, ex.key) for t, ex in zip(texts, examples, strict=True)]
     rankers: dict[str, list[list[str]]] = {
-        str(mode): RewardModel(retriever, targets, depth=DEPTH, retrieval=mode).rankings(pairs)
+        str(mode): RewardModel(
+            retriever, targets, depth=DEPTH, retrieval=mode, entry=entry, queries=queries
+        ).rankings(pairs)
         for mode in (modes or available_modes(retriever))
     }
     if pooled:
@@ -186,8 +191,12 @@ def evaluate_policies(
     max_new_tokens: int = DEFAULT_PROMPT.max_tokens,
     batch_size: int = 16,
     prompt: PromptConfig = DEFAULT_PROMPT,
+    entry: ExpansionEntry = ExpansionEntry.concat,
 ) -> dict[str, Any]:
-    """The full report: per policy and retriever, each metric's mean and 95% CI."""
+    """The full report: per policy and retriever, each metric's mean and 95% CI; a
+    replacing prompt's rewrites are searched as they are, whatever ``entry``."""
+    if prompt.mode != RewriteMode.expand:
+        entry = ExpansionEntry.concat
     if not examples:
         raise ValueError("no evaluation examples")
     queries = [ex.query for ex in examples]
@@ -202,7 +211,7 @@ def evaluate_policies(
             policy=policy,
             texts=texts,
             parse_rate=float(np.mean(ok)) if policy != "raw" else 1.0,
-            per_query=score_texts(texts, examples, retriever, modes, pooled),
+            per_query=score_texts(texts, examples, retriever, modes, pooled, entry),
             seconds=time.perf_counter() - started,
             abstain=float(np.mean([t == q for t, q in zip(texts, queries, strict=True)])),
         )
@@ -211,6 +220,7 @@ def evaluate_policies(
         "n_queries": len(examples),
         "index_version": retriever.version,
         "prompt_version": prompt.version,
+        "expansion_entry": str(entry),
         "policies": {name: e.summary(raw) for name, e in evals.items()},
         "rewrites": {
             name: [{"query": q, "text": t} for q, t in zip(queries, e.texts, strict=True)]

@@ -17,6 +17,13 @@ default, hybrid), so the reward measures what shoppers would see. Two scopes:
   ``retriever.embeddings[pool_rows]``; BM25 scores of those rows) and the arms are fused with
   the retriever's fusion settings (the paper's pooled setting, made hybrid).
 
+In full scope the policy's additions enter retrieval as serving lets them (``entry``,
+``ExpansionEntry``): ``concat`` searches the text as given; ``lexical`` and ``fused`` need the
+raw query of each key (``queries``) to tell it from the additions — ``lexical`` ranks the raw
+query with the text as BM25's query, ``fused`` fuses the raw query's ranking with the text's
+(service/retrieval/fusion.py ``fuse_expansion``). A text equal to its raw query is the raw
+query's ranking under every entry, so v(∅) = 0 holds whatever the entry.
+
 An empty text retrieves nothing and scores 0. (Attribution values coalitions relative to the
 raw query, so its v(∅) = 0 is the raw query, not the empty text: see trainer/train.py.)
 """
@@ -31,9 +38,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from service.domain import RetrievalMode
+from service.domain import ExpansionEntry, RetrievalMode
 from service.retrieval.exact import DenseBackend, dense_search_on
-from service.retrieval.fusion import fuse
+from service.retrieval.fusion import fuse, fuse_expansion
 from service.retrieval.lexical import top_k
 from service.retrieval.metrics import judged_at_k, ndcg_at_k
 from trainer.attribution import TextValueFn
@@ -42,6 +49,8 @@ if TYPE_CHECKING:  # faiss comes with the index: the training step imports this 
     from service.retrieval.index import Retriever
 
 RewardMode = Literal["full", "pooled"]
+# Lexical entry: a ranking is cached under "raw query <_LEXICAL> text" (dense arm, lexical arm).
+_LEXICAL = "\x00"
 Pair = tuple[str, str]  # (text to search with, query key whose targets score it)
 
 
@@ -90,11 +99,17 @@ class RewardModel:
         retrieval: RetrievalMode | str | None = None,
         device: str = "cpu",
         dense: DenseBackend = "auto",
+        entry: ExpansionEntry = ExpansionEntry.concat,
+        queries: Mapping[str, str] | None = None,
     ) -> None:
         if k < 1:
             raise ValueError("k must be >= 1")
         if mode not in ("full", "pooled"):
             raise ValueError(f"mode must be 'full' or 'pooled', got {mode!r}")
+        self.entry = ExpansionEntry(entry) if mode == "full" else ExpansionEntry.concat
+        self.queries = dict(queries or {})
+        if self.entry != ExpansionEntry.concat and not set(targets) <= set(self.queries):
+            raise ValueError(f"entry {self.entry} needs the raw query of every target key")
         self.retriever = dense_search_on(retriever, device, dense)
         self.targets = {key: dict(t) for key, t in targets.items()}
         self.k = k
@@ -126,7 +141,34 @@ class RewardModel:
         )
 
     def rankings(self, pairs: Sequence[Pair]) -> list[list[str]]:
-        """Ranked product ids (up to ``depth``) for each pair; one embed + one search in all."""
+        """Ranked product ids (up to ``depth``) for each pair, the additions entering as
+        ``entry`` says; one embed + one search in all."""
+        if self.entry == ExpansionEntry.concat:
+            return self._searched(pairs)
+        raws = [self.queries[key] for _, key in pairs]
+        if self.entry == ExpansionEntry.lexical:
+            return self._searched(
+                [(f"{raw}{_LEXICAL}{t}", key) for (t, key), raw in zip(pairs, raws, strict=True)]
+            )
+        ranked = self._searched(
+            [*pairs, *((r, key) for r, (_, key) in zip(raws, pairs, strict=True))]
+        )
+        n = len(pairs)
+        return [
+            ranked[n + i] if text == raws[i] else self._fused(ranked[n + i], ranked[i])
+            for i, (text, _) in enumerate(pairs)
+        ]
+
+    def _fused(self, raw: list[str], expanded: list[str]) -> list[str]:
+        ids, row_of = self.retriever.ids, self.retriever.row_of
+        arms = [
+            (np.array([row_of[p] for p in ranking], dtype=np.int64), np.zeros(len(ranking)))
+            for ranking in (raw, expanded)
+        ]
+        rows, _ = fuse_expansion(arms[0], arms[1], self.retriever.fusion, self.depth)
+        return [ids[r] for r in rows.tolist()]
+
+    def _searched(self, pairs: Sequence[Pair]) -> list[list[str]]:
         started = time.perf_counter()
         for _, key in pairs:
             if key not in self.targets:
@@ -191,7 +233,14 @@ class RewardModel:
             self.stats.texts_embedded += len(nonempty)
             self.stats.embed_calls += 1
         self.stats.search_calls += 1
-        rankings = self.retriever.rank(nonempty, self.depth, self.retrieval)
+        if self.entry == ExpansionEntry.lexical:
+            parts = [t.split(_LEXICAL, 1) for t in nonempty]
+            rankings = self.retriever.rank(
+                [raw for raw, _ in parts], self.depth, self.retrieval,
+                lexical_texts=[text for _, text in parts],
+            )  # fmt: skip
+        else:
+            rankings = self.retriever.rank(nonempty, self.depth, self.retrieval)
         ids = self.retriever.ids
         for text, ranking in zip(nonempty, rankings, strict=True):
             self._rankings[text] = [ids[r] for r in ranking.rows.tolist()]  # type: ignore[index]

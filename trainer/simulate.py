@@ -33,8 +33,11 @@ Documented decisions
   the results above matter, which that estimator does not model.
 * Explicit curves. With ``propensities`` given, ranks past the end of the list are never
   examined (p = 0): the list describes the whole visible page.
-* Unjudged results get gain g0 (``unjudged_gain``, default 0): the judged pool of a query is
-  where the dataset's assessors looked, and most of what it misses is not relevant.
+* Hidden relevance is the human grades completed by the assessed ones (service/grades.py), so
+  a rewrite that surfaces a relevant product no human judged is clicked as a real shopper
+  would click it; ``grades=human`` restores the human pool alone. What neither graded gets
+  gain g0 (``unjudged_gain``, default 0): the completed pool covers every list the retrievers
+  bring up, and most of what it misses is not relevant.
 * Noise. eps (default 0.05) is the click probability of an examined irrelevant result: real
   shoppers misclick and explore, and without noise a zero-gain result could never be clicked,
   which would make a click a perfect relevance signal.
@@ -88,7 +91,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from service.domain import EventType
+from service.domain import EventType, GradeSet
 from trainer.data import Example, load_file_examples, split_examples
 
 Split = Literal["all", "train", "val"]
@@ -193,13 +196,16 @@ def load_query_set(
     split: Split = "all",
     val_fraction: float = 0.3,
     split_seed: int = 0,
+    grades: GradeSet = GradeSet.completed,
 ) -> list[Example]:
     """Judged queries of a label file, restricted to one side of trainer/data.py's split
     (the defaults are the online update's: val_fraction 0.3 as OSPO_TRAIN_VAL_FRACTION, seed 0).
+    The shoppers' hidden relevance is ``grades``: by default human grades completed by the
+    assessed ones, so a result no human judged but an assessor did is clicked as it deserves.
     Raises FormatError for an unreadable file, ValueError for a bad split or an empty side."""
     if split not in ("all", "train", "val"):
         raise ValueError(f"split must be all, train or val, got {split!r}")
-    examples = load_file_examples(path, fmt)
+    examples = load_file_examples(path, fmt, grades)
     if split != "all":
         train, val = split_examples(examples, val_fraction, split_seed)
         examples = train if split == "train" else val

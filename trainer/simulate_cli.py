@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.domain import RetrievalMode
+from service.domain import GradeSet, RetrievalMode
+from trainer.config_cli import GradesOpt
 
 console = Console(stderr=True)
 
@@ -64,6 +65,7 @@ def simulate_command(
     split_seed: Annotated[
         int, typer.Option(help="Seed of the split (0: the online update's).")
     ] = 0,
+    grades: GradesOpt = GradeSet.completed,
     sessions: Annotated[
         int | None, typer.Option(min=0, help="Stop after this many sessions.")
     ] = None,
@@ -122,7 +124,7 @@ def simulate_command(
             eta=eta, propensities=_floats(propensities), epsilon=epsilon, cart=cart,
             purchase=purchase, unjudged_gain=unjudged_gain,
         )  # fmt: skip
-        queries = load_query_set(labels, fmt, split.value, val_fraction, split_seed)
+        queries = load_query_set(labels, fmt, split.value, val_fraction, split_seed, grades)
     except (FormatError, ValueError, OSError) as e:
         raise _fail(str(e)) from e
     with httpx.Client(base_url=url, timeout=timeout) as client:

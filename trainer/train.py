@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from service.domain import Algorithm, PromptVersion, RetrievalMode
+from service.domain import Algorithm, ExpansionEntry, PromptVersion, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode, prompt_by_version
 from trainer.attribution import EstimatorName, K, PairValueFn, TextAttribution, attribute_batch
 from trainer.config_cli import check_choices
@@ -81,11 +81,13 @@ from trainer.reward import RewardMode, RewardModel
 from trainer.rollout import (
     Rollout,
     RolloutBatch,
+    RolloutSampler,
     completion_logprobs,
     greedy_rollouts,
     sample_rollouts,
 )
 from trainer.segmentation import SegmentMode, UnionMode
+from trainer.served_rollouts import served_sampler
 from trainer.warmstart import warm_start
 
 if TYPE_CHECKING:  # the index brings faiss; only ``train`` is given one
@@ -155,9 +157,23 @@ class TrainConfig:
         DEFAULT_PROMPT.max_tokens, "Longest completion (sampled, and greedy in validation)."
     )
     temperature: float = _opt(1.0, "Sampling temperature τ of rollouts.")
+    rollouts: Literal["vllm", "generate"] = _opt(
+        "vllm",
+        "Rollout sampler: vllm (the policy server at vllm_url, the training LoRA pushed to it "
+        "whenever it changed; a private server is started when none serves the base model) "
+        "or generate (in-process transformers). docs/training-speed.md has the numbers.",
+    )
+    vllm_url: str | None = _opt(
+        None, "vLLM server of rollouts=vllm (default: settings vllm_url; must serve the model)."
+    )
     # reward
     reward_k: int = _opt(10, "NDCG cut-off of the reward.")
     reward_mode: RewardMode = _opt("full", "full index, or the query's pooled candidates.")
+    expansion_entry: ExpansionEntry = _opt(
+        ExpansionEntry.fused,
+        "How additions enter the reward's retrieval, as serving lets them (OSPO_EXPANSION_ENTRY):"
+        " fused|lexical|concat (expand mode; replace mode searches the rewrite as it is).",
+    )
     pool_negatives: int = _opt(0, "Random negatives added to each pool (pooled mode).")
     retrieval: RetrievalMode | None = _opt(
         None, "Retrieval of the reward (default: the index's serving mode, hybrid)."
@@ -443,16 +459,23 @@ def _spans(attribution: TextAttribution | None) -> list[tuple[int, int]] | None:
 @torch.no_grad()
 def reference_logprobs(model: Any, batch: RolloutBatch, config: TrainConfig) -> torch.Tensor:
     """(B, T) completion log-probs under the base model (the adapter disabled)."""
-    out = torch.zeros_like(batch.logp_old)
     with model.disable_adapter():
-        for rows in _chunks(range(len(batch.rollouts)), config.micro_batch_size):
-            out[rows] = completion_logprobs(
-                model,
-                batch.sequences[rows],
-                batch.attention_mask[rows],
-                batch.prompt_length,
-                config.temperature,
-            )
+        return old_logprobs(model, batch, config)
+
+
+@torch.no_grad()
+def old_logprobs(model: Any, batch: RolloutBatch, config: TrainConfig) -> torch.Tensor:
+    """(B, T) completion log-probs under ``model`` as it is (no gradient), 0 on padding: the
+    sampling log-probs of rollouts whose sampler did not record them (a vLLM server)."""
+    out = torch.zeros(batch.completion_mask.shape, device=batch.completion_mask.device)
+    for rows in _chunks(range(len(batch.rollouts)), config.micro_batch_size):
+        out[rows] = completion_logprobs(
+            model,
+            batch.sequences[rows],
+            batch.attention_mask[rows],
+            batch.prompt_length,
+            config.temperature,
+        )
     return out * batch.completion_mask
 
 
@@ -486,9 +509,12 @@ def policy_update(
                 batch.prompt_length,
                 config.temperature,
             )  # (b, T)
+            # No recorded sampling log-probs (vLLM rollouts, one update per batch): the
+            # policy that sampled is the one being updated, so they are its own, detached.
+            logp_old = logp_new.detach() if batch.logp_old is None else batch.logp_old[rows]
             loss, s = clipped_surrogate_loss(
                 logp_new,
-                batch.logp_old[rows],
+                logp_old,
                 adv[rows],
                 mask[rows],
                 eps_clip=config.clip_eps,
@@ -554,6 +580,7 @@ def train_step(
     seed: int,
     prompt: PromptConfig = DEFAULT_PROMPT,
     phase: Phase = untimed,
+    sampler: RolloutSampler = sample_rollouts,
 ) -> StepResult:
     """One OSPO / GRPO step (module docstring): what ``train`` runs ``config.steps`` times.
 
@@ -562,8 +589,10 @@ def train_step(
     rng:     draws the seeds of the sampled estimators.
     seed:    reseeds torch's generator before sampling.
     phase:   wraps each part of the step (trainer/phases.py); a no-op by default.
+    sampler: samples the rollouts: in-process ``generate`` by default, or a
+             ``served_rollouts.VllmRollouts`` (``config.rollouts``).
     """
-    batch = sample_rollouts(
+    batch = sampler(
         model,
         tokenizer,
         [query for query, _ in prompts],
@@ -587,6 +616,10 @@ def train_step(
     with phase("advantages"):
         adv = step_advantages(batch, R, attributions, config)  # (B, T)
     with phase("update"):
+        if batch.logp_old is None and (
+            config.updates_per_step > 1 or config.kl_metric or config.beta > 0
+        ):
+            batch.logp_old = old_logprobs(model, batch, config)
         logp_ref = (
             reference_logprobs(model, batch, config)
             if config.beta > 0 or config.kl_metric
@@ -628,6 +661,16 @@ def training_prompt(
     grounder = TitleGrounder(retriever)
     grounder.prefetch(queries)
     return prompt.with_grounder(grounder)
+
+
+def reward_entry(
+    config: TrainConfig, prompt: PromptConfig, examples: Sequence[Example]
+) -> dict[str, Any]:
+    """RewardModel's ``entry`` and ``queries`` for this run: additions enter as
+    ``config.expansion_entry`` says in expand mode; a replacing rewrite is searched as it is."""
+    if prompt.mode != RewriteMode.expand:
+        return {"entry": ExpansionEntry.concat}
+    return {"entry": config.expansion_entry, "queries": {ex.key: ex.query for ex in examples}}
 
 
 def greedy_pairs(
@@ -747,6 +790,7 @@ def train(
         seed=config.seed,
         retrieval=config.retrieval,
         device=device,
+        **reward_entry(config, prompt, [*examples, *val_examples]),
     )
     full_reward = (
         reward
@@ -758,11 +802,16 @@ def train(
             mode="full",
             retrieval=config.retrieval,
             device=device,
+            **reward_entry(config, prompt, [*examples, *val_examples]),
         )
     )
     val = list(val_examples)[: config.eval_max_queries]
     metrics: list[dict[str, Any]] = []
-    with (out_dir / "metrics.jsonl").open("w") as log:
+    with (
+        (out_dir / "metrics.jsonl").open("w") as log,
+        served_sampler(config, model_path) as served,  # None: in-process generate
+    ):
+        sample = served or sample_rollouts
 
         def record(row: dict[str, Any]) -> None:
             metrics.append(row)
@@ -771,7 +820,7 @@ def train(
 
         if config.rs_samples > 0:
             record({"step": 0, "phase": "warm_start", **warm_start(
-                model, tokenizer, examples, reward, config, prompt, progress
+                model, tokenizer, examples, reward, config, prompt, progress, sampler=sample
             )})  # fmt: skip
         if val and config.eval_every:
             record({"step": 0, **greedy_validation(
@@ -796,6 +845,7 @@ def train(
                 seed=config.seed * 1_000_003 + step,
                 prompt=prompt,
                 phase=times,
+                sampler=sample,
             )
             row = {
                 "step": step,

@@ -134,14 +134,17 @@ def _gate(
 
     from trainer.gate import gate_decision
     from trainer.reward import RewardModel
-    from trainer.train import greedy_pairs, load_policy, training_prompt
+    from trainer.train import greedy_pairs, load_policy, reward_entry, training_prompt
 
-    reward = RewardModel(retriever, {ex.key: ex.targets for ex in val}, k=10)
+    prompt = training_prompt(config, retriever, [ex.query for ex in val])
+    reward = RewardModel(
+        retriever, {ex.key: ex.targets for ex in val}, k=10,
+        **reward_entry(config, prompt, val),
+    )  # fmt: skip
     policies = {"candidate": candidate}
     if active is not None or settings.serve_base_policy:
         policies["active"] = active
     pairs: dict[str, list[tuple[str, str]]] = {"raw": [(ex.query, ex.key) for ex in val]}
-    prompt = training_prompt(config, retriever, [ex.query for ex in val])
     for label, path in policies.items():
         cfg = dataclasses.replace(config, warm_start=str(path) if path else None)
         tokenizer, model = load_policy(model_path, cfg)
@@ -157,6 +160,7 @@ def _gate(
         str(active) if active is not None else ("base" if "active" in scores else "raw")
     )
     gate["retrieval_mode"] = str(reward.retrieval)
+    gate["expansion_entry"] = str(reward.entry)
     return gate
 
 
@@ -236,7 +240,9 @@ def _train_gate_promote(
         TrainConfig,
         {
             "torch_threads": settings.train_torch_threads,
-            "prompt_version": settings.policy_prompt,  # what serving will show the adapter
+            # what serving will show the adapter, and how its additions will enter retrieval
+            "prompt_version": settings.policy_prompt,
+            "expansion_entry": settings.expansion_entry,
             **settings.train_overrides,
             "algo": algorithm,
             "warm_start": str(active_path) if active_path else None,

@@ -147,6 +147,7 @@ def create_app(settings: Settings | None = None, policy: Policy | None = None) -
         rule_cache,
         Exploration(settings.explore_share, settings.explore_positions),
         live_comparison,
+        entry=settings.expansion_entry,
     )
     app.state.rewriter = rewriter
     app.state.index_rebuilds = IndexRebuilds(settings, retrievers)

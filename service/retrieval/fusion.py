@@ -15,7 +15,7 @@ Ties are broken by row number so a fused ranking is deterministic.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,6 +67,15 @@ def _arm_contribution(arm: Arm, weight: float, cfg: FusionConfig) -> tuple[np.nd
     lo, hi = float(s.min()), float(s.max())
     norm = (s - lo) / (hi - lo) if hi > lo else np.ones_like(s)
     return rows.astype(np.int64), weight * norm
+
+
+def fuse_expansion(raw: Arm, expanded: Arm, cfg: FusionConfig, k: int) -> Arm:
+    """The raw query's ranking and the expanded query's, fused by reciprocal rank with equal
+    weights (``ExpansionEntry.fused``): a product both rankings hold rises, one only the
+    additions find enters lower down, and a bad addition cannot push the raw query's results
+    far (bench/grounding.py: a random title term costs −0.004 NDCG@10 fused, −0.096 when
+    concatenated; the best term keeps +0.076 of its +0.106)."""
+    return fuse((raw, expanded), (1.0, 1.0), replace(cfg, method=FusionMethod.rrf), k)
 
 
 def fuse(arms: Sequence[Arm], weights: Sequence[float], cfg: FusionConfig, k: int) -> Arm:

@@ -7,7 +7,9 @@ Order of a search and why:
 2. Filters are checked against the serving version's fields before the policy is asked, so a
    misspelt field costs a 422, not a rewrite.
 3. Retrieval runs the rewrite (the rewrite and the training reward ignore filters: the policy
-   learns what a query means, the filters only narrow what may be shown).
+   learns what a query means, the filters only narrow what may be shown). Its additions enter
+   as `entry` says (``ExpansionEntry``, the same setting the training reward uses): fused, the
+   raw query and the expanded one are ranked in one batch and fused by reciprocal rank.
 4. While an interleaved comparison runs (service/services/comparisons.py), a share of the
    searches without pins also ranks the candidate adapter's stored rewrite and shows the
    team-draft interleaving of the two rankings (service/interleaving.py), logged with its teams.
@@ -27,14 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.db.models import utcnow
+from service.domain import ExpansionEntry
 from service.errors import Conflict, Unavailable
 from service.interleaving import team_draft
 from service.normalize import normalize_query
 from service.observability import SEARCH_LATENCY, SEARCHES, STAGE_LATENCY
 from service.retrieval.batcher import SearchBatcher
 from service.retrieval.facets import PRICE, Filters
-from service.retrieval.index import ModeUnavailableError, Retriever
-from service.rewriting.rewrite import Rewriter
+from service.retrieval.fusion import fuse_expansion
+from service.retrieval.index import ModeUnavailableError, Ranking, Retriever
+from service.rewriting.rewrite import Rewrite, Rewriter
 from service.schemas.public import (
     FacetCount,
     FiredRule,
@@ -119,6 +123,7 @@ class SearchService:
     exploration: Exploration = Exploration()
     comparisons: ComparisonWatcher | None = None
     rng: random.Random = field(default_factory=random.Random)
+    entry: ExpansionEntry = ExpansionEntry.concat
 
     def _explore(self, n_shown: int, pinned: int) -> tuple[int | None, bool | None]:
         """(k, swapped) of the pair drawn, or (None, None) when this search does not explore."""
@@ -159,11 +164,32 @@ class SearchService:
                 candidates=bool(facets),
             )
 
+        async def retrieve_rewrite(rw: Rewrite):  # type: ignore[no-untyped-def]
+            additions = rw.answer if rw.answer and rw.text != req.query else None
+            if additions is None or self.entry == ExpansionEntry.concat:
+                return await retrieve(rw.text, applied.lexical_additions)
+            if self.entry == ExpansionEntry.lexical:
+                return await retrieve(req.query, (additions, *applied.lexical_additions))
+            raw, expanded = await asyncio.gather(
+                retrieve(req.query, applied.lexical_additions),
+                retrieve(rw.text, applied.lexical_additions),
+            )
+            if raw[1] is not expanded[1]:  # an index swap between the two: the raw query's
+                return raw
+            k = req.k + len(applied.pin)
+            rows, scores = fuse_expansion(
+                (raw[0].rows, raw[0].scores), (expanded[0].rows, expanded[0].scores),
+                raw[1].fusion, k,
+            )  # fmt: skip
+            pool = [r.candidates for r, *_ in (raw, expanded) if r.candidates is not None]
+            ranking = Ranking(rows, scores, np.union1d(*pool) if len(pool) == 2 else None)
+            return ranking, raw[1], raw[2], raw[3]
+
         # The batch may run on a newer index than the one checked above: log the one used.
         try:
             answers = await asyncio.gather(
-                retrieve(rewrite.text, applied.lexical_additions),
-                *([retrieve(candidate.text, applied.lexical_additions)] if candidate else []),
+                retrieve_rewrite(rewrite),
+                *([retrieve_rewrite(candidate)] if candidate else []),
             )
         except ModeUnavailableError as e:
             raise Conflict(str(e)) from e
