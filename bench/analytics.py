@@ -47,13 +47,9 @@ quick look (not committed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from harness.results import header, loadavg, pyplot, save_figure, write_json
+from harness.stack import postgres_schema
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
@@ -405,11 +403,7 @@ def sizes(conn: psycopg.Connection) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels, before, after = [], [], []
     for wname, per in result["timings"].items():
         for sname, vs in per["statements"].items():
@@ -427,7 +421,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"/admin/analytics statements, PostgreSQL, {result['searches']:,} searches")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,10 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/analytics.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    schema = f"ospo_bench_{uuid.uuid4().hex[:10]}"
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    url, drop_schema = postgres_schema(PG_URL, "ospo_bench")
+    schema = url.rsplit("%3D", 1)[1]
     with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
         server = admin.execute("SELECT version()").fetchone()[0]
         settings = dict(
             admin.execute(
@@ -450,14 +443,12 @@ def main(argv: list[str] | None = None) -> int:
             ).fetchall()
         )
     result: dict[str, Any] = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python bench/analytics.py " + " ".join(argv or sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **header(__file__, argv),
         "postgres": {"version": server, "settings": settings},
         "searches": args.searches,
         "repeat": args.repeat,
         # The machine is shared (other sessions' tests run meanwhile): the load says how much.
-        "load_average_1_5_15": {"start": [round(x, 2) for x in os.getloadavg()]},
+        "load_average_1_5_15": {"start": loadavg()},
     }
     try:
         console.rule(f"schema {schema}: migrate to 0003, generate {args.searches:,} searches")
@@ -504,11 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         console.log(f"independent check of the totals: {result['independent_check']['matches']}")
     finally:
         get_engine.cache_clear()
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        drop_schema()
         console.log(f"dropped schema {schema}")
     result["wall_s"] = round(time.perf_counter() - began, 1)
-    result["load_average_1_5_15"]["end"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average_1_5_15"]["end"] = loadavg()
     table = Table(title="median ms (ratio: variant / as served)")
     for col in ("window", "statement", "variant", "median ms", "ratio"):
         table.add_column(col)
@@ -520,8 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                     wname, sname, vname, f"{r['median_ms']}", f"{r['median_ms'] / served:.2f}"
                 )
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.out, result)
     plot(result, args.out.with_suffix(".png"))
     console.log(f"wrote {args.out} and {args.out.with_suffix('.png')}; wall {result['wall_s']} s")
     return 0

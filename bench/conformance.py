@@ -13,7 +13,6 @@ Run: `.venv/bin/python bench/conformance.py` (needs `ospo bootstrap`'s demo inde
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -21,14 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
+from harness.results import header, write_json
+from harness.stack import Api
 
 from service.db.migrate import upgrade
-from service.policy.server import free_port
-from service.processes import GroupChild
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -44,21 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ospo-conformance-"))
     shutil.copytree(ROOT / "var" / "indexes", work / "indexes")
     upgrade(f"sqlite:///{work / 'ospo.db'}")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
-    env.update({
+    env = {
         "OSPO_DATA_DIR": str(work), "OSPO_POLICY_BACKEND": "none", "OSPO_ADMIN_API_KEY": KEY,
         "OSPO_RATE_LIMIT_SEARCH": "", "OSPO_RATE_LIMIT_EVENTS": "", "OSPO_WORKER_TIMEOUT_S": "3",
-    })  # fmt: skip
-    api = GroupChild([str(BIN / "ospo"), "serve", "--port", str(port)], env, work / "api.log")
-    url = f"http://127.0.0.1:{port}"
+    }  # fmt: skip
+    api = Api(env, work / "api.log")
+    url = api.url
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        api.wait_ready("/healthz")
         started = time.monotonic()
         run = subprocess.run(
             [str(BIN / "st"), "--config-file", str(ROOT / "tests" / "conformance.toml"), "run",
@@ -73,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(run.stdout[-4000:])
     cases = re.search(r"(\d+) generated, (\d+) (?:passed|found)", run.stdout)
     result = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python bench/conformance.py " + " ".join(argv or sys.argv[1:]),
+        **header(__file__, argv),
         "max_examples_per_operation": args.max_examples,
         "seed": args.seed,
         "exit_code": run.returncode,
@@ -83,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 1),
         "summary": run.stdout[run.stdout.rfind("SUMMARY") :][:3000],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result, indent=1)
     shutil.rmtree(work, ignore_errors=True)
     return 0 if run.returncode == 0 else 1
 

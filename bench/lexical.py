@@ -32,422 +32,59 @@ Run (the first run embeds 3 × 19,406 texts: ~35 min on one busy core, mostly th
 texts; the matrices are cached under bench/results/tmp/lexical/, so re-runs take about a minute):
     .venv/bin/pip install pystemmer tantivy      # optional extras: stemming and tantivy rows
     .venv/bin/python bench/lexical.py
+
+This file runs the comparison and reports it; lexical_arms.py makes the single-arm runs,
+lexical_fusion.py the hybrids and the selection statistics.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.metadata
-import json
 import os
 import platform
-import re
-import shutil
-import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness.results import (
+    RESULTS,
+    loadavg,
+    machine,
+    package_versions,
+    pyplot,
+    save_figure,
+    write_json,
+)
+from lexical_arms import (
+    DATA,
+    DEPTH,
+    FIELDS,
+    Run,
+    bm25s_run,
+    console,
+    dense_runs,
+    field_texts,
+    load_judgments,
+    tantivy_run,
+)
+from lexical_fusion import ci_dict, rrf, score_fusion, selection_report
 from rich.console import Console
 from tqdm import tqdm
 
-from service.catalog.formats import parse_chorus_labels, parse_icecat_products
-from service.normalize import normalize_query
-from service.records import ProductRecord
-from service.retrieval.metrics import bootstrap_ci, ndcg_at_k, recall_at_k
+from service.catalog.formats import parse_icecat_products
+from service.retrieval.metrics import ndcg_at_k, recall_at_k
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "chorus_icecat"
-OUT = ROOT / "bench" / "results"
-TMP = OUT / "tmp" / "lexical"
-DEPTH = 100
-FIELDS = ("title", "search_text", "full")
+OUT = RESULTS
 REF_DENSE = "dense search_text"
 REF_LEX = "bm25s search_text"
 RRF_KS = (10, 30, 60, 100)
 RRF_LEX_WEIGHTS = (0.5, 1.0, 1.5, 2.0)
 SCORE_LEX_WEIGHTS = (0.5, 1.0, 2.0)
-SKIP_ATTRS = {"price", "date_released", "ean", "img_500x500"}
-
-console = Console(stderr=True)
-
-
-# ---------------------------------------------------------------- data
-
-
-def attribute_text(key: str, value: Any) -> str:
-    """One attribute as "key: value" (``attr_t_print_technology`` → ``print technology``)."""
-    name = "model" if key == "name" else " ".join(re.sub(r"^attr_[a-z]_", "", key).split("_"))
-    if isinstance(value, bool):
-        val = "yes" if value else "no"
-    elif isinstance(value, float):
-        val = f"{value:g}"
-    elif isinstance(value, list):
-        val = ", ".join(str(v) for v in value)
-    else:
-        val = str(value)
-    return f"{name}: {val}"
-
-
-def full_text(p: ProductRecord) -> str:
-    """Title, brand (unless already in the title), whole description, then all attributes."""
-    parts = [p.title]
-    if p.brand and p.brand.lower() not in p.title.lower():
-        parts.append(p.brand)
-    if p.description:
-        parts.append(p.description)
-    parts += [attribute_text(k, v) for k, v in p.attributes.items() if k not in SKIP_ATTRS]
-    return ". ".join(x.strip() for x in parts if x and x.strip())
-
-
-def field_texts(products: Sequence[ProductRecord]) -> dict[str, list[str]]:
-    return {
-        "title": [p.title for p in products],
-        "search_text": [p.search_text for p in products],
-        "full": [full_text(p) for p in products],
-    }
-
-
-def load_judgments() -> dict[str, dict[str, float]]:
-    """{normalised query: {product id: gain}}, only queries with at least one positive gain."""
-    targets: dict[str, dict[str, float]] = defaultdict(dict)
-    for lab in parse_chorus_labels(DATA / "Broad_Query_Set_rated.csv"):
-        targets[normalize_query(lab.query)][lab.product_id] = lab.gain
-    return {q: t for q, t in sorted(targets.items()) if any(g > 0 for g in t.values())}
-
-
-def fold_of(query: str, salt: str = "") -> int:
-    return int(hashlib.sha1(f"{salt}{query}".encode()).hexdigest(), 16) % 2
-
-
-# ---------------------------------------------------------------- runs
-
-
-@dataclass
-class Run:
-    """Top-``DEPTH`` product ids and their scores, one list per query (queries in fixed order)."""
-
-    ids: list[list[str]]
-    scores: list[np.ndarray]
-
-
-def top_k(scores: np.ndarray, ids: Sequence[str], k: int = DEPTH, positive_only: bool = False):
-    """Best ``k`` (ids, scores) of one score vector, ties broken by catalogue order."""
-    k = min(k, scores.size)
-    cand = np.argpartition(-scores, k - 1)[:k]
-    cand = cand[np.lexsort((cand, -scores[cand]))]
-    if positive_only:
-        cand = cand[scores[cand] > 0]
-    return [ids[i] for i in cand], scores[cand].astype(np.float64)
-
-
-def run_from_matrix(score_rows: Sequence[np.ndarray], ids: Sequence[str], positive_only: bool):
-    tops = [top_k(s, ids, DEPTH, positive_only) for s in score_rows]
-    return Run([t[0] for t in tops], [t[1] for t in tops])
-
-
-def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
-    a = np.asarray(samples_s) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
-
-
-def dir_size_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-# ---------------------------------------------------------------- dense
-
-
-def dense_embeddings(field: str, texts: list[str], emb) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Embeddings of ``texts``, cached in bench/results/tmp/ under a hash of model and texts."""
-    digest = hashlib.sha1("\x1e".join([emb.name, *texts]).encode()).hexdigest()[:12]
-    path = TMP / f"dense_{field}_{digest}.npy"
-    if path.exists():
-        console.log(f"dense {field}: cached embeddings {path.name}")
-        return np.load(path)
-    console.log(f"dense {field}: embedding {len(texts):,} texts (cached afterwards)")
-    t = time.perf_counter()
-    mat = emb.encode(texts, progress=True)
-    console.log(f"dense {field}: {time.perf_counter() - t:.0f} s")
-    TMP.mkdir(parents=True, exist_ok=True)
-    np.save(path, mat)
-    return mat
-
-
-def dense_runs(texts: dict[str, list[str]], ids: list[str], queries: list[str], args) -> dict:  # type: ignore[no-untyped-def]
-    from service.retrieval.embedder import get_embedder
-
-    emb = get_embedder()
-    qvec = emb.encode(queries)
-    runs = {}
-    for field in FIELDS:
-        mat = dense_embeddings(field, texts[field], emb)
-        runs[f"dense {field}"] = run_from_matrix(qvec @ mat.T, ids, positive_only=False)
-    # latency of one query: encode, then exact inner product + top-k over the catalogue
-    enc, search = [], []
-    mat = dense_embeddings("search_text", texts["search_text"], emb)
-    for _ in range(args.latency_reps):
-        for q in queries:
-            t = time.perf_counter()
-            v = emb.encode([q])
-            t1 = time.perf_counter()
-            top_k((v @ mat.T)[0], ids)
-            t2 = time.perf_counter()
-            enc.append(t1 - t)
-            search.append(t2 - t1)
-    info = {
-        "model": emb.name,
-        "query_encode": percentiles_ms(enc),
-        "search_numpy_exact": percentiles_ms(search),
-        "index_mb": mat.nbytes / 2**20,
-    }
-    return runs, info
-
-
-# ---------------------------------------------------------------- lexical
-
-
-def stemmer_or_none(stem: bool):  # type: ignore[no-untyped-def]
-    if not stem:
-        return None
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
-def bm25s_run(  # type: ignore[no-untyped-def]
-    field: str, docs: list[str], ids: list[str], queries: list[str], stem: bool, args, k1=1.5
-):
-    """Rank with bm25s (lucene, b 0.75, English stopwords); also time and size the index.
-
-    Query latency is tokenisation + ``retrieve`` (numpy backend, the library's default)."""
-    import bm25s
-
-    stemmer = stemmer_or_none(stem)
-
-    def tok(texts: list[str]):  # type: ignore[no-untyped-def]
-        return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
-
-    t = time.perf_counter()
-    model = bm25s.BM25(method="lucene", k1=k1)
-    model.index(tok(docs), show_progress=False)
-    build_s = time.perf_counter() - t
-
-    n = len(ids)
-    rows = []
-    for q_tokens in bm25s.tokenize(
-        queries, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
-    ):
-        known = [w for w in q_tokens if w in model.vocab_dict]
-        rows.append(model.get_scores(known) if known else np.zeros(n, dtype=np.float32))
-    run = run_from_matrix(rows, ids, positive_only=True)
-
-    lat, lat_retrieve = [], []
-    for _ in range(args.latency_reps):
-        for q in queries:
-            t = time.perf_counter()
-            q_tok = tok([q])
-            t1 = time.perf_counter()
-            model.retrieve(q_tok, k=DEPTH, show_progress=False, n_threads=0)
-            lat.append(time.perf_counter() - t)
-            lat_retrieve.append(time.perf_counter() - t1)
-    save_dir = TMP / f"bm25s_{field}_{'stem' if stem else 'nostem'}_k{k1:g}"
-    shutil.rmtree(save_dir, ignore_errors=True)
-    model.save(str(save_dir), show_progress=False)
-    info = {
-        "build_s": build_s,
-        "query": percentiles_ms(lat),
-        "query_retrieve_only": percentiles_ms(lat_retrieve),
-        "disk_mb": dir_size_mb(save_dir),
-        "vocab": len(model.vocab_dict),
-    }
-    return run, info
-
-
-_QUERY_SYNTAX = re.compile(r"[^\w\s]")
-
-
-def tantivy_run(docs: list[str], ids: list[str], queries: list[str], tokenizer: str, args):  # type: ignore[no-untyped-def]
-    """Rank with tantivy's BM25 (query parser over one field, OR of the terms).
-
-    ``tokenizer``: a built-in one (``en_stem``, ``default``) or ``en_stem_stop`` (``en_stem``
-    plus tantivy's English stopword list, to match bm25s' preprocessing)."""
-    import tantivy
-
-    sb = tantivy.SchemaBuilder()
-    sb.add_text_field("pid", stored=True, tokenizer_name="raw")
-    sb.add_text_field("body", stored=False, tokenizer_name=tokenizer)
-    schema = sb.build()
-    path = TMP / f"tantivy_{tokenizer}"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    t = time.perf_counter()
-    index = tantivy.Index(schema, path=str(path))
-    if tokenizer == "en_stem_stop":
-        f = tantivy.Filter
-        analyzer = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        for filt in (f.remove_long(40), f.lowercase(), f.stopword("english"), f.stemmer("english")):
-            analyzer = analyzer.filter(filt)
-        index.register_tokenizer(tokenizer, analyzer.build())
-    writer = index.writer(num_threads=1)  # one segment in insertion order: ties reproducible
-    for pid, text in zip(ids, docs, strict=True):
-        writer.add_document(tantivy.Document(pid=pid, body=text))
-    writer.commit()
-    writer.wait_merging_threads()
-    index.reload()
-    build_s = time.perf_counter() - t
-    searcher = index.searcher()
-
-    def search(q: str, fetch_ids: bool):  # type: ignore[no-untyped-def]
-        text = _QUERY_SYNTAX.sub(" ", q).strip()
-        if not text:
-            return [], []
-        query = index.parse_query(text, ["body"])
-        hits = searcher.search(query, DEPTH, count=False).hits
-        if not fetch_ids:
-            return [], []
-        return [searcher.doc(a)["pid"][0] for _, a in hits], [s for s, _ in hits]
-
-    results = [search(q, True) for q in queries]
-    run = Run([r[0] for r in results], [np.asarray(r[1], dtype=np.float64) for r in results])
-    lat, lat_ids = [], []
-    for _ in range(args.latency_reps):
-        for q in queries:
-            t = time.perf_counter()
-            search(q, False)
-            t1 = time.perf_counter()
-            search(q, True)
-            lat.append(t1 - t)
-            lat_ids.append(time.perf_counter() - t1)
-    info = {
-        "build_s": build_s,
-        "query": percentiles_ms(lat),
-        "query_with_id_fetch": percentiles_ms(lat_ids),
-        "disk_mb": dir_size_mb(path),
-    }
-    return run, info
-
-
-# ---------------------------------------------------------------- fusion
-
-
-def rrf(arms: Sequence[tuple[Run, float]], k: float) -> Run:
-    """Σ_arm w / (k + rank), rank 1-based over each arm's top-``DEPTH``."""
-    n_q = len(arms[0][0].ids)
-    ids, scores = [], []
-    for qi in range(n_q):
-        acc: dict[str, float] = defaultdict(float)
-        for run, w in arms:
-            for rank, pid in enumerate(run.ids[qi][:DEPTH], 1):
-                acc[pid] += w / (k + rank)
-        best = sorted(acc.items(), key=lambda x: (-x[1], x[0]))[:DEPTH]
-        ids.append([p for p, _ in best])
-        scores.append(np.asarray([s for _, s in best]))
-    return Run(ids, scores)
-
-
-def score_fusion(arms: Sequence[tuple[Run, float]]) -> Run:
-    """Σ_arm w · minmax(score) over each arm's top-``DEPTH`` (missing = 0, constant arm = 1)."""
-    n_q = len(arms[0][0].ids)
-    ids, scores = [], []
-    for qi in range(n_q):
-        acc: dict[str, float] = defaultdict(float)
-        for run, w in arms:
-            s = run.scores[qi][:DEPTH]
-            if s.size == 0:
-                continue
-            lo, hi = float(s.min()), float(s.max())
-            norm = (s - lo) / (hi - lo) if hi > lo else np.ones_like(s)
-            for pid, v in zip(run.ids[qi][:DEPTH], norm, strict=True):
-                acc[pid] += w * float(v)
-        best = sorted(acc.items(), key=lambda x: (-x[1], x[0]))[:DEPTH]
-        ids.append([p for p, _ in best])
-        scores.append(np.asarray([s for _, s in best]))
-    return Run(ids, scores)
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def ci_dict(values: Sequence[float], seed: int = 0) -> dict[str, Any]:
-    mean, lo, hi = bootstrap_ci(values, seed=seed)
-    return {"mean": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)]}
-
-
-def two_fold(
-    candidates: dict[str, np.ndarray], queries: list[str], salt: str = ""
-) -> dict[str, Any]:
-    """Choose the best candidate on one half of the queries, score it on the other, and back."""
-    folds = np.asarray([fold_of(q, salt) for q in queries])
-    out_of_fold = np.zeros(len(queries))
-    halves = []
-    for held in (0, 1):
-        train, test = folds != held, folds == held
-        chosen = max(candidates, key=lambda c: (candidates[c][train].mean(), c))
-        out_of_fold[test] = candidates[chosen][test]
-        halves.append(
-            {
-                "choose_on_queries": int(train.sum()),
-                "chosen": chosen,
-                "ndcg@10_on_choice_half": round(float(candidates[chosen][train].mean()), 4),
-                "ndcg@10_on_held_out_half": round(float(candidates[chosen][test].mean()), 4),
-            }
-        )
-    return {"halves": halves, "out_of_fold": out_of_fold}
-
-
-def selection_report(
-    candidates: dict[str, np.ndarray],
-    queries: list[str],
-    refs: dict[str, np.ndarray],
-    splits: int,
-) -> dict[str, Any]:
-    """In-sample best, the primary 2-fold split and ``splits`` salted repeats of it."""
-    best = max(candidates, key=lambda c: (candidates[c].mean(), c))
-    primary = two_fold(candidates, queries)
-    oof = primary["out_of_fold"]
-    repeats = [two_fold(candidates, queries, salt=f"s{i}") for i in range(splits)]
-    chosen_counts: dict[str, int] = defaultdict(int)
-    for r in [primary, *repeats]:
-        for h in r["halves"]:
-            chosen_counts[h["chosen"]] += 1
-    return {
-        "candidates": len(candidates),
-        "in_sample_best": best,
-        "in_sample_best_ndcg@10": round(float(candidates[best].mean()), 4),
-        "two_fold": {
-            "halves": primary["halves"],
-            "out_of_fold_ndcg@10": ci_dict(oof),
-            **{f"out_of_fold_minus_{n}": ci_dict(oof - v) for n, v in refs.items()},
-        },
-        "repeated_two_fold": {
-            "splits": splits,
-            "mean_out_of_fold_ndcg@10": round(
-                float(np.mean([r["out_of_fold"].mean() for r in repeats])), 4
-            )
-            if repeats
-            else None,
-            "min_max": [
-                round(float(min(r["out_of_fold"].mean() for r in repeats)), 4),
-                round(float(max(r["out_of_fold"].mean() for r in repeats)), 4),
-            ]
-            if repeats
-            else None,
-            "times_chosen": dict(sorted(chosen_counts.items(), key=lambda x: -x[1])),
-        },
-    }
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     configs = result["configs"]
     best_rrf = result["hybrid"]["rrf_grid_selection"]["in_sample_best"]
     shown = [
@@ -493,17 +130,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("bm25s", "PyStemmer", "tantivy", "numpy", "torch", "sentence-transformers"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions(
+        ("bm25s", "PyStemmer", "tantivy", "numpy", "torch", "sentence-transformers")
+    )
 
 
 def available(module: str) -> bool:
@@ -716,14 +349,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "depth": DEPTH,
             "mean_chars": {f: round(float(np.mean([len(t) for t in texts[f]])), 1) for f in FIELDS},
         },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": threads,
-            "loadavg_start": [round(x, 2) for x in load_start],
-            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(
+            processor=platform.processor() or platform.machine(),
+            cpu_count=os.cpu_count(),
+            torch_threads=threads,
+            loadavg_start=[round(x, 2) for x in load_start],
+            loadavg_end=loadavg(),
+        ),
         "versions": versions(),
         "settings": {
             "bm25s": "method lucene, k1 1.5, b 0.75, stopwords 'en', stemmer Snowball english",
@@ -739,8 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "paired_differences": paired,
         "configs": configs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_json(args.out, result)
     plot(result, args.plot)
     console.log(f"wrote {args.out} and {args.plot}")
     summarize(result)

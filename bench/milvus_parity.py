@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from harness.results import RESULTS, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,8 +50,8 @@ from service.retrieval.open import open_retriever  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
-OUT = ROOT / "bench" / "results" / "milvus_parity.json"
-TMP = ROOT / "bench" / "results" / "tmp" / "milvus_parity"
+OUT = RESULTS / "milvus_parity.json"
+TMP = RESULTS / "tmp" / "milvus_parity"
 TOP = 20
 BATCH = 16
 
@@ -239,7 +240,7 @@ def main() -> None:
             ],
             "brand_filter_on_every_hit": result["brand_filter"]["every_hit_admitted"],
         }
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(OUT, result)
     print(json.dumps(result["passes"]), "→", OUT)
 
 

@@ -36,20 +36,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from harness.results import RESULTS, header, log, pyplot, save_figure, write_json
+from harness.stack import (
+    Api,
+    Ospo,
+    postgres_schema,
+    private_postgres,
+    redis_server,
+    wait_http,
+    wait_postgres,
+)
+from harness.timing import pct
 from sqlalchemy import func, select
 
 from service.db.engine import session_scope
@@ -59,8 +67,7 @@ from service.policy.server import free_port
 from service.processes import GroupChild
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results"
-OSPO = str(Path(sys.executable).with_name("ospo"))
+OUT = RESULTS
 LOCUST = str(Path(sys.executable).with_name("locust"))
 PG_URL = os.environ.get("OSPO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 KEY = "reliability-bench-admin-key-0123"
@@ -71,48 +78,11 @@ SCENARIOS = (
 SQLITE_SCENARIOS = ("load_sqlite", "vllm_restart", "api_kill", "worker_kill")
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def child(argv: list[str], env: dict[str, str], log_path: Path) -> GroupChild:
-    """A command with this environment minus OSPO_* plus `env`, from the repository root."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
-    return GroupChild(argv, {**clean, **env}, log_path, cwd=ROOT)
-
-
-def wait_http(url: str, proc: GroupChild, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.alive(), proc.tail()
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 def query_pool() -> list[str]:
     from service.catalog.formats import parse_chorus_labels
 
     labels = parse_chorus_labels(ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv")
     return sorted({lab.query.strip() for lab in labels if lab.query.strip()})
-
-
-def fresh_postgres() -> tuple[str, Callable[[], None]]:
-    import psycopg
-
-    schema = f"ospo_rel_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-
-    def drop() -> None:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
 
 
 def restart_postgres() -> None:
@@ -121,50 +91,6 @@ def restart_postgres() -> None:
         ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-
-
-def redis_server(port: int, log_path: Path) -> GroupChild:
-    proc = child(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no"], {}, log_path)  # fmt: skip
-    for _ in range(100):
-        ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True)
-        if ping.stdout.strip() == b"PONG":
-            return proc
-        time.sleep(0.1)
-    raise RuntimeError("private Redis did not start")
-
-
-def private_postgres(port: int, root: Path) -> tuple[GroupChild, str]:
-    """A PostgreSQL server of its own (initdb under `root`, run as the `postgres` user):
-    killing it disturbs nobody else's databases."""
-    bindir = Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
-    data, sockets = root / "pgdata", root / "pgsock"
-    for d in (root, sockets):
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.chown(d, "postgres", "postgres")
-    as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
-    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                    "--auth=trust"], check=True, capture_output=True, timeout=300)  # fmt: skip
-    proc = child([*as_postgres, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-                  "-c", "listen_addresses=127.0.0.1", "-k", str(sockets)], {},
-                 root / "postgres.log")  # fmt: skip
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    wait_postgres(url, proc)
-    return proc, url
-
-
-def wait_postgres(url: str, proc: GroupChild, timeout: float = 120) -> None:
-    import psycopg
-
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.alive(), proc.tail()
-        try:
-            with psycopg.connect(url, connect_timeout=2):
-                return
-        except psycopg.OperationalError:
-            assert time.monotonic() < deadline, "PostgreSQL did not start"
-            time.sleep(0.2)
 
 
 def until_searching(base: str, timeout: float = 300) -> float:
@@ -262,7 +188,7 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
                 "recover_s": until_searching(base),
             }
     else:
-        url, drop = fresh_postgres()
+        url, drop = postgres_schema(PG_URL, "ospo_rel")
         cleanup.append(drop)
     env["OSPO_DATABASE_URL"] = url
     upgrade(url)
@@ -286,7 +212,7 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
         from service.workers import live_queues
 
         env["OSPO_WORKER_TIMEOUT_S"] = "3"
-        worker = child([OSPO, "worker"], env, data / "worker.log")
+        worker = Ospo(["worker"], env, data / "worker.log")
         extra.append(worker)
         log("worker starting")
         deadline = time.monotonic() + 300
@@ -342,7 +268,7 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
             "OSPO_SERVE_BASE_POLICY": "true", "OSPO_REWRITE_MISSES": "background",
             "OSPO_REWRITE_BUDGET_MS": "0",
         })  # fmt: skip
-        vllm = child([OSPO, "policy", "serve"], env, data / "vllm.log")
+        vllm = Ospo(["policy", "serve"], env, data / "vllm.log")
         extra.append(vllm)
         log("vLLM starting")
         wait_http(f"http://127.0.0.1:{vport}/health", vllm, timeout=600)
@@ -367,17 +293,12 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path, queries: Path)
                 "readyz_recovered": not _policy_degraded(base),
             }
 
-    # Chosen once the other servers listen, so that free_port cannot hand out their ports; the
+    # Started once the other servers listen, so that its free port cannot be one of theirs; the
     # fault closures above read `base` when they run.
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    api = child(
-        [OSPO, "serve", "--port", str(port), "--workers", str(args.api_workers)],
-        env,
-        data / "api.log",
-    )
+    api = Api(env, data / "api.log", workers=args.api_workers)
+    base = api.url
     try:
-        wait_http(f"{base}/healthz", api)
+        api.wait_ready("/healthz")
         report = data / "locust.json"
         locust_env = {
             "OSPO_LOAD_QUERIES": str(queries),
@@ -438,7 +359,10 @@ def summarise(name, rep, metrics, stored, fault_info, args):  # type: ignore[no-
     totals = rep["totals"]
     dropped = metric(metrics, "ospo_search_log_dropped_total")
     fallbacks = metric(metrics, "ospo_searches_total", 'rewrite_source="fallback"')
-    pct = lambda xs, q: round(float(np.percentile(xs, q)), 1) if xs else None  # noqa: E731
+
+    def p(xs: list[float], q: float) -> float | None:
+        return pct(xs, q, ndigits=1)
+
     out = {
         "scenario": name,
         "users": args.users,
@@ -447,8 +371,8 @@ def summarise(name, rep, metrics, stored, fault_info, args):  # type: ignore[no-
         "duration_s": args.duration,
         "requests": requests,
         "requests_per_s": round(requests / args.duration, 1),
-        "search": {"n": len(search_ms), "p50_ms": pct(search_ms, 50), "p99_ms": pct(search_ms, 99)},
-        "events": {"n": len(events_ms), "p50_ms": pct(events_ms, 50), "p99_ms": pct(events_ms, 99)},
+        "search": {"n": len(search_ms), "p50_ms": p(search_ms, 50), "p99_ms": p(search_ms, 99)},
+        "events": {"n": len(events_ms), "p50_ms": p(events_ms, 50), "p99_ms": p(events_ms, 99)},
         "statuses": statuses,
         "server_errors": server_errors,
         "events_acknowledged": totals["events_acknowledged"],
@@ -467,7 +391,7 @@ def summarise(name, rep, metrics, stored, fault_info, args):  # type: ignore[no-
                 "requests": len(b["search_ms"]) + len(b["events_ms"]),
                 "5xx": b["5xx"],
                 "503": b["503"],
-                "search_p99_ms": pct(b["search_ms"], 99),
+                "search_p99_ms": p(b["search_ms"], 99),
             }
             for s, b in secs.items()
         },  # fmt: skip
@@ -488,11 +412,7 @@ def summarise(name, rep, metrics, stored, fault_info, args):  # type: ignore[no-
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 2.6 * len(results)), sharex=True)
     for ax, r in zip(np.atleast_1d(axes), results, strict=True):
         xs = sorted(int(s) for s in r["per_second"])
@@ -515,7 +435,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.legend(loc="lower left", fontsize=7)
     np.atleast_1d(axes)[-1].set_xlabel("second of the run")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def write_results(args: argparse.Namespace, argv: list[str] | None, results: list[dict]) -> None:
@@ -527,15 +447,13 @@ def write_results(args: argparse.Namespace, argv: list[str] | None, results: lis
             if r["scenario"] not in {x["scenario"] for x in results}
         ]
         results = sorted(kept + results, key=lambda r: SCENARIOS.index(r["scenario"]))
-    args.out.write_text(json.dumps({
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python bench/reliability.py " + " ".join(argv or sys.argv[1:]),
+    write_json(args.out, {
+        **header(__file__, argv),
         "note": "scenarios may come from several runs of the command (see each one's users)",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "offered_load": {"users": args.users, "searches_per_user_s": args.tasks_per_user_s,
                          "requests_per_search": 2},  # fmt: skip
         "scenarios": results,
-    }, indent=1))  # fmt: skip
+    }, indent=1)  # fmt: skip
     plot(results, args.out.with_suffix(".png"))
 
 

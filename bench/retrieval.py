@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import faiss
 import numpy as np
+from harness.results import RESULTS, machine, pyplot, save_figure, write_json
+from harness.timing import percentiles
 
 from service.catalog.formats import parse_chorus_labels, parse_esci_products, parse_icecat_products
 from service.normalize import normalize_query
@@ -34,16 +36,11 @@ from service.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
-OUT = ROOT / "bench" / "results"
+OUT = RESULTS
 
 
-def percentiles(samples_s: list[float]) -> dict[str, float]:
-    a = np.asarray(samples_s) * 1000
-    return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "mean_ms": float(a.mean()),
-    }
+def latency_ms(samples_s: list[float]) -> dict[str, float | None]:
+    return percentiles(samples_s, scale=1000, mean=True)
 
 
 def time_search(index: faiss.Index, queries: np.ndarray, batch: int, reps: int) -> dict:
@@ -54,7 +51,7 @@ def time_search(index: faiss.Index, queries: np.ndarray, batch: int, reps: int) 
         t = time.perf_counter()
         index.search(queries[rows], 10)
         samples.append(time.perf_counter() - t)
-    return {"batch": batch, **percentiles(samples)}
+    return {"batch": batch, **latency_ms(samples)}
 
 
 def time_end_to_end(retriever: Retriever, texts: list[str], batch: int, reps: int) -> dict:
@@ -64,7 +61,7 @@ def time_end_to_end(retriever: Retriever, texts: list[str], batch: int, reps: in
         t = time.perf_counter()
         retriever.search_many(chunk, 10)
         samples.append(time.perf_counter() - t)
-    return {"batch": batch, **percentiles(samples)}
+    return {"batch": batch, **latency_ms(samples)}
 
 
 def load_catalogue(emb) -> tuple[list[str], list[str], np.ndarray, str]:
@@ -114,11 +111,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     emb = get_embedder()
     result: dict = {
-        "machine": {
-            "cpu_count": __import__("os").cpu_count(),
-            "platform": platform.platform(),
-            "faiss": faiss.__version__,
-        },
+        "machine": machine(cpu_count=os.cpu_count(), faiss=faiss.__version__),
         "embedder": emb.name,
     }
 
@@ -192,17 +185,13 @@ def main() -> None:
             time_end_to_end(r, query_texts, b, max(20, args.reps // 10)) for b in (1, 64)
         ]
 
-    (OUT / "retrieval.json").write_text(json.dumps(result, indent=2))
+    write_json(OUT / "retrieval.json", result)
     plot(result)
     print(json.dumps(result, indent=2))
 
 
 def plot(result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     labels, values = [], []
     for cat, entry in result["faiss_latency"].items():
@@ -216,7 +205,7 @@ def plot(result: dict) -> None:
     ax.set_yscale("log")
     ax.set_title("Search latency by catalogue, index kind and batch")
     fig.tight_layout()
-    fig.savefig(OUT / "retrieval.png", dpi=120)
+    save_figure(fig, OUT / "retrieval.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -25,41 +25,28 @@ Run: `.venv/bin/python bench/search_log.py` (about 2 minutes on 2 cores; --help 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
+from harness.results import RESULTS, header, log, write_json
+from harness.stack import Api
+from harness.timing import percentiles
 from sqlalchemy import func, select
 
 from service.db.engine import session_scope
 from service.db.migrate import upgrade
 from service.db.models import Search, utcnow
-from service.policy.server import free_port
-from service.processes import GroupChild
 from service.services.search_journal import encode
 from service.services.search_log import SearchLogWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results" / "search_log.json"
-OSPO = str(Path(sys.executable).with_name("ospo"))
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def pct(xs: list[float], q: float) -> float:
-    return round(float(np.percentile(xs, q)), 4)
+OUT = RESULTS / "search_log.json"
 
 
 def row(i: int) -> dict[str, Any]:
@@ -102,7 +89,7 @@ def submit_costs(work: Path, n: int) -> dict[str, dict[str, float]]:
         writer.stop()
         with session_scope(url) as s:
             stored = s.scalar(select(func.count()).select_from(Search))
-        out[name] = {"p50_us": pct(us, 50), "p99_us": pct(us, 99), "stored": stored, "rows": n}
+        out[name] = {**percentiles(us, ndigits=4, suffix="_us"), "stored": stored, "rows": n}
         log(f"submit {name}: p50 {out[name]['p50_us']:.1f} µs, p99 {out[name]['p99_us']:.1f} µs")
     base = out["memory"]["p50_us"]
     for name in out:
@@ -137,33 +124,22 @@ def index_root(work: Path) -> Path:
 
 def end_to_end(work: Path, n: int, index: Path) -> dict[str, Any]:
     """Alternate searches between an API without and one with the journal."""
-    servers: dict[str, tuple[GroupChild, str, str]] = {}
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OSPO_")}
+    servers: dict[str, tuple[Api, str, str]] = {}
     try:
         for name, journal in (("memory", "false"), ("journal", "true")):
             data = work / f"api-{name}"
             shutil.copytree(index, data / "indexes")
             url = f"sqlite:///{data / 'ospo.db'}"
             upgrade(url)
-            port = free_port()
-            env = {**clean, "OSPO_DATA_DIR": str(data), "OSPO_POLICY_BACKEND": "none",
+            env = {"OSPO_DATA_DIR": str(data), "OSPO_POLICY_BACKEND": "none",
                    "OSPO_ADMIN_API_KEY": "search-log-bench-key-0123456789",
                    "OSPO_RATE_LIMIT_SEARCH": "", "OSPO_RATE_LIMIT_EVENTS": "",
                    "OSPO_SEARCH_LOG_JOURNAL": journal, "OSPO_LOG_LEVEL": "WARNING",
                    "OSPO_EXPLORE_SHARE": "0"}  # fmt: skip
-            proc = GroupChild([OSPO, "serve", "--port", str(port)], env, data / "api.log")
-            servers[name] = (proc, f"http://127.0.0.1:{port}", url)
-        for proc, base, _ in servers.values():
-            deadline = time.monotonic() + 300
-            while True:
-                assert proc.alive(), proc.tail()
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "API did not start"
-                time.sleep(0.5)
+            api = Api(env, data / "api.log")
+            servers[name] = (api, api.url, url)
+        for api, _, _ in servers.values():
+            api.wait_ready()
         queries = ["usb c charging cable", "wireless earbuds", "desk lamp", "hdmi cable 2m",
                    "coffee mug", "office chair", "laptop stand", "bluetooth speaker"]  # fmt: skip
         ms: dict[str, list[float]] = {name: [] for name in servers}
@@ -187,7 +163,7 @@ def end_to_end(work: Path, n: int, index: Path) -> dict[str, Any]:
         with session_scope(url) as s:
             stored = s.scalar(select(func.count()).select_from(Search))
         out[name] = {
-            "p50_ms": pct(ms[name], 50), "p99_ms": pct(ms[name], 99), "n": len(ms[name]),
+            **percentiles(ms[name], ndigits=4), "n": len(ms[name]),
             "answered": answered[name], "stored": stored,
         }  # fmt: skip
         log(f"HTTP {name}: p50 {out[name]['p50_ms']:.2f} ms, p99 {out[name]['p99_ms']:.2f} ms")
@@ -213,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python bench/search_log.py " + " ".join(argv or sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **header(__file__, argv),
         "journal_line_bytes": journal_line_bytes(),
         "submit": submit,
         "http_concurrency_1": http,
@@ -226,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result, indent=1)
     log(f"wrote {args.out}: {result['goal']}")
     return 0
 
