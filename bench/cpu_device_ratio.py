@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from service.policy.models import prepare_policy_model  # noqa: E402
-from trainer.train import TrainConfig, load_policy, lora_config, make_optimizer, train_step  # noqa: E402
+from trainer.training.train import TrainConfig, load_policy, lora_config, make_optimizer, train_step  # noqa: E402
 
 QUERIES = [("usb cable", "a"), ("wireless mouse", "b")]
 WAYS = ("before", "cpu", "auto")

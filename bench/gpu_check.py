@@ -61,11 +61,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 from service.retrieval.embedder import Embedder  # noqa: E402
 from service.retrieval.exact import ExactSearch  # noqa: E402
 from service.retrieval.metrics import ndcg_at_k  # noqa: E402
-from trainer.config_cli import add_config_arguments, config_from_args  # noqa: E402
-from trainer.device import Placement  # noqa: E402
-from trainer.phases import PHASES  # noqa: E402
-from trainer.rollout import completion_logprobs  # noqa: E402
-from trainer.train import (  # noqa: E402
+from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
+from trainer.training.device import Placement  # noqa: E402
+from trainer.training.phases import PHASES  # noqa: E402
+from trainer.training.rollout import completion_logprobs  # noqa: E402
+from trainer.training.train import (  # noqa: E402
     TrainConfig,
     attach_lora,
     lora_parameters,

@@ -96,10 +96,10 @@ from transformers import (  # noqa: E402
     Qwen2ForCausalLM,
 )
 
-from trainer.attribution import attribute, attribute_batch  # noqa: E402
-from trainer.config_cli import add_config_arguments, config_from_args  # noqa: E402
-from trainer.phases import PhaseTimes  # noqa: E402
-from trainer.train import TrainConfig, lora_config, make_optimizer, train_step  # noqa: E402
+from trainer.method.attribution import attribute, attribute_batch  # noqa: E402
+from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
+from trainer.training.phases import PhaseTimes  # noqa: E402
+from trainer.training.train import TrainConfig, lora_config, make_optimizer, train_step  # noqa: E402
 
 ASSETS = ROOT / "bench" / "gpu_assets"
 RESULTS = ROOT / "bench" / "results"

@@ -51,8 +51,8 @@ from service.retrieval.index import Retriever  # noqa: E402
 from service.retrieval.metrics import MIN_JUDGED, bootstrap_ci, judged_at_k, ndcg_at_k  # noqa: E402
 from service.rewriting.grounding import TitleGrounder  # noqa: E402
 from service.settings import get_settings  # noqa: E402
-from trainer.data import Example, load_examples, restrict_to_index, split_examples  # noqa: E402
-from trainer.resources import load_retriever, policy_model_path  # noqa: E402
+from trainer.training.data import Example, load_examples, restrict_to_index, split_examples  # noqa: E402
+from trainer.training.resources import load_retriever, policy_model_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
@@ -204,7 +204,7 @@ def policy_answers(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.rollout import greedy_rollouts, sample_rollouts
+    from trainer.training.rollout import greedy_rollouts, sample_rollouts
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 
 from service.retrieval.metrics import bootstrap_ci, ndcg_at_k
-from trainer.data import Example, load_examples, split_examples
+from trainer.training.data import Example, load_examples, split_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"

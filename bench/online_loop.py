@@ -82,7 +82,7 @@ from service.db.engine import get_engine, session_scope
 from service.db.models import Search
 from service.processes import GroupChild
 from service.retrieval.metrics import bootstrap_ci
-from trainer.data import Example, load_file_examples
+from trainer.training.data import Example, load_file_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -288,8 +288,8 @@ def counts(db_url: str) -> dict[str, int]:
 def label_report(db_url: str) -> dict[str, Any]:
     """Debiased and plain interaction labels vs the hidden judgments; the propensity curve."""
     from service.settings import Settings
-    from trainer.interaction_labels import EventWeights, label_quality, mine
-    from trainer.propensity import PropensityConfig
+    from trainer.online.interaction_labels import EventWeights, label_quality, mine
+    from trainer.online.propensity import PropensityConfig
 
     defaults = Settings.model_fields
     weights = EventWeights(

@@ -32,7 +32,7 @@ from service.retrieval.facets import Filters  # noqa: E402
 from service.retrieval.metrics import bootstrap_ci, ndcg_at_k  # noqa: E402
 from service.retrieval.open import open_retriever  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from trainer.data import load_examples, split_examples  # noqa: E402
+from trainer.training.data import load_examples, split_examples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"

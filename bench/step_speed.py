@@ -63,11 +63,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     import trainer
     from service.settings import get_settings
-    from trainer.data import load_examples, restrict_to_index
-    from trainer.phases import PhaseTimes
-    from trainer.resources import load_retriever
-    from trainer.reward import RewardModel
-    from trainer.train import TrainConfig, load_policy, make_optimizer, train_step
+    from trainer.training.data import load_examples, restrict_to_index
+    from trainer.training.phases import PhaseTimes
+    from trainer.training.resources import load_retriever
+    from trainer.training.reward import RewardModel
+    from trainer.training.train import TrainConfig, load_policy, make_optimizer, train_step
 
     assert Path(trainer.__file__).resolve().is_relative_to(Path(spec["root"]).resolve())
     if spec["threads"]:
@@ -86,7 +86,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     sampler = None
     if spec["rollouts"] == "vllm":
-        from trainer.served_rollouts import VllmRollouts
+        from trainer.training.served_rollouts import VllmRollouts
 
         sampler = VllmRollouts(spec["vllm_url"])
         sampler.check(Path(spec["model"]))
@@ -222,8 +222,8 @@ def main() -> None:
     from service.policy.models import prepare_policy_model
     from service.policy.server import VllmServer, free_port
     from service.settings import get_settings
-    from trainer.data import load_examples
-    from trainer.resources import build_catalog_index
+    from trainer.training.data import load_examples
+    from trainer.training.resources import build_catalog_index
 
     started = time.perf_counter()
     settings = get_settings()

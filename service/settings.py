@@ -300,13 +300,13 @@ class Settings(BaseSettings):
         "auto",
         description="Gains of interaction labels: 'plain' engagement averages; 'debiased' "
         "weights each engagement by the inverse examination propensity of its rank, estimated "
-        "from the randomised swaps of exploring searches (trainer/propensity.py); 'auto' is "
+        "from the randomised swaps of exploring searches (trainer/online/propensity.py); 'auto' is "
         "debiased once every explored pair of ranks has its minimum support, plain until then.",
     )
     train_overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="TrainConfig fields (trainer/train.py) this deployment's online updates "
-        'change, as JSON, e.g. {"steps": 200, "lr": 5e-6} on a GPU; the rest keep the '
+        description="TrainConfig fields (trainer/training/train.py) this deployment's online "
+        'updates change, as JSON, e.g. {"steps": 200, "lr": 5e-6} on a GPU; the rest keep the '
         "defaults measured for the CPU recipe.",
     )
     train_label_sources: list[str] | None = Field(

@@ -3,7 +3,7 @@
 `OSPO_WORKER_TIMEOUT_S` before a 504.
 
 Each Celery worker process writes a heartbeat row (its name, its queues) every `BEAT_S`
-from the moment it is ready, and deletes it when it stops (trainer/tasks.py connects it to
+from the moment it is ready, and deletes it when it stops (trainer/online/tasks.py connects it to
 Celery's worker signals). A worker is live while its row is younger than `STALE_S`, so one
 killed outright reads as gone within that. The row lives in the database every process
 already shares: Celery's own control broadcast (`inspect().active_queues()`) needs a broker

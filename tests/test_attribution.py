@@ -1,4 +1,5 @@
-"""Tests for trainer.attribution against brute-force definitions of Shapley and Owen values."""
+"""Tests for trainer.method.attribution against brute-force definitions of Shapley and Owen
+values."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.attribution import (
+from trainer.method.attribution import (
     attribute,
     exact_owen,
     exact_shapley,

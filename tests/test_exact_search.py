@@ -16,7 +16,7 @@ from service.domain import RetrievalMode
 from service.retrieval.embedder import get_embedder
 from service.retrieval.exact import ExactSearch, dense_search_on
 from service.retrieval.index import Retriever
-from trainer.reward import RewardModel
+from trainer.training.reward import RewardModel
 
 QUERIES = [
     "wireless mouse", "usb c charger", "phone case black", "laptop stand", "hdmi cable 6ft",

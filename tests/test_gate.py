@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.gate import gate_decision
+from trainer.online.gate import gate_decision
 
 RNG = np.random.default_rng(0)
 RAW = RNG.uniform(0.3, 0.9, size=40)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import run_script_without
-from trainer.phases import PHASES
+from trainer.training.phases import PHASES
 
 # What the lent GPU machine does not have (../shared/DESIGN.md §6), and what it need not load.
 ABSENT = (

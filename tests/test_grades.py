@@ -14,8 +14,8 @@ from service.grades import is_assessed, merge_grades
 from service.records import LabelRecord
 from service.repositories.labels import has_label_source, targets_by_query, upsert_labels
 from service.retrieval.metrics import judged_at_k
-from trainer.data import examples_from_labels, load_examples
-from trainer.gate import gate_decision
+from trainer.online.gate import gate_decision
+from trainer.training.data import examples_from_labels, load_examples
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "chorus_icecat"
 CHORUS = DATA / "Broad_Query_Set_rated.csv"

@@ -24,7 +24,7 @@ from service.repositories.runs import (
     get_run,
     renew_lease,
 )
-from trainer.interaction_labels import EventWeights, mine_labels, refresh_interaction_labels
+from trainer.online.interaction_labels import EventWeights, mine_labels, refresh_interaction_labels
 
 
 def _search(s, query: str, pids: list[str]) -> str:

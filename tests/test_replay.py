@@ -13,8 +13,8 @@ from service.db.engine import session_scope
 from service.repositories.labels import targets_by_query
 from service.repositories.searches import count_events
 from tests.conftest import DATA
-from trainer.interaction_labels import EventWeights, refresh_interaction_labels
-from trainer.replay import labels_as_log, read_log, replay
+from trainer.online.interaction_labels import EventWeights, refresh_interaction_labels
+from trainer.online.replay import labels_as_log, read_log, replay
 
 
 def _log(tmp_path: Path) -> Path:

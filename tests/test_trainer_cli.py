@@ -1,5 +1,5 @@
 """`ospo train` / `ospo eval` wiring, error exit codes, and raw-query evaluation end to end;
-the benchmarks' TrainConfig options (trainer/config_cli.py)."""
+the benchmarks' TrainConfig options (trainer/training/config_options.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ from typer.testing import CliRunner
 from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
-from trainer.cli import BAD_INPUT, MISSING_RESOURCE, register
-from trainer.config_cli import add_config_arguments, config_from_args, config_from_overrides
-from trainer.evaluate import resolve_adapter
-from trainer.train import TrainConfig
+from trainer.cli.training import BAD_INPUT, MISSING_RESOURCE, register
+from trainer.training.config_options import (
+    add_config_arguments,
+    config_from_args,
+    config_from_overrides,
+)
+from trainer.training.evaluate import resolve_adapter
+from trainer.training.train import TrainConfig
 
 TITLES = {
     "4148063": "Philips Wireless notebook mouse SPM6800/10",

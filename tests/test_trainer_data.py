@@ -1,4 +1,4 @@
-"""trainer.data: examples from files and the database, deterministic query split."""
+"""trainer.training.data: examples from files and the database, deterministic query split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from service.catalog.formats import FormatError
 from service.records import LabelRecord
-from trainer.data import (
+from trainer.training.data import (
     Example,
     examples_from_labels,
     load_examples,
@@ -91,7 +91,7 @@ def test_bad_files_raise_format_errors(tmp_path: Path) -> None:
 def test_examples_from_database(db_url: str) -> None:
     from service.db.engine import session_scope
     from service.repositories.labels import upsert_labels
-    from trainer.data import load_db_examples
+    from trainer.training.data import load_db_examples
 
     with session_scope(db_url) as session:
         upsert_labels(

@@ -6,9 +6,9 @@ from __future__ import annotations
 import typer
 from typer.testing import CliRunner
 
-from trainer.cli import BAD_INPUT, register
-from trainer.plan import describe, train_plan
-from trainer.train import TrainConfig
+from trainer.cli.training import BAD_INPUT, register
+from trainer.training.plan import describe, train_plan
+from trainer.training.train import TrainConfig
 
 
 def test_plan_counts_the_warm_start_and_the_steps() -> None:

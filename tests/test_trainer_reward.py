@@ -1,4 +1,5 @@
-"""trainer.reward on a tiny real index: batching, caching, full vs pooled, batched attribution."""
+"""trainer.training.reward on a tiny real index: batching, caching, full vs pooled, batched
+attribution."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from service.retrieval.metrics import ndcg_at_k
 from tests.conftest import write_title_index
-from trainer.attribution import attribute, attribute_batch
-from trainer.reward import RewardModel
+from trainer.method.attribution import attribute, attribute_batch
+from trainer.training.reward import RewardModel
 
 # Real Open Icecat titles (ids are the catalogue's).
 PRODUCTS = {
@@ -164,7 +165,7 @@ def test_coalition_values_are_centred_on_the_raw_query(retriever: Retriever) -> 
     """Expand mode: v(∅) = 0 is the raw query, Σφ = R(query ⊕ additions) − R(query), and a
     phrase that pulls the results away from the targets gets negative credit."""
     from service.policy.prompt import DEFAULT_PROMPT
-    from trainer.train import coalition_values
+    from trainer.training.train import coalition_values
 
     reward = RewardModel(retriever, TARGETS, k=3)
     query, additions = "network cable", "paper tray, ethernet patch cord"

@@ -1,4 +1,5 @@
-"""trainer.rollout: token offsets (exact and fallback), completion cutting, sampling log-probs."""
+"""trainer.training.rollout: token offsets (exact and fallback), completion cutting, sampling
+log-probs."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _ids(tokenizer, text: str) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def test_offsets_exact_path_and_special_tokens(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    from trainer.rollout import token_offsets
+    from trainer.training.rollout import token_offsets
 
     text = "usb c charger, fast"
     ids = [*_ids(tokenizer, text), tokenizer.eos_token_id]
@@ -44,7 +45,7 @@ def test_offsets_exact_path_and_special_tokens(tokenizer) -> None:  # type: igno
 
 
 def test_offsets_fallback_for_non_canonical_and_partial_characters(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    from trainer.rollout import token_offsets
+    from trainer.training.rollout import token_offsets
 
     # "usb" generated as "u" + "sb" (not what the tokenizer would produce), then a character
     # that is split over several byte-level tokens.
@@ -62,7 +63,7 @@ def test_offsets_fallback_for_non_canonical_and_partial_characters(tokenizer) ->
 
 
 def test_cut_at_stop_string_eos_or_length(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    from trainer.rollout import _cut
+    from trainer.training.rollout import _cut
 
     eos = tokenizer.eos_token_id
     body = _ids(tokenizer, "usb c")
@@ -77,7 +78,7 @@ def test_sampling_log_probs_match_a_training_forward(model_path: Path, tokenizer
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.rollout import completion_logprobs, greedy_rollouts, sample_rollouts
+    from trainer.training.rollout import completion_logprobs, greedy_rollouts, sample_rollouts
 
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -116,7 +117,7 @@ def test_shared_prefix_log_probs_and_gradients_equal_the_row_by_row_forward(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trainer.rollout import (
+    from trainer.training.rollout import (
         _shared_prefix_length,
         completion_logprobs,
         position_ids,

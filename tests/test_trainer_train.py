@@ -14,10 +14,10 @@ from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
 from tests.processes import run_script_without
-from trainer.data import Example
+from trainer.training.data import Example
 
 if TYPE_CHECKING:
-    from trainer.train import TrainConfig
+    from trainer.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "var" / "models"
@@ -57,7 +57,7 @@ def retriever(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
 
 @pytest.fixture(scope="module")
 def runs(model_path: Path, retriever: Retriever, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from trainer.train import TrainConfig, train
+    from trainer.training.train import TrainConfig, train
 
     out = {}
     for algo in ("grpo", "ospo"):
@@ -125,7 +125,7 @@ def test_warm_start_keeps_the_best_sample_and_tunes_lora(
 ) -> None:
     from safetensors.torch import load_file
 
-    from trainer.train import TrainConfig, train
+    from trainer.training.train import TrainConfig, train
 
     config = TrainConfig(
         steps=0,  # warm start only
@@ -153,7 +153,7 @@ def test_warm_start_keeps_the_best_sample_and_tunes_lora(
 
 
 def _step_config(algo: str) -> TrainConfig:
-    from trainer.train import TrainConfig
+    from trainer.training.train import TrainConfig
 
     return TrainConfig(
         algo=algo,  # type: ignore[arg-type]
@@ -174,8 +174,8 @@ def test_train_step_takes_the_reward_as_a_function(model_path: Path) -> None:
     for the rollouts, one for every coalition of the step (OSPO), each part inside its phase.
     (GRPO's step is the same minus attribution; the 2-step GRPO run above covers it.)"""
     algo = "ospo"
-    from trainer.phases import PHASES, PhaseTimes
-    from trainer.train import load_policy, make_optimizer, train_step
+    from trainer.training.phases import PHASES, PhaseTimes
+    from trainer.training.train import load_policy, make_optimizer, train_step
 
     config = _step_config(algo)
     tokenizer, model = load_policy(model_path, config)
@@ -205,7 +205,7 @@ def test_train_step_takes_the_reward_as_a_function(model_path: Path) -> None:
 
 @pytest.mark.slow
 def test_equal_rewards_make_no_update(model_path: Path) -> None:
-    from trainer.train import load_policy, lora_parameters, make_optimizer, train_step
+    from trainer.training.train import load_policy, lora_parameters, make_optimizer, train_step
 
     config = _step_config("ospo")
     tokenizer, model = load_policy(model_path, config)
@@ -222,7 +222,7 @@ def test_equal_rewards_make_no_update(model_path: Path) -> None:
 def test_gpu_benchmark_runs_the_project_step_without_the_serving_stack(tmp_path: Path) -> None:
     """bench/gpu_step.py runs where only torch, transformers, peft and numpy are installed: a
     tiny OSPO step goes through every phase, and nothing of the serving stack is imported."""
-    from trainer.phases import PHASES
+    from trainer.training.phases import PHASES
 
     out = tmp_path / "gpu_step.json"
     args = [

@@ -104,8 +104,8 @@ class Search(Base):
     # Interleaved searches: the comparison and, per shown position, the side that put it there.
     comparison_id: Mapped[str | None] = mapped_column(String(36), index=True)
     teams: Mapped[list[Any] | None] = mapped_column(JSON)
-    # Exploration (trainer/propensity.py): the 1-based pair (k, k+1) drawn, and whether it was
-    # shown swapped.
+    # Exploration (trainer/online/propensity.py): the 1-based pair (k, k+1) drawn, and whether it
+    # was shown swapped.
     explore_pair: Mapped[int | None] = mapped_column(Integer)
     explore_swapped: Mapped[bool | None] = mapped_column(Boolean)
 

@@ -1,6 +1,6 @@
 """Reads of the search log for learning from interactions: what each search showed, whether it
-explored (a randomised adjacent swap), and what shoppers did with it (trainer/propensity.py,
-trainer/interaction_labels.py)."""
+explored (a randomised adjacent swap), and what shoppers did with it (trainer/online/propensity.py,
+trainer/online/interaction_labels.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Order of a search and why:
    team-draft interleaving of the two rankings (service/interleaving.py), logged with its teams.
 5. Pins go first; then, in a share of the other searches without pins, one adjacent pair of
    the top ranks is randomised (half shown swapped) for the propensity estimator
-   (trainer/propensity.py). `product_ids` is logged as shown.
+   (trainer/online/propensity.py). `product_ids` is logged as shown.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def replay_command(
     min_support: Annotated[int | None, typer.Option(help="override OSPO_LABEL_MIN_SUPPORT")] = None,
 ) -> None:
     """Replay logged searches and events (idempotent), refresh interaction labels."""
-    from trainer.replay import labels_as_log, read_log, replay
+    from trainer.online.replay import labels_as_log, read_log, replay
 
     settings = get_settings()
     if min_support is not None:
@@ -45,7 +45,7 @@ def replay_command(
     except FormatError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
-    from trainer.update import refresh_labels
+    from trainer.online.update import refresh_labels
 
     labelled = refresh_labels(settings)
     report: dict = {**summary.as_dict(), "interaction_labels": labelled}
@@ -62,9 +62,9 @@ def _evaluate(settings, policy: str, queries: set[str]) -> dict:  # type: ignore
     from service.db.engine import session_scope
     from service.repositories.adapters import get_adapter
     from service.repositories.labels import targets_by_query
-    from trainer.data import examples_from_targets, restrict_to_index
-    from trainer.evaluate import evaluate_policies
-    from trainer.resources import load_retriever, policy_model_path
+    from trainer.training.data import examples_from_targets, restrict_to_index
+    from trainer.training.evaluate import evaluate_policies
+    from trainer.training.resources import load_retriever, policy_model_path
 
     url = settings.resolved_database_url
     with session_scope(url) as s:
@@ -91,7 +91,7 @@ def _train(settings) -> dict:  # type: ignore[no-untyped-def]
     """Run one update (the Celery task's code) in this process."""
     from service.db.engine import session_scope
     from service.repositories.runs import create_run
-    from trainer.update import run_update
+    from trainer.online.update import run_update
 
     with session_scope(settings.resolved_database_url) as s:
         run_id = create_run(s, "ospo", {"trigger": "replay"}).id

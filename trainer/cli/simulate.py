@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from service.domain import GradeSet, RetrievalMode
-from trainer.config_cli import GradesOpt
+from trainer.training.config_options import GradesOpt
 
 console = Console(stderr=True)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_LABELS = PROJECT_ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
 BAD_INPUT, UNREACHABLE = 2, 3
 
@@ -57,7 +57,9 @@ def simulate_command(
     ] = None,
     split: Annotated[
         SplitChoice,
-        typer.Option(help="Queries of trainer/data.py's split to shop with: all, train or val."),
+        typer.Option(
+            help="Queries of trainer/training/data.py's split to shop with: all, train or val."
+        ),
     ] = SplitChoice.all,
     val_fraction: Annotated[
         float, typer.Option(help="Validation share of the split (as OSPO_TRAIN_VAL_FRACTION).")
@@ -106,7 +108,7 @@ def simulate_command(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Simulated shoppers: search judged queries, click, cart and buy by a position-based click
-    model driven by the hidden judgments (trainer/simulate.py), and post the events."""
+    model driven by the hidden judgments (trainer/simulation/shoppers.py), and post the events."""
     import httpx
     from rich.progress import (
         BarColumn,
@@ -117,7 +119,7 @@ def simulate_command(
     )
 
     from service.catalog.formats import FormatError
-    from trainer.simulate import ClickModel, Simulator, load_query_set
+    from trainer.simulation.shoppers import ClickModel, Simulator, load_query_set
 
     try:
         model = ClickModel(
@@ -206,12 +208,12 @@ def propensity_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """Examination propensity per rank estimated from the exploring searches in the database
-    (trainer/propensity.py), with its interval and support."""
+    (trainer/online/propensity.py), with its interval and support."""
     from service.catalog.formats import FormatError
     from service.db.engine import session_scope
     from service.settings import get_settings
-    from trainer.interaction_labels import EventWeights, label_quality, mine
-    from trainer.propensity import PropensityConfig
+    from trainer.online.interaction_labels import EventWeights, label_quality, mine
+    from trainer.online.propensity import PropensityConfig
 
     try:
         config = PropensityConfig(min_pair_support=min_pair_support, clip=clip,
@@ -236,7 +238,7 @@ def propensity_command(
         table.add_row(str(row["rank"]), f"{row['propensity']:.3f}", interval, row["source"])
     Console().print(table)
     if judgments is not None:
-        from trainer.data import load_file_examples
+        from trainer.training.data import load_file_examples
 
         try:
             examples = load_file_examples(judgments, fmt)

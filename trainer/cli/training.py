@@ -20,8 +20,8 @@ from rich.table import Table
 from service.domain import ExpansionEntry, GradeSet, PromptVersion, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT
 from service.retrieval.metrics import MIN_JUDGED
-from trainer.config_cli import GradesOpt, with_config_options
-from trainer.train import TrainConfig
+from trainer.training.config_options import GradesOpt, with_config_options
+from trainer.training.train import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -66,7 +66,7 @@ def _load_data(
     """Examples restricted to products in the index; typer.Exit(2) when there are none."""
     from service.catalog.formats import FormatError
     from service.settings import get_settings
-    from trainer.data import load_examples, restrict_to_index
+    from trainer.training.data import load_examples, restrict_to_index
 
     try:
         examples = load_examples(
@@ -93,7 +93,7 @@ def _load_data(
 
 def _resources(model: Path | None, index_dir: Path | None, need_model: bool) -> tuple[Any, Any]:
     from service.settings import get_settings
-    from trainer.resources import ResourceError, load_retriever, policy_model_path
+    from trainer.training.resources import ResourceError, load_retriever, policy_model_path
 
     settings = get_settings()
     try:
@@ -122,11 +122,12 @@ def train_command(
     config: TrainConfig,
 ) -> None:
     """Train a LoRA adapter of the rewrite policy: rejection-sampling warm start, then OSPO or
-    GRPO steps. Every training option below is a field of TrainConfig (trainer/train.py)."""
+    GRPO steps. Every training option below is a field of TrainConfig
+    (trainer/training/train.py)."""
     from service.settings import get_settings
-    from trainer.data import split_examples
-    from trainer.evaluate import resolve_adapter
-    from trainer.train import train
+    from trainer.training.data import split_examples
+    from trainer.training.evaluate import resolve_adapter
+    from trainer.training.train import train
 
     algo = config.algo
     if config.warm_start:
@@ -166,9 +167,9 @@ def train_command(
 
 
 def _plan(config: TrainConfig, train_queries: int, model_path: Path) -> str:
-    """The run's plan and ETA (trainer/plan.py), printed before anything heavy loads."""
-    from trainer.plan import describe, train_plan
-    from trainer.served_rollouts import rollout_server_url, serves_model
+    """The run's plan and ETA (trainer/training/plan.py), printed before anything heavy loads."""
+    from trainer.training.plan import describe, train_plan
+    from trainer.training.served_rollouts import rollout_server_url, serves_model
 
     running = config.rollouts == "vllm" and serves_model(rollout_server_url(config), model_path)
     return describe(train_plan(config, train_queries, server_running=running), config)
@@ -215,8 +216,8 @@ def eval_command(
     """Score policies' greedy rewrites: NDCG@10 with judged@10, recall@10/50, MRR, 95% CIs."""
     from service.rewriting.grounding import serving_prompt
     from service.settings import get_settings
-    from trainer.data import split_examples
-    from trainer.evaluate import evaluate_policies, resolve_adapter
+    from trainer.training.data import split_examples
+    from trainer.training.evaluate import evaluate_policies, resolve_adapter
 
     if split not in ("all", "train", "val"):
         raise _fail("--split must be all, train or val")

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         loglevel: str = "INFO",
     ) -> None:
         """Run a Celery worker (training updates, explanations; or promotions)."""
-        from trainer.celery_app import app as celery
+        from trainer.online.celery_app import app as celery
 
         get_settings().data_dir.mkdir(parents=True, exist_ok=True)
         celery.worker_main(
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
     @app.command("beat")
     def beat(loglevel: str = "INFO") -> None:
         """Run Celery beat: checks every OSPO_TRAIN_EVERY_S whether an update is due."""
-        from trainer.celery_app import app as celery
+        from trainer.online.celery_app import app as celery
 
         get_settings().data_dir.mkdir(parents=True, exist_ok=True)
         celery.start(["beat", f"--loglevel={loglevel}"])

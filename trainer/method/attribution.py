@@ -2,8 +2,8 @@
 
 OSPO ("Owen-Shapley Policy Optimization", arXiv 2601.08403) turns one scalar retrieval reward for a
 rewrite into per-segment credit. A rewrite is cut into *players* (phrases, words or sentences; see
-trainer/segmentation.py); a coalition S of players is the text made of just those segments; v(S)
-is the retrieval quality of that text. Shapley / Owen values then say how much each segment
+trainer/method/segmentation.py); a coalition S of players is the text made of just those segments;
+v(S) is the retrieval quality of that text. Shapley / Owen values then say how much each segment
 contributed.
 
 Everything here is pure Python + numpy so it can run inside the reward workers and be tested
@@ -27,7 +27,14 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from trainer.segmentation import Segment, SegmentMode, UnionMode, coalition_text, segment, unions
+from trainer.method.segmentation import (
+    Segment,
+    SegmentMode,
+    UnionMode,
+    coalition_text,
+    segment,
+    unions,
+)
 
 EstimatorName = Literal["auto", "shapley", "owen", "sampled_owen", "window"]
 

@@ -1,11 +1,11 @@
 """Cutting a rewrite into players: the phrases whose credit OSPO estimates.
 
-A *player* is a span of the rewrite that the credit estimators (trainer/attribution.py) switch on
-and off. Players tile the text exactly (joined back they give the rewrite, character for
+A *player* is a span of the rewrite that the credit estimators (trainer/method/attribution.py)
+switch on and off. Players tile the text exactly (joined back they give the rewrite, character for
 character), so credit on a player maps to a character span and from there to the tokens that
-generated it (``trainer.ospo.spread_to_tokens``). No player is empty, and punctuation is a
-player only in a text made of nothing else: it rides with the word before it (after it at the
-start of the text).
+generated it (``trainer.method.ospo.spread_to_tokens``). No player is empty, and punctuation is a
+player only in a text made of nothing else: it rides with the word before it (after it at the start
+of the text).
 
 A *phrase* is the default player: a run of at most ``max_words`` words (3) that a shopper would
 keep or drop as a unit — "running shoes", "for women", "with arch support,". Words are too fine

@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def make_celery() -> Celery:
     settings = get_settings()
-    app = Celery("ospo", include=["trainer.tasks"])
+    app = Celery("ospo", include=["trainer.online.tasks"])
     app.conf.update(celery_config(settings))
     app.conf.beat_schedule = {
         "maybe-train": {"task": SCHEDULED_TASK, "schedule": float(settings.train_every_s)},

@@ -23,14 +23,14 @@ from service.repositories.adapters import active_adapter
 from service.repositories.labels import targets_by_query
 from service.retrieval.open import open_retriever
 from service.settings import Settings
-from trainer.attribution import attribute
+from trainer.method.attribution import attribute
 
 _models: dict[tuple[str, str | None], tuple[Any, Any]] = {}
 _lock = threading.Lock()
 
 
 def _policy(model_path: Path, adapter: str | None) -> tuple[Any, Any]:
-    from trainer.train import TrainConfig, load_policy
+    from trainer.training.train import TrainConfig, load_policy
 
     key = (str(model_path), adapter)
     with _lock:
@@ -43,9 +43,9 @@ def _policy(model_path: Path, adapter: str | None) -> tuple[Any, Any]:
 
 def explain_query(settings: Settings, query: str) -> dict[str, Any]:
     from service.rewriting.grounding import serving_prompt
-    from trainer.reward import RewardModel
-    from trainer.rollout import greedy_rollouts
-    from trainer.train import coalition_values
+    from trainer.training.reward import RewardModel
+    from trainer.training.rollout import greedy_rollouts
+    from trainer.training.train import coalition_values
 
     url = settings.resolved_database_url
     key = normalize_query(query)

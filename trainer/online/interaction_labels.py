@@ -11,8 +11,8 @@ impression alone is 0). Two gains:
             at the top: a result at rank 8 is seen by few shoppers, so it is engaged with
             rarely however good it is.
 * debiased: each impression's engagement weighted by the inverse examination propensity of its
-            rank, estimated from the searches serving randomised (trainer/propensity.py, which
-            documents the estimator, the clip and the minimum support); clipped to [0, 1].
+            rank, estimated from the searches serving randomised (trainer/online/propensity.py,
+            which documents the estimator, the clip and the minimum support); clipped to [0, 1].
 
 Which one (``estimator``, OSPO_LABEL_ESTIMATOR): "plain", "debiased", or "auto" (default):
 debiased once the logs hold enough exploration — every explored pair of ranks has its minimum
@@ -36,7 +36,7 @@ from service.normalize import normalize_query
 from service.records import LabelRecord
 from service.repositories.interactions import logged_events, logged_searches
 from service.repositories.labels import replace_labels
-from trainer.propensity import (
+from trainer.online.propensity import (
     PropensityConfig,
     PropensityEstimate,
     debiased_gain,

@@ -36,7 +36,7 @@ shopper.) Normalising by arm size keeps the estimate right when the coin's arms 
 
 Position-debiased gain of (query, product), over its N impressions i (logged searches of the
 query that showed it, at rank r_i; engagement e_i in [0, 1], the strongest event's weight, as
-in trainer/interaction_labels.py):
+in trainer/online/interaction_labels.py):
 
     plain   G = (1/N) sum_i e_i                        (the engagement average)
     ips     G = (1/N) sum_i e_i / p(r_i)               (inverse propensity scoring)

@@ -24,7 +24,7 @@ from service.queue import (
 from service.repositories.runs import create_run, expire_stale_runs, live_run
 from service.settings import get_settings
 from service.workers import Heartbeat
-from trainer.celery_app import app
+from trainer.online.celery_app import app
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
     max_retries=5,
 )
 def train_update(self: Task, run_id: str) -> dict[str, Any]:
-    """Train a candidate from the logs, gate it, promote it or not. See trainer.update."""
-    from trainer.update import run_update
+    """Train a candidate from the logs, gate it, promote it or not. See trainer.online.update."""
+    from trainer.online.update import run_update
 
     owner = f"{self.request.hostname}:{self.request.id}"
     return run_update(get_settings(), run_id, owner)
@@ -49,7 +49,7 @@ def train_update(self: Task, run_id: str) -> dict[str, Any]:
 @app.task(name=SCHEDULED_TASK)
 def maybe_train() -> dict[str, Any]:
     """Beat: refresh interaction labels; start an update when enough new labelled queries came."""
-    from trainer.update import labelled_query_count, last_labelled_count, refresh_labels
+    from trainer.online.update import labelled_query_count, last_labelled_count, refresh_labels
 
     settings = get_settings()
     url = settings.resolved_database_url
@@ -70,7 +70,7 @@ def maybe_train() -> dict[str, Any]:
 
 @app.task(name=EXPLAIN_TASK)
 def explain(query: str) -> dict[str, Any]:
-    from trainer.explain import explain_query
+    from trainer.online.explain import explain_query
 
     return explain_query(get_settings(), query)
 

@@ -7,7 +7,7 @@ The order of events is what keeps serving safe:
    held-out labelled queries;
 4. register the candidate (files copied, checksum, row); it passes the offline gate only when
    its paired bootstrap lower bound over the better of active and raw is above
-   `OSPO_GATE_MARGIN` (trainer/gate.py);
+   `OSPO_GATE_MARGIN` (trainer/online/gate.py);
 4b. with `OSPO_INTERLEAVE_SHARE` > 0, a candidate that passed is loaded and its head-query
    rewrites stored, and an interleaved comparison with what serves starts on live traffic
    (service/services/comparisons.py): the run waits in `comparing`, and beat promotes or
@@ -51,9 +51,9 @@ from service.retrieval.open import open_retriever
 from service.services.comparisons import start_comparison
 from service.services.promotion import prepare_candidate, promote
 from service.settings import Settings
-from trainer.data import load_db_examples, restrict_to_index, split_examples
-from trainer.interaction_labels import SOURCE as INTERACTIONS
-from trainer.interaction_labels import EventWeights, refresh_interaction_labels
+from trainer.online.interaction_labels import SOURCE as INTERACTIONS
+from trainer.online.interaction_labels import EventWeights, refresh_interaction_labels
+from trainer.training.data import load_db_examples, restrict_to_index, split_examples
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,9 @@ def _gate(
     """
     import dataclasses
 
-    from trainer.gate import gate_decision
-    from trainer.reward import RewardModel
-    from trainer.train import greedy_pairs, load_policy, reward_entry, training_prompt
+    from trainer.online.gate import gate_decision
+    from trainer.training.reward import RewardModel
+    from trainer.training.train import greedy_pairs, load_policy, reward_entry, training_prompt
 
     prompt = training_prompt(config, retriever, [ex.query for ex in val])
     reward = RewardModel(
@@ -216,8 +216,8 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
 def _train_gate_promote(
     settings: Settings, run_id: str, algorithm: str, overrides: dict[str, Any], workdir: Path
 ) -> dict[str, Any]:
-    from trainer.config_cli import config_from_overrides
-    from trainer.train import TrainConfig, train
+    from trainer.training.config_options import config_from_overrides
+    from trainer.training.train import TrainConfig, train
 
     url = settings.resolved_database_url
     retriever = open_retriever(settings)

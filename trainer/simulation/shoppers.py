@@ -1,12 +1,12 @@
 """Simulated shoppers: a position-based click model driven by hidden graded judgments.
 
-`ospo simulate` (trainer/simulate_cli.py) runs sessions against a running API. Each session
+`ospo simulate` (trainer/cli/simulate.py) runs sessions against a running API. Each session
 draws a judged query, searches it over HTTP, and decides what the shopper examines, clicks,
 adds to the cart and buys from the results *as shown*; the interactions go back to the API as
 events. The API sees only that traffic: the judgments stay inside this process, which is what
 lets an experiment measure how well the system recovers them from clicks
-(trainer/propensity.py, trainer/interaction_labels.py). Written to be read top to bottom; the
-click model is pure numpy on a seeded generator, the HTTP driver comes last.
+(trainer/online/propensity.py, trainer/online/interaction_labels.py). Written to be read top to
+bottom; the click model is pure numpy on a seeded generator, the HTTP driver comes last.
 
 Notation, for one session:
 
@@ -23,14 +23,14 @@ Notation, for one session:
 
 so that P(C_r) = p(r) · (eps + (1 - eps) g(d_r)): examination depends only on the rank and
 attractiveness only on the document — the position-based model (PBM) that
-trainer/propensity.py's estimator assumes, with p(r) the curve it should recover
+trainer/online/propensity.py's estimator assumes, with p(r) the curve it should recover
 (``examination_curve``, exported for the tests and the notes).
 
 Documented decisions
 --------------------
 * PBM, not a cascade. Examination does not depend on what was clicked above. The estimator in
-  trainer/propensity.py is exact under PBM; a cascade shopper would also make the relevance of
-  the results above matter, which that estimator does not model.
+  trainer/online/propensity.py is exact under PBM; a cascade shopper would also make the relevance
+  of the results above matter, which that estimator does not model.
 * Explicit curves. With ``propensities`` given, ranks past the end of the list are never
   examined (p = 0): the list describes the whole visible page.
 * Hidden relevance is the human grades completed by the assessed ones (service/grades.py), so
@@ -49,8 +49,8 @@ Documented decisions
   so a batch retried after a lost answer is deduplicated by the API. No impression events are
   sent: the search log already records what was shown (``searches.product_ids``).
 * Queries are drawn uniformly (not by traffic): the judged set has no frequencies. The split
-  (train|val|all) is trainer/data.py's, by hashed normalised query, so a scenario can shop on
-  training queries and evaluate on validation ones.
+  (train|val|all) is trainer/training/data.py's, by hashed normalised query, so a scenario can shop
+  on training queries and evaluate on validation ones.
 * Random draws. Every session draws its query, then exactly 4 uniforms per shown result (in
   rank order), whatever happens: the same seed and the same served results give the same
   sessions, and one session's outcome never shifts the next one's random numbers.
@@ -92,7 +92,7 @@ from tenacity import (
 )
 
 from service.domain import EventType, GradeSet
-from trainer.data import Example, load_file_examples, split_examples
+from trainer.training.data import Example, load_file_examples, split_examples
 
 Split = Literal["all", "train", "val"]
 RETRYABLE_STATUS = (429, 503)
@@ -198,7 +198,7 @@ def load_query_set(
     split_seed: int = 0,
     grades: GradeSet = GradeSet.completed,
 ) -> list[Example]:
-    """Judged queries of a label file, restricted to one side of trainer/data.py's split
+    """Judged queries of a label file, restricted to one side of trainer/training/data.py's split
     (the defaults are the online update's: val_fraction 0.3 as OSPO_TRAIN_VAL_FRACTION, seed 0).
     The shoppers' hidden relevance is ``grades``: by default human grades completed by the
     assessed ones, so a result no human judged but an assessor did is clicked as it deserves.

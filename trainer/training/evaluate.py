@@ -41,8 +41,8 @@ from service.retrieval.metrics import (
     recall_at_k,
     reciprocal_rank,
 )
-from trainer.data import Example
-from trainer.reward import RewardModel
+from trainer.training.data import Example
+from trainer.training.reward import RewardModel
 
 DEPTH = 100  # results kept per query (MRR looks this deep)
 TIE = 1e-3  # |Δ NDCG@10| below this is neither a gain nor a loss
@@ -91,9 +91,9 @@ def policy_rewrites(
     """(search texts, usable-rewrite flags) for ``policy`` = raw | base | ADAPTER_DIR."""
     if policy == "raw":
         return list(queries), [False] * len(queries)
-    from trainer.device import resolve_placement
-    from trainer.rollout import greedy_rollouts
-    from trainer.train import load_base
+    from trainer.training.device import resolve_placement
+    from trainer.training.rollout import greedy_rollouts
+    from trainer.training.train import load_base
 
     if model_path is None:
         raise ValueError("a model path is needed to generate rewrites")
@@ -159,7 +159,7 @@ def score_texts(
     entry: ExpansionEntry = ExpansionEntry.concat,
 ) -> dict[str, dict[str, list[float]]]:
     """retriever name -> metric -> per-query values, for search texts aligned with examples
-    (additions entering retrieval as ``entry`` says: trainer/reward.py)."""
+    (additions entering retrieval as ``entry`` says: trainer/training/reward.py)."""
     targets = {ex.key: ex.targets for ex in examples}
     queries = {ex.key: ex.query for ex in examples}
     pairs = [(t, ex.key) for t, ex in zip(texts, examples, strict=True)]

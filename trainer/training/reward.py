@@ -1,12 +1,12 @@
 """The retrieval reward: NDCG@k of a text's search results against a query's judged products.
 
 OSPO values a rewrite *and* every coalition of its phrases by a real retrieval (the v(S) of
-trainer/ospo.py's notation), so one training step asks for thousands of rankings.
+trainer/method/ospo.py's notation), so one training step asks for thousands of rankings.
 ``RewardModel.score`` takes all of them at once as ``(text, query_key)`` pairs and does ONE
 embedder call, ONE FAISS search and one BM25 pass for the distinct texts it has not seen;
 rankings are cached by text (per step: the trainer calls ``clear_cache`` between steps), so
 duplicate coalition texts cost nothing. Calling the model is ``score``: a RewardModel is the
-``PairValueFn`` (trainer/attribution.py) that the training step takes as its reward.
+``PairValueFn`` (trainer/method/attribution.py) that the training step takes as its reward.
 
 Retrieval is the serving retriever's, in ``retrieval`` mode (default: the retriever's own
 default, hybrid), so the reward measures what shoppers would see. Two scopes:
@@ -25,7 +25,7 @@ query with the text as BM25's query, ``fused`` fuses the raw query's ranking wit
 query's ranking under every entry, so v(∅) = 0 holds whatever the entry.
 
 An empty text retrieves nothing and scores 0. (Attribution values coalitions relative to the
-raw query, so its v(∅) = 0 is the raw query, not the empty text: see trainer/train.py.)
+raw query, so its v(∅) = 0 is the raw query, not the empty text: see trainer/training/train.py.)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from service.retrieval.exact import DenseBackend, dense_search_on
 from service.retrieval.fusion import fuse, fuse_expansion
 from service.retrieval.lexical import top_k
 from service.retrieval.metrics import judged_at_k, ndcg_at_k
-from trainer.attribution import TextValueFn
+from trainer.method.attribution import TextValueFn
 
 if TYPE_CHECKING:  # faiss comes with the index: the training step imports this module without it
     from service.retrieval.index import Retriever
@@ -75,7 +75,7 @@ class RewardModel:
     retriever: the embedder + FAISS index that serving uses.
     targets:   {query key: {product id: gain}}; ids missing from the index are kept (they
                count in the ideal DCG, so an unreachable target lowers the reward ceiling;
-               ``trainer.data.restrict_to_index`` drops them beforehand if unwanted).
+               ``trainer.training.data.restrict_to_index`` drops them beforehand if unwanted).
     k:         NDCG cut-off.
     depth:     how many results each ranking keeps (>= k; evaluation asks for more).
     mode:      "full" or "pooled" (module docstring).

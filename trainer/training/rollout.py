@@ -22,7 +22,7 @@ For each completion we keep:
 * old log-probs log softmax(logits / τ)[token] from the raw logits ``generate`` returns.
 
 Tensors live on the model's device (the trainer runs on the CPU, bench/gpu_step.py on a GPU).
-``phase`` names the three parts of sampling for whoever times them (trainer/phases.py).
+``phase`` names the three parts of sampling for whoever times them (trainer/training/phases.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
-from trainer.phases import Phase, untimed
+from trainer.training.phases import Phase, untimed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -68,7 +68,7 @@ class RolloutBatch:
     completion_mask: (B, T) bool — 1 on completion tokens (through the terminating token).
     logp_old:        (B, T) float32 — sampling log-probs, 0 on padding; None when the sampler
                      did not record them (a vLLM server): the update then takes the policy's
-                     own log-probs (trainer/train.py ``old_logprobs``).
+                     own log-probs (trainer/training/train.py ``old_logprobs``).
     All on the model's device.
     """
 
@@ -210,7 +210,7 @@ def _make_rollout(
 
 class RolloutSampler(Protocol):
     """What samples a step's rollouts: ``sample_rollouts`` below (in-process ``generate``) or
-    ``trainer.served_rollouts.VllmRollouts`` (a vLLM server), called the same way."""
+    ``trainer.training.served_rollouts.VllmRollouts`` (a vLLM server), called the same way."""
 
     def __call__(
         self,
@@ -275,7 +275,7 @@ def sample_rollouts(
 
     ``seed`` reseeds torch's global generator first (HF sampling draws from it), which makes a
     run reproducible for a fixed thread count. ``phase`` wraps the generate, decode and
-    old_logprobs parts (trainer/phases.py).
+    old_logprobs parts (trainer/training/phases.py).
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 for sampling")
@@ -327,7 +327,7 @@ def rollout_batch(
     device: torch.device | str = "cpu",
 ) -> RolloutBatch:
     """The rollouts of a step from each row's prompt ids and generated ids, however sampled
-    (``generate`` here, a vLLM server in trainer/served_rollouts.py); ``logp_old`` is None.
+    (``generate`` here, a vLLM server in trainer/training/served_rollouts.py); ``logp_old`` is None.
 
     prompt_rows, generated: (B,) row b = sample b % G of query b // G; ``generated`` may run
     past the end of a completion (padding after EOS): ``_cut`` finds where it ends.

@@ -1,6 +1,6 @@
 """Rollouts sampled by a vLLM server from the LoRA being trained (TRL's vLLM "server" mode).
 
-``VllmRollouts`` is a drop-in for ``trainer.rollout.sample_rollouts`` (same call, same
+``VllmRollouts`` is a drop-in for ``trainer.training.rollout.sample_rollouts`` (same call, same
 ``RolloutBatch``). Each call:
 
 1. push    when the LoRA weights changed since the last push, save the adapter (peft
@@ -17,7 +17,7 @@
 Old log-probs are not taken from the server (its log-probs are of the raw logits, not of
 softmax(logits / τ), and a float32 CPU server and the trainer differ in the last bits): with
 one update per batch the update uses the policy's own detached log-probs, as TRL does, and
-computes them with one no-grad forward otherwise (trainer/train.py ``train_step``).
+computes them with one no-grad forward otherwise (trainer/training/train.py ``train_step``).
 
 Weight changes are detected from the LoRA tensors' in-place version counters (``_version``,
 bumped by every optimiser step), so sampling twice between two updates pushes once.
@@ -44,11 +44,11 @@ import torch
 from service.policy.client import SampledTokens, VllmPolicyClient
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
 from service.policy.protocol import PolicyError
-from trainer.phases import Phase, untimed
-from trainer.rollout import RolloutBatch, prompt_token_ids, rollout_batch
+from trainer.training.phases import Phase, untimed
+from trainer.training.rollout import RolloutBatch, prompt_token_ids, rollout_batch
 
 if TYPE_CHECKING:
-    from trainer.train import TrainConfig
+    from trainer.training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 

