@@ -81,7 +81,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from service.db.engine import get_engine, session_scope
 from service.db.models import Search
 from service.processes import GroupChild
-from service.retrieval.metrics import bootstrap_ci
+from service.retrieval.metrics import MIN_JUDGED, bootstrap_ci, judged_at_k
 from trainer.training.data import Example, load_file_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,8 +218,9 @@ def logged_search(db_url: str, search_id: str, timeout: float = 15.0) -> Search:
 def evaluate(
     http: httpx.Client, examples: list[Example], db_url: str, reason: str, t: float
 ) -> dict[str, Any]:
-    """Served NDCG@10 of every validation query, as the active policy ranks it."""
+    """Served NDCG@10 (and judged@10) of every validation query, as the active policy ranks it."""
     scores: list[float] = []
+    judged: list[float] = []
     adapters: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     repeated = 0
@@ -231,6 +232,7 @@ def evaluate(
                 break
             repeated += 1
         scores.append(ndcg)
+        judged.append(judged_at_k([h["product_id"] for h in answer["results"]], ex.targets, 10))
         adapters[str(answer["adapter"])] += 1
         sources[answer["rewrite_source"]] += 1
     mean, lo, hi = bootstrap_ci(scores)
@@ -239,6 +241,8 @@ def evaluate(
         "reason": reason,
         "ndcg@10": mean,
         "ci95": [lo, hi],
+        "judged@10": float(np.mean(judged)),
+        "reliable": bool(np.mean(judged) >= MIN_JUDGED),
         "adapters": dict(adapters),
         "rewrite_sources": dict(sources),
         "repeated_searches": repeated,
@@ -602,6 +606,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         [[e["ndcg@10"] - e["ci95"][0] for e in evals], [e["ci95"][1] - e["ndcg@10"] for e in evals]]
     )
     ax.errorbar(t, y, yerr=err, fmt="o-", color="tab:blue", capsize=3, label="served NDCG@10")
+    if all("judged@10" in e for e in evals):  # runs before judged@10 was recorded lack it
+        ax.plot(t, [e["judged@10"] for e in evals], "s:", color="tab:purple", label="judged@10")
     marks = {
         "comparing": ("tab:orange", "--", "comparison starts"),
         "promoted": ("tab:green", "-", "promoted (interleaving won)"),
@@ -635,7 +641,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title(
         f"served NDCG@10 (95% CI); end − start {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
     )
-    high = max(e["ci95"][1] for e in evals)
+    high = max(max(e["ci95"][1], e.get("judged@10", 0.0)) for e in evals)
     ax.set_ylim(low - 0.01, high + 0.08)
     ax.legend(fontsize=8, loc="upper left", ncol=4)
     ranks = report["labels"]["propensity"]["ranks"]
