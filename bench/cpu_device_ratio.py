@@ -34,9 +34,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from harness.results import write_json  # noqa: E402
 
 from service.policy.models import prepare_policy_model  # noqa: E402
-from trainer.training.train import TrainConfig, load_policy, lora_config, make_optimizer, train_step  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
+from trainer.training.policy import load_policy, lora_config, make_optimizer  # noqa: E402
+from trainer.training.step import train_step  # noqa: E402
 
 QUERIES = [("usb cable", "a"), ("wireless mouse", "b")]
 WAYS = ("before", "cpu", "auto")
@@ -112,7 +115,7 @@ def main() -> int:
         "note": "The machine is shared by several sessions: the medians carry that noise; the "
         "three ways run interleaved in one process so it falls on each alike.",
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     shown = ("step_s_median", "ratio_cpu_to_before", "ratio_auto_to_before")
     print(json.dumps({k: result[k] for k in (*shown, "same_rewards_and_loss")}))
     return 0

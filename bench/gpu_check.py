@@ -24,11 +24,12 @@ In order, most valuable first (a spent ``--budget-s`` skips what is left, and sa
 3. goals   OSPO step / GRPO step for the ~1.5B architecture (goal ≤ 1.3), 200 SmolLM2 recipe
            steps extrapolated from the timed OSPO step (goal ≤ 300 s), parity within tolerance.
 
-Random weights (bench/gpu_step.py's approach and helpers): speed and memory are real; the policy's
-logits get gpu_step's rewrite bias so completions parse as additions, and the embedder is an
-all-MiniLM-L6-v2-architecture model with random weights (saved to a temporary folder and loaded
-by the project's ``Embedder``) over a synthetic catalogue of random unit vectors; each query's
-targets are the products nearest its own embedding. Reward values are meaningless.
+Random weights (bench/gpu_step.py's approach, with its gpu_models.py and gpu_run.py): speed and
+memory are real; the policy's logits get gpu_step's rewrite bias so completions parse as
+additions, and the embedder is an all-MiniLM-L6-v2-architecture model with random weights
+(saved to a temporary folder and loaded by the project's ``Embedder``) over a synthetic
+catalogue of random unit vectors; each query's targets are the products nearest its own
+embedding. Reward values are meaningless.
 
 This check supersedes gpu_step.py's training-step section as the GPU check to run (it goes
 through the product's device path, which gpu_step predates); gpu_step.py still holds the 7B
@@ -53,7 +54,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-import gpu_step as gs  # noqa: E402  (tokenizers, architectures, rewrite bias, GPU phase timer)
+import gpu_models as gm  # noqa: E402  (tokenizers, architectures, rewrite bias)
+import gpu_run as gs  # noqa: E402  (clock, budget, writer, GPU phase timer)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
@@ -61,18 +63,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 from service.retrieval.embedder import Embedder  # noqa: E402
 from service.retrieval.exact import ExactSearch  # noqa: E402
 from service.retrieval.metrics import ndcg_at_k  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
 from trainer.training.device import Placement  # noqa: E402
 from trainer.training.phases import PHASES  # noqa: E402
+from trainer.training.policy import attach_lora, lora_parameters, make_optimizer  # noqa: E402
 from trainer.training.rollout import completion_logprobs  # noqa: E402
-from trainer.training.train import (  # noqa: E402
-    TrainConfig,
-    attach_lora,
-    lora_parameters,
-    make_optimizer,
-    policy_update,
-    train_step,
-)
+from trainer.training.step import policy_update, train_step  # noqa: E402
 
 ARCHS = ("smollm2-135m", "qwen2.5-1.5b")
 # --tiny: same code paths, CPU-sized shapes and a short recipe.
@@ -98,8 +95,8 @@ GOAL_OSPO_OVER_GRPO, GOAL_200_STEPS_S, RECIPE_STEPS = 1.3, 300.0, 200
 def arch_config(name: str, tok: Any, tiny: bool) -> Any:
     """SmolLM2-135M's config (carried) or Qwen2.5-1.5B's shapes, with ``tok``'s vocabulary."""
     if name == "qwen2.5-1.5b":
-        return gs.qwen25_config("1.5b", tok, tiny)
-    raw = json.loads((gs.ASSETS / "smollm2" / "config.json").read_text())
+        return gm.qwen25_config("1.5b", tok, tiny)
+    raw = json.loads((gm.ASSETS / "smollm2" / "config.json").read_text())
     keep = {k: v for k, v in raw.items() if not k.startswith("_") and k not in ("dtype",)}
     keep.pop("transformers_version", None)
     return LlamaConfig(**{**keep, **(TINY_SMOLLM2 if tiny else {})})
@@ -107,9 +104,9 @@ def arch_config(name: str, tok: Any, tiny: bool) -> Any:
 
 def random_base(cfg: Any, tok: Any, dtype: torch.dtype, device: torch.device | str) -> Any:
     """A causal LM of ``cfg`` with random weights, made on ``device``, biased to write rewrites."""
-    with gs.default_dtype(dtype), torch.device(device):
+    with gm.default_dtype(dtype), torch.device(device):
         base = AutoModelForCausalLM.from_config(cfg)
-    bias = gs.rewrite_bias(tok, ARGS.rewrite_bias)
+    bias = gm.rewrite_bias(tok, ARGS.rewrite_bias)
     if bias is not None:  # cast per call: the parity model is copied between devices and dtypes
         base.lm_head.register_forward_hook(lambda _m, _i, logits: logits + bias.to(logits))
     return base.eval()
@@ -122,7 +119,7 @@ class Reward:
     def __init__(self, embedder: Embedder, catalog: np.ndarray, queries: Sequence[str]) -> None:
         self.embedder, self.k = embedder, ARGS.config.reward_k
         self.search = ExactSearch(catalog, embedder.device)
-        self.stats: Counter[str] = Counter()  # read by gpu_step.Phases
+        self.stats: Counter[str] = Counter()  # read by gpu_run.Phases
         rng = np.random.default_rng(ARGS.config.seed)
         near = self.search.search(embedder.encode(list(queries)), 20)[1]
         self.targets = [{str(r): float(rng.integers(1, 4)) for r in rows} for rows in near]
@@ -138,9 +135,9 @@ class Reward:
 
 def random_embedder(folder: Path, device: torch.device) -> Embedder:
     """The project's Embedder on ``device`` over a MiniLM-architecture model, random weights."""
-    gs.build_encoder(ARGS.tiny, torch.device("cpu"), torch.float32).save_pretrained(folder)
+    gm.build_encoder(ARGS.tiny, torch.device("cpu"), torch.float32).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(gs.ASSETS / "minilm" / name, folder / name)
+        shutil.copy(gm.ASSETS / "minilm" / name, folder / name)
     return Embedder(str(folder), batch_size=1024, device=str(device))
 
 
@@ -182,7 +179,7 @@ def parity(tok: Any, placement: Placement) -> dict[str, Any]:
     cpu_cfg = dataclasses.replace(config, device="cpu", dtype="float32")
     cpu_model = attach_lora(copy.deepcopy(base), cpu_cfg)
     init = {n: p.detach().clone() for n, p in lora_parameters(cpu_model).items()}
-    queries = [(q, i) for i, q in enumerate(gs.QUERIES[: config.prompts_per_step])]
+    queries = [(q, i) for i, q in enumerate(gm.QUERIES[: config.prompts_per_step])]
     out = train_step(
         cpu_model, tok, make_optimizer(cpu_model, cpu_cfg), queries, text_reward, cpu_cfg,
         np.random.default_rng(config.seed), seed=config.seed,
@@ -255,8 +252,8 @@ def timed_steps(name: str, tok: Any, reward: Reward, placement: Placement) -> di
         for s in range(ARGS.warmup + config.steps):
             phases = gs.Phases(device, reward)
             first = s * config.prompts_per_step
-            picked = [(first + i) % len(gs.QUERIES) for i in range(config.prompts_per_step)]
-            queries = [(gs.QUERIES[q], q) for q in picked]  # key: the query's row of targets
+            picked = [(first + i) % len(gm.QUERIES) for i in range(config.prompts_per_step)]
+            queries = [(gm.QUERIES[q], q) for q in picked]  # key: the query's row of targets
             res = train_step(
                 model, tok, optimizer, queries, reward, config, np.random.default_rng(s),
                 seed=config.seed + s, phase=phases,
@@ -355,7 +352,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     global ARGS
-    ARGS = gs.ARGS = parse_args(argv)  # gpu_step's clock, budget and writer read --out, --budget-s
+    ARGS = gs.ARGS = parse_args(argv)  # gpu_run's clock, budget and writer read --out, --budget-s
     placement = ARGS.config.placement()
     device = placement.device
     state: dict[str, Any] = {
@@ -385,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"gpu_check on {state['card']} ({placement.dtype}), torch {torch.__version__}", flush=True
     )
     gs.write(state)
-    tok = gs.policy_tokenizer()
+    tok = gm.policy_tokenizer()
     try:
         state["parity"] = parity(tok, placement)
     except Exception as exc:  # record and go on: the step timings are still worth having
@@ -397,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng(ARGS.config.seed)
         catalog = rng.standard_normal((ARGS.catalog_size, embedder.dim), dtype=np.float32)
         catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
-        reward = Reward(embedder, catalog, gs.QUERIES)
+        reward = Reward(embedder, catalog, gm.QUERIES)
         for name in ARGS.archs:
             if gs.over_budget():
                 state["steps"][name] = {"status": "skipped", "reason": "time budget spent"}

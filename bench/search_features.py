@@ -17,26 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from harness.results import RESULTS, loadavg, pyplot, save_figure, write_json
+from harness.timing import pct
+from rich.progress import track
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.progress import track  # noqa: E402
-
-from service.retrieval.facets import Filters  # noqa: E402
-from service.retrieval.metrics import bootstrap_ci, ndcg_at_k  # noqa: E402
-from service.retrieval.open import open_retriever  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from trainer.training.data import load_examples, split_examples  # noqa: E402
+from service.retrieval.facets import Filters
+from service.retrieval.metrics import bootstrap_ci, ndcg_at_k
+from service.retrieval.open import open_retriever
+from service.settings import Settings
+from trainer.training.data import load_examples, split_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
-OUT = ROOT / "bench" / "results" / "search_features.json"
+OUT = RESULTS / "search_features.json"
 
 
 def main() -> None:
@@ -86,7 +83,7 @@ def main() -> None:
     speed = {
         name: {
             "median_ms": median[name],
-            "p95_ms": float(np.percentile(times[name], 95)),
+            "p95_ms": pct(times[name], 95),
             "ratio_to_plain": median[name] / median["plain"],
             "admitted_rows": admitted[name],
         }
@@ -126,17 +123,17 @@ def main() -> None:
         "filters": {"brand": top_brand, colour: rare},
         "speed": speed,
         "exploration_quality": quality,
-        "load_average": os.getloadavg(),
+        "load_average": loadavg(),
     }
-    OUT.write_text(json.dumps(report, indent=1))
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    write_json(OUT, report, indent=1)
+    fig, ax = pyplot().subplots(figsize=(6, 3.2))
     names = list(variants)
     ax.bar(names, [speed[n]["ratio_to_plain"] for n in names], color="#4a7")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("median retrieval time / plain")
     ax.set_title(f"filters and facets on {retriever.manifest.count} products")
     fig.tight_layout()
-    fig.savefig(OUT.with_suffix(".png"), dpi=120)
+    save_figure(fig, OUT.with_suffix(".png"), dpi=120)
     print(json.dumps({"speed": speed, "exploration_quality": quality}, indent=1))
 
 
