@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 from harness.results import loadavg, write_json
 
-from service.retrieval.metrics import bootstrap_ci, ndcg_at_k
+from service.retrieval.metrics import bootstrap_ci, judged_at_k, ndcg_at_k
 from trainer.training.data import Example, load_examples, split_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,13 +55,21 @@ def main() -> None:
     args = ap.parse_args()
     examples = judged_queries(args.split)
     scores: dict[str, list[float]] = {}
+    judged: dict[str, list[float]] = {}
     with httpx.Client(base_url=args.url, timeout=60) as http:
         for mode in ("dense", "lexical", "hybrid"):
-            scores[mode] = [served_ndcg(http, ex, mode)[0] for ex in examples]
+            answers = [served_ndcg(http, ex, mode) for ex in examples]
+            scores[mode] = [ndcg for ndcg, _ in answers]
+            judged[mode] = [
+                judged_at_k([h["product_id"] for h in answer["results"]], ex.targets, 10)
+                for ex, (_, answer) in zip(examples, answers, strict=True)
+            ]
     report: dict = {"url": args.url, "split": args.split, "queries": len(examples), "modes": {}}
     for mode, values in scores.items():
         mean, lo, hi = bootstrap_ci(values)
-        report["modes"][mode] = {"ndcg@10": mean, "ci95": [lo, hi]}
+        report["modes"][mode] = {
+            "ndcg@10": mean, "ci95": [lo, hi], "judged@10": float(np.mean(judged[mode])),
+        }  # fmt: skip
         if mode != "dense":
             d = np.subtract(values, scores["dense"]).tolist()
             report["modes"][mode]["delta_vs_dense"] = dict(
