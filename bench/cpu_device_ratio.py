@@ -37,7 +37,9 @@ import torch  # noqa: E402
 from harness.results import write_json  # noqa: E402
 
 from service.policy.models import prepare_policy_model  # noqa: E402
-from trainer.training.train import TrainConfig, load_policy, lora_config, make_optimizer, train_step  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
+from trainer.training.policy import load_policy, lora_config, make_optimizer  # noqa: E402
+from trainer.training.step import train_step  # noqa: E402
 
 QUERIES = [("usb cable", "a"), ("wireless mouse", "b")]
 WAYS = ("before", "cpu", "auto")

@@ -63,18 +63,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 from service.retrieval.embedder import Embedder  # noqa: E402
 from service.retrieval.exact import ExactSearch  # noqa: E402
 from service.retrieval.metrics import ndcg_at_k  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
 from trainer.training.device import Placement  # noqa: E402
 from trainer.training.phases import PHASES  # noqa: E402
+from trainer.training.policy import attach_lora, lora_parameters, make_optimizer  # noqa: E402
 from trainer.training.rollout import completion_logprobs  # noqa: E402
-from trainer.training.train import (  # noqa: E402
-    TrainConfig,
-    attach_lora,
-    lora_parameters,
-    make_optimizer,
-    policy_update,
-    train_step,
-)
+from trainer.training.step import policy_update, train_step  # noqa: E402
 
 ARCHS = ("smollm2-135m", "qwen2.5-1.5b")
 # --tiny: same code paths, CPU-sized shapes and a short recipe.

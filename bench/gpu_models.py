@@ -23,7 +23,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from trainer.training.train import TrainConfig, lora_config
+from trainer.training.config import TrainConfig
+from trainer.training.policy import lora_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "bench" / "gpu_assets"

@@ -113,8 +113,10 @@ from gpu_run import (  # noqa: E402
 from harness.results import RESULTS  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+from trainer.training.config import TrainConfig  # noqa: E402
 from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
-from trainer.training.train import TrainConfig, make_optimizer, train_step  # noqa: E402
+from trainer.training.policy import make_optimizer  # noqa: E402
+from trainer.training.step import train_step  # noqa: E402
 
 # TrainConfig fields where this benchmark's defaults differ from the project's (a full run),
 # and where --tiny's differ from those.

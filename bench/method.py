@@ -48,17 +48,13 @@ import torch  # noqa: E402
 
 from service.retrieval.metrics import bootstrap_ci  # noqa: E402
 from service.settings import get_settings  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
 from trainer.training.data import Example, load_examples, restrict_to_index, split_examples  # noqa: E402
+from trainer.training.policy import load_policy  # noqa: E402
 from trainer.training.resources import build_catalog_index, load_retriever, policy_model_path  # noqa: E402
 from trainer.training.reward import RewardModel  # noqa: E402
-from trainer.training.train import (  # noqa: E402
-    TrainConfig,
-    greedy_pairs,
-    load_policy,
-    train,
-    training_prompt,
-)
+from trainer.training.train import greedy_pairs, train, training_prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -53,11 +53,12 @@ import torch  # noqa: E402
 
 from service.retrieval.metrics import bootstrap_ci  # noqa: E402
 from service.settings import get_settings  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
 from trainer.training.data import load_examples, restrict_to_index, split_examples  # noqa: E402
 from trainer.training.evaluate import METRICS, TIE, evaluate_policies  # noqa: E402
 from trainer.training.resources import load_retriever, policy_model_path  # noqa: E402
-from trainer.training.train import TrainConfig, train, training_prompt  # noqa: E402
+from trainer.training.train import train, training_prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

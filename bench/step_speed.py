@@ -63,11 +63,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     import trainer
     from service.settings import get_settings
+    from trainer.training.config import TrainConfig
     from trainer.training.data import load_examples, restrict_to_index
     from trainer.training.phases import PhaseTimes
+    from trainer.training.policy import load_policy, make_optimizer
     from trainer.training.resources import load_retriever
     from trainer.training.reward import RewardModel
-    from trainer.training.train import TrainConfig, load_policy, make_optimizer, train_step
+    from trainer.training.step import train_step
 
     assert Path(trainer.__file__).resolve().is_relative_to(Path(spec["root"]).resolve())
     if spec["threads"]:

@@ -37,12 +37,14 @@ from harness.results import write_json  # noqa: E402
 
 from service.settings import get_settings  # noqa: E402
 from trainer.method.attribution import attribute_batch  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 from trainer.training.config_options import add_config_arguments, config_from_args  # noqa: E402
 from trainer.training.data import load_examples, restrict_to_index, split_examples  # noqa: E402
+from trainer.training.policy import load_policy  # noqa: E402
 from trainer.training.resources import build_catalog_index, load_retriever, policy_model_path  # noqa: E402
 from trainer.training.reward import RewardModel  # noqa: E402
 from trainer.training.rollout import sample_rollouts  # noqa: E402
-from trainer.training.train import TrainConfig, load_policy, train  # noqa: E402
+from trainer.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "chorus_icecat"

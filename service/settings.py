@@ -305,7 +305,7 @@ class Settings(BaseSettings):
     )
     train_overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="TrainConfig fields (trainer/training/train.py) this deployment's online "
+        description="TrainConfig fields (trainer/training/config.py) this deployment's online "
         'updates change, as JSON, e.g. {"steps": 200, "lr": 5e-6} on a GPU; the rest keep the '
         "defaults measured for the CPU recipe.",
     )

@@ -49,7 +49,8 @@ def step_metrics(model_path: Path, algo: str, **fields: Any) -> dict[str, Any]:
     import torch
 
     from tests.test_trainer_train import _step_config  # the train_step tests' small config
-    from trainer.training.train import load_policy, lora_parameters, make_optimizer, train_step
+    from trainer.training.policy import load_policy, lora_parameters, make_optimizer
+    from trainer.training.step import train_step
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU kernels are deterministic for a fixed thread count
@@ -118,8 +119,8 @@ def test_cpu_step_gives_what_it_gave_before_devices(
 def test_auto_is_cpu_float32_without_a_gpu_and_cuda_is_refused() -> None:
     import torch
 
+    from trainer.training.config import TrainConfig
     from trainer.training.device import resolve_placement
-    from trainer.training.train import TrainConfig
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -133,8 +134,8 @@ def test_auto_is_cpu_float32_without_a_gpu_and_cuda_is_refused() -> None:
 
 
 def test_device_and_dtype_are_options_of_every_front_end() -> None:
+    from trainer.training.config import TrainConfig
     from trainer.training.config_options import config_options
-    from trainer.training.train import TrainConfig
 
     options = {o.name: o for o in config_options(TrainConfig)}
     assert "[auto|cpu|cuda]" in options["device"].help

@@ -35,7 +35,8 @@ QUERIES = ["wireless mouse", "usb c hub 4k", "noise cancelling headphones"]
 @pytest.fixture(scope="module")
 def policy(policy_model_dir: Path):  # type: ignore[no-untyped-def]
     """(tokenizer, peft model) as training loads them, LoRA B randomised so it matters."""
-    from trainer.training.train import TrainConfig, load_policy, lora_parameters
+    from trainer.training.config import TrainConfig
+    from trainer.training.policy import load_policy, lora_parameters
 
     torch.set_num_threads(1)
     tokenizer, model = load_policy(policy_model_dir, TrainConfig(rs_samples=0))
@@ -95,9 +96,9 @@ async def _models(url: str) -> list[str]:
 
 
 def test_sampler_pushes_only_changed_weights_and_builds_the_batch(vllm_server: str, policy) -> None:  # type: ignore[no-untyped-def]
+    from trainer.training.policy import lora_parameters
     from trainer.training.rollout import prompt_token_ids
     from trainer.training.served_rollouts import VllmRollouts
-    from trainer.training.train import lora_parameters
 
     tokenizer, model = policy
     sampler = VllmRollouts(vllm_server)
@@ -151,8 +152,9 @@ def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
 
     from service.retrieval.embedder import get_embedder
     from service.retrieval.index import Retriever
+    from trainer.training.config import TrainConfig
     from trainer.training.data import Example
-    from trainer.training.train import TrainConfig, train
+    from trainer.training.train import train
 
     retriever = Retriever.load_current(
         write_title_index(tmp_path / "index", TITLES), get_embedder()

@@ -16,13 +16,13 @@ from service.retrieval.embedder import get_embedder
 from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
 from trainer.cli.training import BAD_INPUT, MISSING_RESOURCE, register
+from trainer.training.config import TrainConfig
 from trainer.training.config_options import (
     add_config_arguments,
     config_from_args,
     config_from_overrides,
 )
 from trainer.training.evaluate import resolve_adapter
-from trainer.training.train import TrainConfig
 
 TITLES = {
     "4148063": "Philips Wireless notebook mouse SPM6800/10",

@@ -7,8 +7,8 @@ import typer
 from typer.testing import CliRunner
 
 from trainer.cli.training import BAD_INPUT, register
+from trainer.training.config import TrainConfig
 from trainer.training.plan import describe, train_plan
-from trainer.training.train import TrainConfig
 
 
 def test_plan_counts_the_warm_start_and_the_steps() -> None:

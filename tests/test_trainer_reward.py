@@ -165,7 +165,7 @@ def test_coalition_values_are_centred_on_the_raw_query(retriever: Retriever) -> 
     """Expand mode: v(∅) = 0 is the raw query, Σφ = R(query ⊕ additions) − R(query), and a
     phrase that pulls the results away from the targets gets negative credit."""
     from service.policy.prompt import DEFAULT_PROMPT
-    from trainer.training.train import coalition_values
+    from trainer.training.step import coalition_values
 
     reward = RewardModel(retriever, TARGETS, k=3)
     query, additions = "network cable", "paper tray, ethernet patch cord"

@@ -17,7 +17,7 @@ from tests.processes import run_script_without
 from trainer.training.data import Example
 
 if TYPE_CHECKING:
-    from trainer.training.train import TrainConfig
+    from trainer.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "var" / "models"
@@ -57,7 +57,8 @@ def retriever(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
 
 @pytest.fixture(scope="module")
 def runs(model_path: Path, retriever: Retriever, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from trainer.training.train import TrainConfig, train
+    from trainer.training.config import TrainConfig
+    from trainer.training.train import train
 
     out = {}
     for algo in ("grpo", "ospo"):
@@ -125,7 +126,8 @@ def test_warm_start_keeps_the_best_sample_and_tunes_lora(
 ) -> None:
     from safetensors.torch import load_file
 
-    from trainer.training.train import TrainConfig, train
+    from trainer.training.config import TrainConfig
+    from trainer.training.train import train
 
     config = TrainConfig(
         steps=0,  # warm start only
@@ -153,7 +155,7 @@ def test_warm_start_keeps_the_best_sample_and_tunes_lora(
 
 
 def _step_config(algo: str) -> TrainConfig:
-    from trainer.training.train import TrainConfig
+    from trainer.training.config import TrainConfig
 
     return TrainConfig(
         algo=algo,  # type: ignore[arg-type]
@@ -175,7 +177,8 @@ def test_train_step_takes_the_reward_as_a_function(model_path: Path) -> None:
     (GRPO's step is the same minus attribution; the 2-step GRPO run above covers it.)"""
     algo = "ospo"
     from trainer.training.phases import PHASES, PhaseTimes
-    from trainer.training.train import load_policy, make_optimizer, train_step
+    from trainer.training.policy import load_policy, make_optimizer
+    from trainer.training.step import train_step
 
     config = _step_config(algo)
     tokenizer, model = load_policy(model_path, config)
@@ -205,7 +208,8 @@ def test_train_step_takes_the_reward_as_a_function(model_path: Path) -> None:
 
 @pytest.mark.slow
 def test_equal_rewards_make_no_update(model_path: Path) -> None:
-    from trainer.training.train import load_policy, lora_parameters, make_optimizer, train_step
+    from trainer.training.policy import load_policy, lora_parameters, make_optimizer
+    from trainer.training.step import train_step
 
     config = _step_config("ospo")
     tokenizer, model = load_policy(model_path, config)

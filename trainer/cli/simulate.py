@@ -17,13 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from service.domain import GradeSet, RetrievalMode
-from trainer.training.config_options import GradesOpt
+from trainer.cli.options import BAD_INPUT, GradesOpt
 
 console = Console(stderr=True)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_LABELS = PROJECT_ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
-BAD_INPUT, UNREACHABLE = 2, 3
+UNREACHABLE = 3
 
 
 class SplitChoice(StrEnum):

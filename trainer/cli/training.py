@@ -20,14 +20,13 @@ from rich.table import Table
 from service.domain import ExpansionEntry, GradeSet, PromptVersion, RetrievalMode
 from service.policy.prompt import DEFAULT_PROMPT
 from service.retrieval.metrics import MIN_JUDGED
-from trainer.training.config_options import GradesOpt, with_config_options
-from trainer.training.train import TrainConfig
+from trainer.cli.options import BAD_INPUT, GradesOpt, with_config_options
+from trainer.training.config import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 console = Console(stderr=True)
 
-BAD_INPUT = 2
 MISSING_RESOURCE = 3
 
 DataOpt = Annotated[
@@ -123,7 +122,7 @@ def train_command(
 ) -> None:
     """Train a LoRA adapter of the rewrite policy: rejection-sampling warm start, then OSPO or
     GRPO steps. Every training option below is a field of TrainConfig
-    (trainer/training/train.py)."""
+    (trainer/training/config.py)."""
     from service.settings import get_settings
     from trainer.training.data import split_examples
     from trainer.training.evaluate import resolve_adapter

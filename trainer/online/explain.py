@@ -30,7 +30,8 @@ _lock = threading.Lock()
 
 
 def _policy(model_path: Path, adapter: str | None) -> tuple[Any, Any]:
-    from trainer.training.train import TrainConfig, load_policy
+    from trainer.training.config import TrainConfig
+    from trainer.training.policy import load_policy
 
     key = (str(model_path), adapter)
     with _lock:
@@ -45,7 +46,7 @@ def explain_query(settings: Settings, query: str) -> dict[str, Any]:
     from service.rewriting.grounding import serving_prompt
     from trainer.training.reward import RewardModel
     from trainer.training.rollout import greedy_rollouts
-    from trainer.training.train import coalition_values
+    from trainer.training.step import coalition_values
 
     url = settings.resolved_database_url
     key = normalize_query(query)

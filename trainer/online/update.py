@@ -133,8 +133,9 @@ def _gate(
     import dataclasses
 
     from trainer.online.gate import gate_decision
+    from trainer.training.policy import load_policy
     from trainer.training.reward import RewardModel
-    from trainer.training.train import greedy_pairs, load_policy, reward_entry, training_prompt
+    from trainer.training.train import greedy_pairs, reward_entry, training_prompt
 
     prompt = training_prompt(config, retriever, [ex.query for ex in val])
     reward = RewardModel(
@@ -216,8 +217,9 @@ def run_update(settings: Settings, run_id: str, owner: str) -> dict[str, Any]:
 def _train_gate_promote(
     settings: Settings, run_id: str, algorithm: str, overrides: dict[str, Any], workdir: Path
 ) -> dict[str, Any]:
+    from trainer.training.config import TrainConfig
     from trainer.training.config_options import config_from_overrides
-    from trainer.training.train import TrainConfig, train
+    from trainer.training.train import train
 
     url = settings.resolved_database_url
     retriever = open_retriever(settings)

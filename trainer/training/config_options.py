@@ -6,15 +6,18 @@ dataclass itself (``check_choices``; the accepted values are added to the help),
 comma-separated strings, bools as ``--flag/--no-flag``. ``config_options`` reads the dataclass
 that way once, for two front ends:
 
-* typer: ``with_config_options(TrainConfig)`` turns a command ``fn(..., config: TrainConfig)``
-  into one that has the options and receives the assembled config (``ospo train``); a config
-  that does not validate exits with code 2 and the dataclass's message.
+* typer: ``with_config_options(TrainConfig)`` (trainer/cli/options.py) turns a command
+  ``fn(..., config: TrainConfig)`` into one that has the options and receives the assembled
+  config (``ospo train``); a config that does not validate exits with code 2 and the
+  dataclass's message.
 * argparse: ``add_config_arguments(parser, TrainConfig, defaults)`` adds the options to a
   benchmark's parser, with the benchmark's own defaults where it has some, and
   ``config_from_args`` builds the config from them.
 
 Both end in ``config_from_overrides(cls, values)``, the one way to build a config from field
-values by name; it rejects unknown names like the dataclass rejects invalid values.
+values by name; it rejects unknown names like the dataclass rejects invalid values. This module
+imports neither typer nor anything of the serving stack: the benchmarks that run where only
+torch is installed build their configs with it.
 """
 
 from __future__ import annotations
@@ -22,26 +25,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import functools
-import inspect
 import types
 import typing
-from collections.abc import Callable, Collection, Mapping
-from typing import Annotated, Any, TypeVar
+from collections.abc import Collection, Mapping
+from typing import Any, TypeVar
 
-import typer
-
-from service.domain import GradeSet
-
-BAD_INPUT = 2
-# The grade set of every command that scores rankings (train, eval, simulate): one option.
-GradesOpt = Annotated[
-    GradeSet,
-    typer.Option(
-        help="completed: human grades with the assessed grades that complete the judged pool "
-        "(service/grades.py); human: human grades only (the pool-biased yardstick)."
-    ),
-]
 C = TypeVar("C")
 
 
@@ -139,58 +127,6 @@ def config_from_overrides(cls: type[C], values: Mapping[str, Any]) -> C:
         for name, value in values.items()
     }
     return cls(**parsed)
-
-
-# ---------------------------------------------------------------------------------------------
-# typer
-# ---------------------------------------------------------------------------------------------
-
-
-def with_config_options(cls: type, config_param: str = "config") -> Callable[[Callable], Callable]:
-    """Decorate a typer command taking ``config: cls`` (see module docstring)."""
-    import typer  # the CLI's; the benchmarks use argparse and may run where typer is not
-
-    options = config_options(cls)
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(fn)
-        resolved = typing.get_type_hints(fn, include_extras=True)  # string annotations too
-        own = [
-            p.replace(annotation=resolved.get(name, p.annotation))
-            for name, p in sig.parameters.items()
-            if name != config_param
-        ]
-        clash = {p.name for p in own} & {o.name for o in options}
-        if clash:
-            raise TypeError(f"{fn.__name__} parameters shadow config fields: {sorted(clash)}")
-        generated = [
-            inspect.Parameter(
-                o.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=o.default,
-                annotation=Annotated[
-                    o.type | None if o.optional else o.type, typer.Option(help=o.help)
-                ],
-            )
-            for o in options
-        ]
-
-        @functools.wraps(fn)
-        def wrapper(**kwargs: Any) -> Any:
-            values = {o.name: kwargs.pop(o.name) for o in options}
-            try:
-                config = config_from_overrides(cls, values)
-            except (ValueError, TypeError) as e:
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(BAD_INPUT) from e
-            return fn(**kwargs, **{config_param: config})
-
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        return wrapper
-
-    return decorate
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,8 +92,8 @@ def policy_rewrites(
     if policy == "raw":
         return list(queries), [False] * len(queries)
     from trainer.training.device import resolve_placement
+    from trainer.training.policy import load_base
     from trainer.training.rollout import greedy_rollouts
-    from trainer.training.train import load_base
 
     if model_path is None:
         raise ValueError("a model path is needed to generate rewrites")

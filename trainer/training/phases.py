@@ -1,6 +1,6 @@
 """The named phases of one training step, so whoever runs a step decides how to time it.
 
-``train_step`` (trainer/training/train.py) wraps each part of a step in ``with phase(name):``, in
+``train_step`` (trainer/training/step.py) wraps each part of a step in ``with phase(name):``, in
 this order (``sample_rollouts`` in trainer/training/rollout.py the first three):
 
     generate       ``model.generate``: P·G sampled completions

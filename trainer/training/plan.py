@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from trainer.training.train import TrainConfig
+    from trainer.training.config import TrainConfig
 
 # Seconds per rollout of one OSPO step (4 prompts × G=8 × 32 tokens, all phases), and of the
 # warm start's sampling, per sampler: bench/results/step_speed.json, 2-core CPU.

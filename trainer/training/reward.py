@@ -25,7 +25,7 @@ query with the text as BM25's query, ``fused`` fuses the raw query's ranking wit
 query's ranking under every entry, so v(∅) = 0 holds whatever the entry.
 
 An empty text retrieves nothing and scores 0. (Attribution values coalitions relative to the
-raw query, so its v(∅) = 0 is the raw query, not the empty text: see trainer/training/train.py.)
+raw query, so its v(∅) = 0 is the raw query, not the empty text: see trainer/training/step.py.)
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class RolloutBatch:
     completion_mask: (B, T) bool — 1 on completion tokens (through the terminating token).
     logp_old:        (B, T) float32 — sampling log-probs, 0 on padding; None when the sampler
                      did not record them (a vLLM server): the update then takes the policy's
-                     own log-probs (trainer/training/train.py ``old_logprobs``).
+                     own log-probs (trainer/training/step.py ``old_logprobs``).
     All on the model's device.
     """
 

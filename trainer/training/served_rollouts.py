@@ -17,7 +17,7 @@
 Old log-probs are not taken from the server (its log-probs are of the raw logits, not of
 softmax(logits / τ), and a float32 CPU server and the trainer differ in the last bits): with
 one update per batch the update uses the policy's own detached log-probs, as TRL does, and
-computes them with one no-grad forward otherwise (trainer/training/train.py ``train_step``).
+computes them with one no-grad forward otherwise (trainer/training/step.py ``train_step``).
 
 Weight changes are detected from the LoRA tensors' in-place version counters (``_version``,
 bumped by every optimiser step), so sampling twice between two updates pushes once.
@@ -48,7 +48,7 @@ from trainer.training.phases import Phase, untimed
 from trainer.training.rollout import RolloutBatch, prompt_token_ids, rollout_batch
 
 if TYPE_CHECKING:
-    from trainer.training.train import TrainConfig
+    from trainer.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from trainer.training.rollout import (
 )
 
 if TYPE_CHECKING:
-    from trainer.training.train import TrainConfig
+    from trainer.training.config import TrainConfig
 
 NONE_ANSWER = "NONE"
 
