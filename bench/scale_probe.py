@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness.timing import Stopwatch
 from harness.timing import percentiles as summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,20 +156,20 @@ async def _latencies(retriever, queries: list[str], concurrency: int, variant: s
     async def client() -> None:
         while work:
             q = work.pop()
-            t0, c0 = time.perf_counter(), time.process_time()
-            ranking, *_ = await batcher.search(q, 10, filters=filters, candidates=bool(facets))
-            if facets:
-                rows = np.asarray(ranking.candidates, dtype=np.int64)
-                table.counts(rows, facets)
-                if PRICE in facets:
-                    table.price_stats(rows)
-            wall.append((time.perf_counter() - t0) * 1000)
+            with Stopwatch() as one:
+                ranking, *_ = await batcher.search(q, 10, filters=filters, candidates=bool(facets))
+                if facets:
+                    rows = np.asarray(ranking.candidates, dtype=np.int64)
+                    table.counts(rows, facets)
+                    if PRICE in facets:
+                        table.price_stats(rows)
+            wall.append(one.wall_s * 1000)
             if concurrency == 1:
-                cpu.append((time.process_time() - c0) * 1000)
+                cpu.append(one.cpu_s * 1000)
 
-    c_start = time.process_time()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    total = (time.process_time() - c_start) * 1000 / len(queries)
+    with Stopwatch() as every:
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    total = every.cpu_s * 1000 / len(queries)
     await batcher.stop()
     return wall, cpu, total
 

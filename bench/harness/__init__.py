@@ -7,8 +7,7 @@ scripts import these modules as ``harness.results``, ``harness.timing`` and ``ha
   the load average, package versions, ``write_json`` (written whole, then renamed into place, so
   a run cut short never leaves half a file) and the Agg ``pyplot`` / ``save_figure`` for the PNG
   beside it;
-* ``timing`` — percentile summaries, a wall + CPU stopwatch, best-of-N timing and waiting for
-  a quiet machine;
+* ``timing`` — percentile summaries, a wall + CPU stopwatch and best-of-N timing;
 * ``stack`` — the real processes a benchmark measures, each in a process group of its own
   (``service.processes.GroupChild``): ``ospo serve`` (``Api``), ``ospo worker`` (``Worker``), any
   other ``ospo`` command, a private Redis or PostgreSQL server, a throw-away PostgreSQL schema,

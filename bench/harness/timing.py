@@ -1,4 +1,4 @@
-"""Timing: percentile summaries, a wall + CPU stopwatch, best of N, a quiet machine.
+"""Timing: percentile summaries, a wall + CPU stopwatch, best of N.
 
 Standard library only (see the package doc): the GPU benchmarks time with it too.
 """
@@ -6,7 +6,6 @@ Standard library only (see the package doc): the GPU benchmarks time with it too
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -90,14 +89,3 @@ def best_of(
             sync()
         best = min(best, time.perf_counter() - started)
     return best
-
-
-def wait_for_quiet(threshold: float | None, max_s: float, poll_s: float = 5.0) -> float:
-    """Seconds waited (at most about `max_s`) for the 1-minute load average to drop below
-    `threshold`; no wait when `threshold` is None."""
-    started = time.monotonic()
-    while threshold is not None and os.getloadavg()[0] >= threshold:
-        if time.monotonic() - started > max_s:
-            break
-        time.sleep(poll_s)
-    return round(time.monotonic() - started, 1)
