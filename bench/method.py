@@ -90,10 +90,14 @@ def esci_setting(settings: Any) -> tuple[Any, list[Example], list[Example]]:
         [(DATA / "esci" / "sample_2c_full_data.csv", "esci")],
         settings,
     )
+    # Every product of the pool is graded for every query: its Exact products 1, everything
+    # else 0 (the other queries' products are its negatives), so judged@10 is 1 by construction.
+    negatives = dict.fromkeys(retriever.ids, 0.0)
     examples = [
-        Example(ex.query, ex.key, {p: 1.0 if g >= 1.0 else 0.0 for p, g in ex.targets.items()})
+        Example(ex.query, ex.key,
+                negatives | {p: 1.0 if g >= 1.0 else 0.0 for p, g in ex.targets.items()})
         for ex in load_examples(str(DATA / "esci" / "sample_2c_full_data.csv"), fmt="esci")
-    ]
+    ]  # fmt: skip
     train_ex, val_ex = split_examples(restrict_to_index(examples, retriever.row_of), 0.3, 0)
     return retriever, train_ex, val_ex
 
