@@ -63,10 +63,8 @@ import platform
 import secrets
 import shutil
 import socket
-import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -74,19 +72,22 @@ from typing import Any
 
 import httpx
 import numpy as np
+from harness.results import loadavg, write_json
+from harness.stack import OSPO, postgres_schema
 from http_quality import CHORUS, judged_queries, served_ndcg
+from online_loop_plot import plot
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from service.db.engine import get_engine, session_scope
 from service.db.models import Search
+from service.policy.server import free_port
 from service.processes import GroupChild
 from service.retrieval.metrics import MIN_JUDGED, bootstrap_ci, judged_at_k
 from trainer.training.data import Example, load_file_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-OSPO = str(Path(sys.executable).with_name("ospo"))
 PG_URL = os.environ.get("OSPO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("OSPO_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 EVAL_USER = "bench-eval"
@@ -113,29 +114,6 @@ console = Console()
 # ---------------------------------------------------------------------------------------------
 # The stack
 # ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fresh_pg_schema() -> tuple[str, str]:
-    import psycopg
-
-    schema = f"ospo_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return f"{PG_URL}?options=-csearch_path%3D{schema}", schema
-
-
-def drop_pg_schema(schema: str) -> None:
-    import psycopg
-
-    get_engine.cache_clear()
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def seed_index(data_dir: Path) -> str | None:
@@ -438,11 +416,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="ospo_online_loop_"))
     data_dir = work / "var"
     data_dir.mkdir()
-    schema = db_url = None
+    drop_schema = db_url = None
     if not args.embedded:
         import redis
 
-        db_url, schema = fresh_pg_schema()
+        db_url, drop_schema = postgres_schema(PG_URL, "ospo_bench")
         redis.Redis.from_url(REDIS_URL).flushdb()  # this benchmark's own database number
     seeded = seed_index(data_dir)
     env = stack_env(args, data_dir, db_url)
@@ -451,7 +429,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     key = {"Authorization": f"Bearer {env['OSPO_ADMIN_API_KEY']}"}
     console.print(
-        f"work folder {work}; database {'PostgreSQL' if schema else 'SQLite'}; "
+        f"work folder {work}; database {'PostgreSQL' if drop_schema else 'SQLite'}; "
         f"index seeded from {seeded or '(nothing: bootstrap embeds)'}"
     )
     report: dict[str, Any] = {
@@ -461,7 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shopper_eta": args.eta,
             "seed": args.seed,
             "eval_every_min": args.eval_every,
-            "database": "postgresql+redis" if schema else "sqlite (embedded broker)",
+            "database": "postgresql+redis" if drop_schema else "sqlite (embedded broker)",
             "index_seeded_from": seeded,
             "settings": {k: v for k, v in env.items() if k.startswith(REPORTED)},
             "eval_queries": "Chorus validation split (fraction 0.3, seed 0), judged",
@@ -579,123 +557,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if (work / name).is_file():
                 shutil.copy(work / name, logs / name)
         if not args.keep:
-            if schema is not None:
-                drop_pg_schema(schema)
+            if drop_schema is not None:
+                get_engine.cache_clear()
+                drop_schema()
             shutil.rmtree(work, ignore_errors=True)
     report["wall_s"] = now()
-    report["load_average"] = os.getloadavg()
+    report["load_average"] = loadavg()
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# The plot
-# ---------------------------------------------------------------------------------------------
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2, 1]})
-    evals = report["evaluations"]
-    t = [e["t_min"] for e in evals]
-    y = [e["ndcg@10"] for e in evals]
-    err = np.array(
-        [[e["ndcg@10"] - e["ci95"][0] for e in evals], [e["ci95"][1] - e["ndcg@10"] for e in evals]]
-    )
-    ax.errorbar(t, y, yerr=err, fmt="o-", color="tab:blue", capsize=3, label="served NDCG@10")
-    if all("judged@10" in e for e in evals):  # runs before judged@10 was recorded lack it
-        ax.plot(t, [e["judged@10"] for e in evals], "s:", color="tab:purple", label="judged@10")
-    marks = {
-        "comparing": ("tab:orange", "--", "comparison starts"),
-        "promoted": ("tab:green", "-", "promoted (interleaving won)"),
-        "rejected": ("tab:red", "-", "rejected"),
-        "failed": ("black", ":", "update failed"),
-    }
-    used: set[str] = set()
-    low = min(e["ci95"][0] for e in evals)
-    for i, u in enumerate(report.get("updates", []), start=1):
-        for status, at in u["statuses_seen_min"].items():
-            if status not in marks:
-                continue
-            color, style, label = marks[status]
-            if status == "rejected" and u["comparison"] is None:
-                color, label = "tab:gray", "rejected by the offline gate"
-            ax.axvline(at, color=color, ls=style, lw=1.2, label=None if label in used else label)
-            used.add(label)
-            ax.annotate(
-                update_note(i, status, u),
-                (at, low),
-                rotation=90,
-                fontsize=7,
-                va="bottom",
-                ha="right",
-                color=color,
-                bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1},
-            )
-    ax.set_xlabel("minutes since start")
-    ax.set_ylabel(f"NDCG@10, {report['served']['queries']} Chorus validation queries")
-    d = report["served"]["delta_end_vs_start"]
-    ax.set_title(
-        f"served NDCG@10 (95% CI); end − start {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-    )
-    high = max(max(e["ci95"][1], e.get("judged@10", 0.0)) for e in evals)
-    ax.set_ylim(low - 0.01, high + 0.08)
-    ax.legend(fontsize=8, loc="upper left", ncol=4)
-    ranks = report["labels"]["propensity"]["ranks"]
-    r = [x["rank"] for x in ranks]
-    est = np.array([x["estimate"] for x in ranks])
-    lo = np.array([x["lo"] if x["lo"] is not None else x["estimate"] for x in ranks])
-    hi = np.array([x["hi"] if x["hi"] is not None else x["estimate"] for x in ranks])
-    data = np.array([x["source"] != "prior" for x in ranks])
-    sim_curve = (report.get("simulator") or {}).get("propensity_curve") or []
-    bx.plot(range(1, len(sim_curve) + 1), sim_curve, "k--", label="simulator p(r)")
-    r = np.array(r)
-    bx.errorbar(
-        r[data],
-        est[data],
-        yerr=[(est - lo)[data], (hi - est)[data]],
-        fmt="o",
-        color="tab:purple",
-        capsize=3,
-        label="recovered from swaps (95% CI)",
-    )
-    bx.plot(
-        r[~data],
-        est[~data],
-        "o",
-        mfc="none",
-        color="tab:purple",
-        label="prior-chained (no exploration there)",
-    )
-    q = report["labels"]["label_quality"]
-    bx.set_title(
-        f"examination propensity; Spearman vs judgments:\n"
-        f"debiased {_rho(q['debiased'])}, plain {_rho(q['plain'])}",
-        fontsize=10,
-    )
-    bx.set_xlabel("rank")
-    bx.set_xlim(0.5, max(len(sim_curve), len(r)) + 0.5)
-    bx.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def update_note(i: int, status: str, u: dict[str, Any]) -> str:
-    """What a marker says: the offline gate's delta, or the comparison's decision and tally."""
-    gate = u["offline_gate"] or {}
-    d = gate.get("delta_vs_baseline") or {}
-    c = u["comparison"] or {}
-    t = (c.get("decision") or {}).get("tally") or {}  # as decided (events may come later)
-    if status == "comparing" or (status == "rejected" and not c):
-        return f"update {i}: gate Δ {d.get('mean', 0):+.3f} (lo {d.get('lo', 0):+.3f})"
-    return f"update {i}: {c.get('status')} {t.get('wins')}/{t.get('losses')}/{t.get('ties')}"
-
-
-def _rho(q: dict[str, Any]) -> str:
-    return "n/a" if q["spearman"] is None else f"{q['spearman']:.3f} ({q['pairs']} pairs)"
 
 
 def main() -> None:
@@ -721,7 +589,7 @@ def main() -> None:
     report = run(args)
     for e in report["evaluations"]:
         e["per_query"] = [round(x, 6) for x in e["per_query"]]
-    args.out.write_text(json.dumps(report, indent=1, default=str))
+    write_json(args.out, json.loads(json.dumps(report, default=str)), indent=1)
     plot(report, args.out.with_suffix(".png"))
     console.print_json(data={k: report[k] for k in ("served", "goal", "stack_stop", "wall_s")})
     console.print(f"written {args.out} and {args.out.with_suffix('.png')}")
