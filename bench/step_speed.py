@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import platform
@@ -63,15 +64,23 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     import trainer
     from service.settings import get_settings
-    from trainer.training.config import TrainConfig
-    from trainer.training.data import load_examples, restrict_to_index
-    from trainer.training.phases import PhaseTimes
-    from trainer.training.policy import load_policy, make_optimizer
-    from trainer.training.resources import load_retriever
-    from trainer.training.reward import RewardModel
-    from trainer.training.step import train_step
 
     assert Path(trainer.__file__).resolve().is_relative_to(Path(spec["root"]).resolve())
+    # The baseline tree predates trainer/'s subpackages (issue 24): the same names, flat.
+    layered = (Path(spec["root"]) / "trainer" / "training").is_dir()
+
+    def module(name: str, flat: str) -> Any:
+        return importlib.import_module(f"trainer.training.{name}" if layered else f"trainer.{flat}")
+
+    TrainConfig = module("config", "train").TrainConfig
+    load_examples = module("data", "data").load_examples
+    restrict_to_index = module("data", "data").restrict_to_index
+    PhaseTimes = module("phases", "phases").PhaseTimes
+    load_policy = module("policy", "train").load_policy
+    make_optimizer = module("policy", "train").make_optimizer
+    load_retriever = module("resources", "resources").load_retriever
+    RewardModel = module("reward", "reward").RewardModel
+    train_step = module("step", "train").train_step
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

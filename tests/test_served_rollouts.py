@@ -128,6 +128,26 @@ def test_sampler_pushes_only_changed_weights_and_builds_the_batch(vllm_server: s
         sampler.close()
 
 
+def test_seeded_rollouts_of_more_prompt_tokens_than_one_engine_step(
+    vllm_server: str, policy
+) -> None:  # type: ignore[no-untyped-def]
+    # 24 prompts of ~200 tokens, G=4: more prompt tokens at once than vLLM's per-step budget
+    # (2048 on CPU); with chunked prefill a seeded request split across steps killed the engine.
+    from trainer.training.served_rollouts import VllmRollouts
+
+    tokenizer, model = policy
+    queries = [f"{q} {i}" for i in range(8) for q in QUERIES]
+    sampler = VllmRollouts(vllm_server)
+    try:
+        batch = sampler(model, tokenizer, queries, group_size=4, max_new_tokens=4, seed=3)
+        assert len(batch.rollouts) == 96
+        assert sum(len(r.token_ids) for r in batch.rollouts) > 0
+        again = sampler(model, tokenizer, queries, group_size=4, max_new_tokens=4, seed=3)
+        assert [r.token_ids for r in again.rollouts] == [r.token_ids for r in batch.rollouts]
+    finally:
+        sampler.close()
+
+
 def test_check_refuses_a_server_of_another_model(vllm_server: str, tmp_path: Path) -> None:
     from trainer.training.served_rollouts import ServedRolloutError, VllmRollouts
 
