@@ -59,10 +59,13 @@ class Settings(BaseSettings):
         FusionMethod.rrf, description="Hybrid fusion: reciprocal rank (rrf) or min-max score."
     )
     rrf_k: float = Field(60.0, ge=0, description="RRF constant k in w / (k + rank).")
-    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense arm in fusion.")
-    lexical_weight: float = Field(
-        2.0, ge=0, description="Weight of the lexical arm in fusion (measured: bench/lexical.py)."
+    dense_weight: float = Field(
+        3.0,
+        ge=0,
+        description="Weight of the dense arm in fusion (3 : 1 measured on human + assessed "
+        "grades: bench/fusion_grades.py; 1 : 2 was chosen on the pool-biased human grades).",
     )
+    lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical arm in fusion.")
     fusion_depth: int = Field(100, ge=1, description="Candidates each arm brings to fusion.")
     retrieval_backend: Literal["local", "milvus"] = Field(
         "local",

@@ -32,8 +32,10 @@ class FusionConfig:
 
     method: FusionMethod = FusionMethod.rrf
     rrf_k: float = 60.0
-    dense_weight: float = 1.0
-    lexical_weight: float = 2.0  # measured: bench/lexical.py
+    # 3 : 1, measured on human + assessed grades (bench/fusion_grades.py): the 1 : 2 that
+    # bench/lexical.py chose on human grades alone favoured the pools lexical search had filled.
+    dense_weight: float = 3.0
+    lexical_weight: float = 1.0
     depth: int = 100  # candidates each arm contributes before fusion
 
     def __post_init__(self) -> None:

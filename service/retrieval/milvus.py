@@ -363,8 +363,10 @@ class MilvusRetriever(Retriever):
         )
         return [_arm(h, bm25=field == "sparse") for h in hits]
 
-    def _engine_weights(self) -> tuple[int, int] | None:
-        """Sub-requests per arm giving the configured weights exactly under RRF, or None."""
+    def _engine_weights(self) -> tuple[tuple[int, int], float] | None:
+        """Sub-requests per arm giving the configured weights' ratio exactly under RRF, and the
+        factor that brings the engine's scores to the configured scale (3 : 3 is sent as
+        1 : 1, whose scores are a third of the local fusion's); None: fuse in the service."""
         if self.fusion.method != FusionMethod.rrf:
             return None
         d, lx = self.fusion.dense_weight, self.fusion.lexical_weight
@@ -375,19 +377,20 @@ class MilvusRetriever(Retriever):
         if abs(ratio - round(ratio)) > 1e-9 or round(ratio) > 4:
             return None
         r = round(ratio)
-        return (1, r) if lx >= d else (r, 1)
+        return ((1, r) if lx >= d else (r, 1)), small
 
     def _hybrid(
         self, vectors: np.ndarray, queries: list[str], depth: int, keep: int, expr: str
     ) -> list[Arm]:
         from pymilvus import AnnSearchRequest, RRFRanker
 
-        weights = self._engine_weights()
-        if weights is None:  # fuse the engine's two rankings here
+        engine = self._engine_weights()
+        if engine is None:  # fuse the engine's two rankings here
             dense = self._search("dense", vectors.tolist(), depth, expr)
             lexical = self._search("sparse", queries, depth, expr)
             w = (self.fusion.dense_weight, self.fusion.lexical_weight)
             return [fuse(pair, w, self.fusion, keep) for pair in zip(dense, lexical, strict=True)]
+        weights, scale = engine
         requests = [
             AnnSearchRequest(vectors.tolist(), "dense", self._dense_param(depth), depth, expr=expr)
         ] * weights[0] + [
@@ -400,7 +403,7 @@ class MilvusRetriever(Retriever):
             limit=keep,
             output_fields=[],
         )
-        return [_arm(h) for h in hits]
+        return [(rows, scores * scale) for rows, scores in (_arm(h) for h in hits)]
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = max(1, min(k, max(self.manifest.count, 1)))
