@@ -7,11 +7,12 @@ no vLLM, no faiss, no weights, no network):   python bench/gpu_check.py
 CPU smoke test (seconds, part of ``make test``): .venv/bin/python bench/gpu_check.py --tiny
 
 What runs is what a GPU worker runs, not a stand-in: the policy is made trainable by
-``trainer.train.attach_lora`` on the device and dtype ``TrainConfig.placement()`` resolves
-(``--device``/``--dtype``, default auto: the GPU in bfloat16), every step is
-``trainer.train.train_step``, and the reward embeds with the project's ``Embedder`` on the device
-and ranks with ``service.retrieval.exact.ExactSearch`` there (the GPU reward path without faiss).
-In order, most valuable first (a spent ``--budget-s`` skips what is left, and says so):
+``trainer.training.policy.attach_lora`` on the device and dtype
+``TrainConfig.placement()`` resolves (``--device``/``--dtype``, default auto: the GPU in
+bfloat16), every step is ``trainer.training.step.train_step``, and the reward embeds with the
+project's ``Embedder`` on the device and ranks with ``service.retrieval.exact.ExactSearch`` there
+(the GPU reward path without faiss). In order, most valuable first (a spent ``--budget-s`` skips
+what is left, and says so):
 
 1. parity  SmolLM2-135M's architecture, random weights built on the CPU. One OSPO step on the CPU
            in float32 samples, scores (a fixed function of the text) and updates; then the same

@@ -3,7 +3,7 @@
 Writes ``bench/results/gpu_step.json`` (``--tiny``: ``bench/results/tmp/gpu_step_tiny.json``)
 and prints it. Made for the lent GPU machine: PyTorch, transformers and peft, but no vLLM, no
 faiss, no database, no matplotlib, no model weights and no network. Besides those it imports
-numpy and the project's ``trainer.train`` (its step needs nothing more: the reward is a
+numpy and the project's ``trainer.training`` (its step needs nothing more: the reward is a
 function it is given); tokenizers come from files carried in ``bench/gpu_assets/`` (SmolLM2-135M-
 Instruct's and all-MiniLM-L6-v2's tokenizer files, both Apache-2.0).
 
@@ -13,10 +13,11 @@ CPU smoke test (minutes): .venv/bin/python bench/gpu_step.py --tiny
 What is measured, in this order (the most valuable numbers first, so a time budget that runs
 out still leaves them): Qwen2.5-1.5B GRPO, 1.5B OSPO, 7B GRPO, 7B OSPO, then the retrieval path.
 
-1. One training step: the project's own ``trainer.train.train_step``, the one ``ospo train`` and
-   the online update run, with the serving prompt (``service.policy.prompt.DEFAULT_PROMPT``)
-   and the project's parser, timed phase by phase through the step's ``phase`` hook
-   (``torch.cuda.synchronize`` around each; trainer/phases.py): generate (``model.generate``,
+1. One training step: the project's own ``trainer.training.step.train_step``, the one
+   ``ospo train`` and the online update run, with the serving prompt
+   (``service.policy.prompt.DEFAULT_PROMPT``) and the project's parser, timed phase by phase
+   through the step's ``phase`` hook (``torch.cuda.synchronize`` around each;
+   trainer/training/phases.py): generate (``model.generate``,
    P prompts × G samples, pure sampling at temperature τ) · decode (completion text, parsed
    rewrite, per-token character offsets) · old_logprobs (log-softmax of the sampling logits
    ``generate`` returned) · reward (one call of the reward function below on every rollout's
@@ -32,9 +33,9 @@ out still leaves them): Qwen2.5-1.5B GRPO, 1.5B OSPO, 7B GRPO, 7B OSPO, then the
    size; plus the CPU cost of the estimators themselves.
 
 Every TrainConfig field but ``algo`` (``--algos`` runs both) is an option with the field's help
-(trainer/config_cli.py); LoRA ranks, targets, G, P, the estimators and the advantages are the
-project's. This benchmark's own defaults: P=4, G=8, 2 timed steps, LoRA r=32, lr 5e-6
-(``--tiny``: P=2, G=4, 8 new tokens, 1 step). The warm-start, evaluation and retriever fields
+(trainer/training/config_options.py); LoRA ranks, targets, G, P, the estimators and the
+advantages are the project's. This benchmark's own defaults: P=4, G=8, 2 timed steps, LoRA r=32, lr
+5e-6 (``--tiny``: P=2, G=4, 8 new tokens, 1 step). The warm-start, evaluation and retriever fields
 have no effect here.
 
 What is and is not representative (numbers are about speed and memory, never quality):
@@ -132,7 +133,7 @@ def timed_step(
     config: TrainConfig,
     step_seed: int,
 ) -> dict[str, Any]:
-    """``trainer.train.train_step`` on P of the QUERIES, rewarded by ``engine``; its record."""
+    """``trainer.training.step.train_step`` on P of the QUERIES, rewarded by ``engine``."""
     P = config.prompts_per_step
     queries = [QUERIES[(step_seed * P + i) % len(QUERIES)] for i in range(P)]
     cache = ValueCache() if gpu_run.ARGS.text_cache else None
@@ -403,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "notes": [
             "Random weights: speed and memory are real, rewards/rewrites are meaningless.",
-            "The step is trainer.train.train_step with the serving prompt and parser.",
+            "The step is trainer.training.step.train_step with the serving prompt and parser.",
             "Policy vocabulary: the carried SmolLM2 tokenizer's (Qwen2.5 has 151936).",
             "The random policy's logits are biased towards rewrite words, commas and the end "
             "token (rewrite_bias), so completions parse as word-soup additions (parse_rate); "

@@ -21,7 +21,7 @@ What runs, unattended, within ``--minutes`` of wall time (start to stop):
    ``served_ndcg``) at the start, every ``--eval-every`` minutes, when a comparison starts,
    when it is decided (after a promotion: once the new adapter serves), and at the end.
 5. At the end: label quality (Spearman of the debiased and of the plain interaction labels with
-   the hidden judgments, trainer/interaction_labels.py as `ospo propensity` reports it), the
+   the hidden judgments, trainer/online/interaction_labels.py as `ospo propensity` reports it), the
    propensity curve recovered vs the simulator's; then the stack is stopped (SIGTERM to the
    supervisor's process group) and the report and plot are written.
 
@@ -29,11 +29,11 @@ Documented decisions
 --------------------
 * The shoppers search every Chorus query (``--split all``), not only the training side. An
   update splits its labelled queries with the same hashed split as the evaluation (fraction
-  0.3, seed 0, trainer/data.py); with interaction labels only and shoppers on the training side,
-  its validation side is empty and every update fails ("not enough labelled queries to train
-  and validate"). With every query shopped, an update trains on the training side and gates on
-  the shoppers' labels of the validation side: training never sees a validation query, and the
-  validation *judgments* never leave the simulator and this script.
+  0.3, seed 0, trainer/training/data.py); with interaction labels only and shoppers on the
+  training side, its validation side is empty and every update fails ("not enough labelled queries
+  to train and validate"). With every query shopped, an update trains on the training side and
+  gates on the shoppers' labels of the validation side: training never sees a validation query, and
+  the validation *judgments* never leave the simulator and this script.
 * Evaluation searches cannot pollute the training signal: they send no events, so they create
   no interaction labels, credit no side of a comparison and feed no propensity estimate (all
   three are computed from events). They are logged like any search (user id ``bench-eval``);
@@ -95,7 +95,7 @@ MAX_REPEATS = 12
 POLL_S = 5.0
 LIVE = ("queued", "running", "comparing")
 REPORTED = ("OSPO_TRAIN", "OSPO_EXPLORE", "OSPO_INTERLEAVE", "OSPO_GATE")
-# The recipe of each online update (TrainConfig fields, trainer/train.py): the rejection-sampling
+# The recipe of each online update (TrainConfig, trainer/training/config.py): the rejection-sampling
 # warm start does most of the learning on this CPU (docs/evaluation.md, quality), taught to answer
 # NONE where no sample beat the raw query so that the candidate leaves such queries alone; then two
 # small OSPO steps. About a quarter of the default recipe's rollouts.

@@ -10,7 +10,8 @@ trained on: an out-of-domain check), with greedy rewrites as serving produces th
 
     raw      the shopper's query, no rewrite (dense, lexical and hybrid retrieval)
     base     SmolLM2-135M-Instruct, expansion prompt, no adapter
-    warm     base + LoRA after the rejection-sampling warm start only (trainer/warmstart.py)
+    warm     base + LoRA after the rejection-sampling warm start only
+             (trainer/training/warmstart.py)
     grpo     warm + ``--steps`` GRPO steps
     ospo     warm + ``--steps`` OSPO steps — same seeds, prompts, G, P: equal rollouts
 
@@ -22,10 +23,10 @@ percentile bootstrap over queries gives the 95% CI; paired per-query differences
 
 Every training knob is TrainConfig's default unless a flag says otherwise: every TrainConfig
 field but ``algo`` and ``seed`` (both swept here) is a flag, with the field's help
-(trainer/config_cli.py); ``--torch-threads`` defaults to 2 here. Results are rewritten after
-every trained adapter, so an interrupted run still leaves what it finished. The recorded run
-(≈17 min per seed on this 2-core CPU; the GRPO/OSPO adapters scored on the Chorus validation
-split only, to fit the time):
+(trainer/training/config_options.py); ``--torch-threads`` defaults to 2 here. Results are
+rewritten after every trained adapter, so an interrupted run still leaves what it finished. The
+recorded run (≈17 min per seed on this 2-core CPU; the GRPO/OSPO adapters scored on the Chorus
+validation split only, to fit the time):
     .venv/bin/python bench/quality.py --seeds 0,1,2 --steps 4 --rl-eval chorus_val
 Adapters and training curves are kept under bench/results/tmp/quality/.
 """

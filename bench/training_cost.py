@@ -14,7 +14,8 @@ catalogue:
 
 Run: `.venv/bin/python bench/training_cost.py` (small budget: `--steps 2 --prompts-per-step 1`).
 Every TrainConfig field but ``algo`` (both are run) is a flag with the field's help
-(trainer/config_cli.py); here ``--steps`` defaults to 3 and ``--prompts-per-step`` to 1.
+(trainer/training/config_options.py); here ``--steps`` defaults to 3 and ``--prompts-per-step``
+to 1.
 The first run embeds the Icecat catalogue into bench/results/tmp/icecat-index (reused later).
 """
 
