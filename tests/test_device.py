@@ -110,10 +110,11 @@ def test_cpu_step_gives_what_it_gave_before_devices(
     # The update to float32 rounding: a batched or row-by-row forward, or old log-probs from
     # ``generate``'s logits or a forward pass, move these in their 7th digit; a dtype or device
     # change moves them in the 3rd. The loss of one update per batch is ~0 (ratio 1, advantages
-    # centred), so it is held to an absolute bound.
+    # centred), so it is held to an absolute bound: a sum of ~1-sized terms that cancel, whose
+    # 7th-digit moves add up to ~1e-6 (the shared-prefix forward gave −9.3e-7 against 1.7e-7).
     assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
     assert got["lora_abs_sum"] == pytest.approx(want["lora_abs_sum"], rel=1e-6)
-    assert got["loss"] == pytest.approx(want["loss"], abs=1e-6)
+    assert got["loss"] == pytest.approx(want["loss"], abs=3e-6)
 
 
 def test_auto_is_cpu_float32_without_a_gpu_and_cuda_is_refused() -> None:
