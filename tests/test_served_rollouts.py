@@ -170,6 +170,7 @@ def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
 ) -> None:
     from safetensors.torch import load_file
 
+    from service.domain import ExpansionEntry, RetrievalMode
     from service.retrieval.embedder import get_embedder
     from service.retrieval.index import Retriever
     from trainer.training.config import TrainConfig
@@ -179,14 +180,19 @@ def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
     retriever = Retriever.load_current(
         write_title_index(tmp_path / "index", TITLES), get_embedder()
     )
+    # graded so that the order of the top results matters: an addition that swaps the two
+    # cables, or lifts the microphone, changes the reward (a group of equal rewards teaches nothing)
     examples = [
-        Example("wireless mouse", "wireless mouse", {"4148063": 1.0, "1575802": 0.0}),
-        Example("network cable", "network cable", {"1659340": 1.0, "713212": 1.0}),
+        Example("wireless mouse", "wireless mouse", {"4148063": 1.0, "1575802": 0.5}),
+        Example("network cable", "network cable", {"1659340": 0.5, "713212": 1.0}),
     ]
     config = TrainConfig(
         algo="ospo", steps=2, group_size=8, prompts_per_step=2, max_new_tokens=12, lr=1e-3,
         reward_k=3, seed=3, torch_threads=1, rs_samples=0, rollouts="vllm",
         vllm_url=vllm_server,
+        # additions searched with the query by the dense arm alone (not fused with the raw
+        # query's list, not outweighed by BM25): on six titles that is what moves the ranking
+        expansion_entry=ExpansionEntry.concat, retrieval=RetrievalMode.dense,
     )  # fmt: skip
     result = train(config, retriever, examples, policy_model_dir, tmp_path / "run", progress=False)
     rows = [
