@@ -127,7 +127,7 @@ class VllmPolicyClient:
         if seed is not None:
             body["seed"] = seed
         async with self.semaphore:
-            data = await self._post_json("/v1/completions", body)
+            data = await self._post_json("/v1/completions", body, n)
         try:
             return [
                 SampledTokens(list(c["token_ids"]), c.get("finish_reason"))
@@ -175,7 +175,7 @@ class VllmPolicyClient:
         }
         async with self.semaphore:
             started = time.perf_counter()
-            data = await self._post_json("/v1/chat/completions/batch", body)
+            data = await self._post_json("/v1/chat/completions/batch", body, len(queries))
             latency_ms = (time.perf_counter() - started) * 1000.0
         try:
             choices = sorted(data["choices"], key=lambda c: c["index"])
@@ -258,15 +258,21 @@ class VllmPolicyClient:
         if response.status_code != 200:
             raise AdapterError(f"{path} {body['lora_name']!r}: {_error_message(response)}")
 
-    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_json(
+        self, path: str, body: dict[str, Any], generations: int = 1
+    ) -> dict[str, Any]:
+        """POST within ``timeout_s`` per generation the request holds: a batch of n may wait for
+        n generations on a busy engine (the warm-up's batches timed out at one's allowance)."""
+        timeout_s = self.timeout_s * generations
+        timeout = httpx.Timeout(timeout_s, connect=min(5.0, self.timeout_s))
         try:
-            response = await self._http.post(path, json=body)
+            response = await self._http.post(path, json=body, timeout=timeout)
         except httpx.ConnectTimeout as exc:
             raise PolicyUnreachable(f"{path}: no connection within the timeout") from exc
         except UNREACHABLE as exc:
             raise PolicyUnreachable(f"{path} failed: {exc!r}") from exc
         except httpx.TimeoutException as exc:
-            raise PolicyBusy(f"{path} timed out after {self.timeout_s} s") from exc
+            raise PolicyBusy(f"{path} timed out after {timeout_s} s") from exc
         except httpx.HTTPError as exc:
             raise PolicyError(f"{path} failed: {exc!r}") from exc
         return _json_or_raise(path, response)
