@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from service.retrieval.embedder import get_embedder
+from service.retrieval.fusion import FusionConfig
 from service.retrieval.index import Retriever
 from tests.conftest import write_title_index
 from tests.processes import run_script_without
@@ -52,7 +53,11 @@ def model_path() -> Path:
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
     root = write_title_index(tmp_path_factory.mktemp("index"), TITLES)
-    return Retriever.load_current(root, get_embedder())
+    # BM25 weighted over the dense arm, so that on six titles an addition moves the ranking
+    # (at the serving 3 : 1 a group's rollouts all scored alike: no signal to learn from)
+    return Retriever.load_current(
+        root, get_embedder(), fusion=FusionConfig(dense_weight=1.0, lexical_weight=2.0)
+    )
 
 
 @pytest.fixture(scope="module")
