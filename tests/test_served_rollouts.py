@@ -19,6 +19,7 @@ import torch
 from service.policy.client import VllmPolicyClient
 from service.policy.prompt import DEFAULT_PROMPT
 from tests.conftest import write_title_index
+from tests.test_trainer_train import TITLES  # the trainer tests' six-title catalogue
 
 try:  # the root directory or tests/ is on sys.path depending on the rootdir layout
     from tests.vllm_fixture import policy_model_dir, vllm_server
@@ -153,16 +154,6 @@ def test_check_refuses_a_server_of_another_model(vllm_server: str, tmp_path: Pat
 
     with pytest.raises(ServedRolloutError, match="not the training base model"):
         VllmRollouts(vllm_server).check(tmp_path)
-
-
-TITLES = {
-    "4148063": "Philips Wireless notebook mouse SPM6800/10",
-    "1575802": "Philips Meeting microphone LFH9172/00",
-    "1659340": "C2G 3ft Cat6 550MHz Snagless Patch Cable Orange networking cable 0.9 m",
-    "713212": "Equip Cat.5e SF/UTP Patch Cable, 10m , Green",
-    "254421": "HP Inkjet 250-sheet Paper Tray 250 sheets",
-    "77032898": 'MSI Optix G241 60.5 cm (23.8") 1920 x 1080 pixels Full HD LED Black',
-}
 
 
 def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
