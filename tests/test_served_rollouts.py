@@ -185,6 +185,8 @@ def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
         # query's list, not outweighed by BM25): on six titles that is what moves the ranking
         expansion_entry=ExpansionEntry.concat, retrieval=RetrievalMode.dense,
     )  # fmt: skip
+    # the module's other tests share the server: only this run's adapter is this test's concern
+    before = {m for m in asyncio.run(_models(vllm_server)) if m.startswith("ospo-train-")}
     result = train(config, retriever, examples, policy_model_dir, tmp_path / "run", progress=False)
     rows = [
         json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()
@@ -198,4 +200,5 @@ def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert any(float(w.abs().max()) > 0 for n, w in weights.items() if "lora_B" in n)
     # the run's adapter is unloaded from the server when the run ends
-    assert not [m for m in asyncio.run(_models(vllm_server)) if m.startswith("ospo-train-")]
+    after = {m for m in asyncio.run(_models(vllm_server)) if m.startswith("ospo-train-")}
+    assert not after - before

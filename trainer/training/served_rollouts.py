@@ -44,6 +44,7 @@ import torch
 from service.policy.client import SampledTokens, VllmPolicyClient
 from service.policy.prompt import DEFAULT_PROMPT, PromptConfig
 from service.policy.protocol import PolicyError
+from service.policy.retry import until_reachable
 from trainer.training.phases import Phase, untimed
 from trainer.training.rollout import RolloutBatch, prompt_token_ids, rollout_batch
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEED_STRIDE = 1_000  # per-query seeds of one call: seed·stride + i·G (+ j, vLLM's per-child)
+UNLOAD_LIMIT_S = 60.0  # how long the unload at the end of a run waits for an unreachable server
 
 
 class ServedRolloutError(RuntimeError):
@@ -191,8 +193,11 @@ class VllmRollouts:
         if self._folder is not None:
 
             async def unload() -> None:
+                # a server busy restarting (a proxy's 503, a reset) is waited for, like promotion
                 async with self._client() as client:
-                    await client.unload_adapter(self.adapter_name)
+                    async for attempt in until_reachable(UNLOAD_LIMIT_S):
+                        with attempt:
+                            await client.unload_adapter(self.adapter_name)
 
             try:
                 asyncio.run(unload())
