@@ -45,6 +45,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from service.retrieval.metrics import bootstrap_ci  # noqa: E402
 from service.settings import get_settings  # noqa: E402
@@ -141,10 +142,25 @@ def summarize(runs: list[dict[str, Any]], tail: int) -> dict[str, Any]:
         tail_b = [float(np.mean(base[s]["reward_curve"][-tail:])) for s in common]
         val_a = np.mean([seeds[s]["val_ndcg_per_query"] for s in common], axis=0)
         val_b = np.mean([base[s]["val_ndcg_per_query"] for s in common], axis=0)
+        all_a = [float(np.mean(seeds[s]["reward_curve"])) for s in common]
+        all_b = [float(np.mean(base[s]["reward_curve"])) for s in common]
         out[arm]["vs_grpo"] = {
             "tail_reward_per_seed": paired(tail_a, tail_b),
+            "all_steps_reward_per_seed": seed_interval(all_a, all_b),
             "val_ndcg_per_query": paired(val_a.tolist(), val_b.tolist()),
         }
+    return out
+
+
+def seed_interval(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Paired difference over seeds with a Student-t 95% interval: the seed is the unit that is
+    independent (a run's steps are not: each continues the last), and a percentile bootstrap
+    over three values would only give their range."""
+    diffs = np.subtract(a, b)
+    out: dict[str, Any] = {"mean": float(diffs.mean()), "per_seed": diffs.tolist(), "n": len(a)}
+    if len(a) >= 2:
+        ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+        out.update(lo=float(ci.low), hi=float(ci.high))
     return out
 
 
