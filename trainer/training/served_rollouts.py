@@ -258,7 +258,7 @@ def _private_server(settings: Any, model_path: Path, config: TrainConfig, reason
     """A vLLM server on a free port for this run only (its start takes ~30-60 s here)."""
     import importlib.util
 
-    from service.policy.server import VllmServer, free_port
+    from service.policy.server import VllmServer, engine_on_every_core, free_port
 
     if importlib.util.find_spec("vllm") is None:
         raise ServedRolloutError(f"{reason}, and vllm is not installed: use --rollouts generate")
@@ -270,5 +270,6 @@ def _private_server(settings: Any, model_path: Path, config: TrainConfig, reason
         max_loras=1,
         max_lora_rank=max(settings.vllm_max_lora_rank, config.lora_r),
         log_path=settings.data_dir / "logs" / f"vllm-rollouts-{os.getpid()}.log",
+        env=engine_on_every_core(),  # the run waits while it samples: no core to keep free
     )
     return server.start(wait=True, timeout=settings.vllm_start_timeout_s)
