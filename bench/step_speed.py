@@ -237,6 +237,12 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = set(arms) - {"before", "generate", *VLLM_ARMS}
+    if unknown:
+        ap.error(
+            f"unknown arms {sorted(unknown)}: choose from before, generate, {', '.join(VLLM_ARMS)}"
+        )
 
     from service.policy.models import prepare_policy_model
     from service.policy.server import VllmServer, engine_on_every_core, free_port
@@ -251,7 +257,7 @@ def main() -> None:
     index_dir = tmp / "esci-index"
     build_catalog_index(index_dir, [(CSV, "esci")], settings)
     model = prepare_policy_model(settings.models_dir).resolve()
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    warmup_queries = [e.query for e in load_examples(str(CSV))][: args.warmup_queries]
     spec = {
         "model": str(model), "index_dir": str(index_dir), "csv": str(CSV),
         "steps": args.steps, "vllm_url": args.vllm_url,
@@ -287,8 +293,9 @@ def main() -> None:
                     url = server.url
                 arm_spec = {**arm_spec, "rollouts": "vllm", "vllm_url": url, "dtype": dtype}
                 results[arm] = run_arm(arm, ROOT, arm_spec)
-                queries = [e.query for e in load_examples(str(CSV))][: args.warmup_queries]
-                results[arm]["warmup"] = warmup_rate(url, queries, settings.warmup_concurrency)
+                results[arm]["warmup"] = warmup_rate(
+                    url, warmup_queries, settings.warmup_concurrency
+                )
             finally:
                 if server is not None:
                     server.stop()
