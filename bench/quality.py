@@ -28,7 +28,8 @@ rewritten after every trained adapter, so an interrupted run still leaves what i
 recorded run (≈17 min per seed on this 2-core CPU; the GRPO/OSPO adapters scored on the Chorus
 validation split only, to fit the time):
     .venv/bin/python bench/quality.py --seeds 0,1,2 --steps 4 --rl-eval chorus_val
-Adapters and training curves are kept under bench/results/tmp/quality/.
+Adapters and training curves are kept under bench/results/tmp/NAME/, NAME being the results
+folder's (``--out-dir``) name.
 """
 
 from __future__ import annotations
@@ -210,6 +211,8 @@ def main() -> None:
     abstain: dict[str, dict[str, list[float]]] = {}
     runs: list[dict[str, Any]] = []
     out_json = args.out_dir / "quality.json"
+    # one folder per results folder, so a second run never overwrites the first one's adapters
+    adapters = OUT / "tmp" / args.out_dir.resolve().name
 
     def evaluate(method: str, policy: str, sets: list[str] | None = None) -> dict[str, float]:
         """Score ``policy`` on the eval sets; returns hybrid NDCG@10 per set."""
@@ -275,7 +278,7 @@ def main() -> None:
         t = time.perf_counter()
         warm_cfg = dataclasses.replace(base_config, steps=0, seed=seed)
         warm = train(
-            warm_cfg, retriever, train_ex, model_path, OUT / "tmp" / "quality" / f"warm-s{seed}"
+            warm_cfg, retriever, train_ex, model_path, adapters / f"warm-s{seed}"
         )
         warm_s = time.perf_counter() - t
         headline = evaluate("warm", str(warm.adapter_dir))
@@ -290,7 +293,7 @@ def main() -> None:
             )
             t = time.perf_counter()
             result = train(
-                cfg, retriever, train_ex, model_path, OUT / "tmp" / "quality" / f"{algo}-s{seed}"
+                cfg, retriever, train_ex, model_path, adapters / f"{algo}-s{seed}"
             )
             train_s = time.perf_counter() - t
             headline = evaluate(algo, str(result.adapter_dir), rl_sets)

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from service.adapters.registry import register_adapter
+from service.db.engine import session_scope
 from service.db.migrate import upgrade
+from service.db.models import Search
 from service.policy.client import VllmPolicyClient
 from service.policy.prompt import DEFAULT_PROMPT
 from service.policy.server import free_port
@@ -67,6 +70,13 @@ def _greedy(vllm_url: str, query: str, adapter: str | None) -> str:
             return (await c.rewrite(query, adapter=adapter)).text
 
     return asyncio.run(go())
+
+
+def _fallbacks_logged(db_url: str) -> int:
+    with session_scope(db_url) as s:
+        return s.scalar(
+            select(func.count()).select_from(Search).where(Search.rewrite_source == "fallback")
+        )
 
 
 async def _searches(base: str, queries: list[str]) -> list[httpx.Response]:
@@ -127,6 +137,9 @@ def test_a_miss_never_waits_and_the_refresh_stores_it_for_every_process(  # type
             == "fallback"
         )
 
+        # The search log commits off the answer's path (a millisecond normally, longer while
+        # the other process holds SQLite's lock): the refresh reads what is committed.
+        wait_until(lambda: _fallbacks_logged(db_url) == 2, 30, what="both misses logged")
         refresh = warm_active(
             Settings(_env_file=None, **{k[5:].lower(): v for k, v in env.items()})
         )

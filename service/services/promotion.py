@@ -35,7 +35,14 @@ from service.rewriting.grounding import serving_prompt
 from service.rewriting.rewriter import PolicyRewriter
 from service.rewriting.warmup import WarmupConfig, WarmupStatus, warm
 from service.schemas.admin import PromotionOut, RewriteStoreOut
+from service.services.search_log import ORPHAN_SCAN_S
 from service.settings import Settings
+
+# A search reaches the log after its answer: a millisecond normally, up to an orphan scan
+# when its process died and another replays its journal (with the search's own time). The
+# refresh looks back that far before the previous warm-up so no such miss is skipped for
+# good; a miss already rewritten is found in the store and costs nothing.
+MISS_LOOKBACK_S = 2 * ORPHAN_SCAN_S
 
 
 def check_promotable(settings: Settings, name: str) -> None:
@@ -177,7 +184,7 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
         return {"skipped": f"a warm-up of {name} is running"}
     # The search log is the queue of misses: everything served raw since the last warm-up.
     last = progress.get("started_at")
-    missed_since = datetime.fromtimestamp(float(last), UTC) if last else None
+    missed_since = datetime.fromtimestamp(float(last) - MISS_LOOKBACK_S, UTC) if last else None
 
     # Started with the stack: the policy server may take its whole start-up time.
     return _load_and_warm(settings, name, path, missed_since, settings.vllm_start_timeout_s)
