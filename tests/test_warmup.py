@@ -6,7 +6,9 @@ worker is tested in test_e2e_loop.)"""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from datetime import UTC, datetime
 
 from service.db.engine import session_scope
 from service.db.models import Adapter, StoredRewrite, utcnow
@@ -90,6 +92,27 @@ def test_a_refresh_adds_the_queries_missed_since_the_last_warmup(db_url: str) ->
     # the 1 most searched, the labelled, then the misses since `before`, most frequent first
     assert got == ["usb hub", "mug", "office chair", "rare lamp", "odd kettle"]
     assert [nq for nq, _ in head_queries(db_url, 5, missed_since=utcnow())][-1] == "office chair"
+
+
+def test_a_miss_logged_after_the_warmup_that_it_preceded_is_still_refreshed(db_url: str) -> None:
+    """A search reaches the log after its answer — up to an orphan scan later when its
+    process died and another replays the journal, with the search's own time — so the refresh
+    reads from before the previous warm-up started, not from its start."""
+    from service.services.promotion import MISS_LOOKBACK_S, missed_since
+
+    _seed(db_url)
+    started = time.time()
+    answered = datetime.fromtimestamp(started - MISS_LOOKBACK_S / 2, UTC)  # before the warm-up
+    with session_scope(db_url) as s:  # ... but committed only now (replayed from a journal)
+        add_searches(s, [
+            {"id": str(uuid.uuid4()), "query": "late lamp", "normalized_query": "late lamp",
+             "rewrite": "late lamp", "rewrite_source": "fallback", "k": 10, "product_ids": [],
+             "scores": [], "latency_ms": 1.0, "created_at": answered},
+        ])  # fmt: skip
+    since = missed_since({"started_at": started})
+    assert since is not None and since < answered
+    assert "late lamp" in [nq for nq, _ in head_queries(db_url, 1, missed_since=since)]
+    assert missed_since({}) is None  # never warmed: the refresh is a first warm-up
 
 
 def test_warm_stores_what_is_missing_and_records_progress(db_url: str) -> None:

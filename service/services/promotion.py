@@ -182,12 +182,16 @@ def warm_active(settings: Settings, fresh_s: float = 30.0) -> dict[str, Any]:
         and time.time() - float(progress.get("updated_at", 0)) < fresh_s
     ):
         return {"skipped": f"a warm-up of {name} is running"}
-    # The search log is the queue of misses: everything served raw since the last warm-up.
-    last = progress.get("started_at")
-    missed_since = datetime.fromtimestamp(float(last) - MISS_LOOKBACK_S, UTC) if last else None
-
     # Started with the stack: the policy server may take its whole start-up time.
-    return _load_and_warm(settings, name, path, missed_since, settings.vllm_start_timeout_s)
+    since = missed_since(progress)
+    return _load_and_warm(settings, name, path, since, settings.vllm_start_timeout_s)
+
+
+def missed_since(progress: dict[str, Any]) -> datetime | None:
+    """Where a refresh starts reading the search log, the queue of misses: `MISS_LOOKBACK_S`
+    before the previous warm-up of the adapter started (None: it never warmed)."""
+    last = progress.get("started_at")
+    return datetime.fromtimestamp(float(last) - MISS_LOOKBACK_S, UTC) if last else None
 
 
 def _load_and_warm(
