@@ -277,9 +277,7 @@ def main() -> None:
     for seed in seeds:
         t = time.perf_counter()
         warm_cfg = dataclasses.replace(base_config, steps=0, seed=seed)
-        warm = train(
-            warm_cfg, retriever, train_ex, model_path, adapters / f"warm-s{seed}"
-        )
+        warm = train(warm_cfg, retriever, train_ex, model_path, adapters / f"warm-s{seed}")
         warm_s = time.perf_counter() - t
         headline = evaluate("warm", str(warm.adapter_dir))
         ws = next(m for m in warm.metrics if m.get("phase") == "warm_start")
@@ -292,9 +290,7 @@ def main() -> None:
                 base_config, algo=algo, seed=seed, rs_samples=0, warm_start=str(warm.adapter_dir)
             )
             t = time.perf_counter()
-            result = train(
-                cfg, retriever, train_ex, model_path, adapters / f"{algo}-s{seed}"
-            )
+            result = train(cfg, retriever, train_ex, model_path, adapters / f"{algo}-s{seed}")
             train_s = time.perf_counter() - t
             headline = evaluate(algo, str(result.adapter_dir), rl_sets)
             steps = [m for m in result.metrics if "reward_mean" in m]

@@ -19,9 +19,9 @@ from trainer.training.data import examples_from_labels, load_examples
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "chorus_icecat"
 CHORUS = DATA / "Broad_Query_Set_rated.csv"
-# assessed_grades.csv: 3,438, none with a human grade (its README); surfaced_grades.csv: 169,
-# of which 42 are human-graded pairs graded blind to measure agreement (the human grade wins)
-ASSESSED_PAIRS = 3438 + 169 - 42
+# assessed_grades.csv: 3,438, none with a human grade (its README); surfaced_grades.csv: 182,
+# of which 48 are human-graded pairs graded blind to measure agreement (the human grade wins)
+ASSESSED_PAIRS = 3438 + 182 - 48
 
 
 def test_assessed_sources_are_named_assessed_or_assessed_colon_who() -> None:
