@@ -46,7 +46,7 @@ from harness.results import header, write_json  # noqa: E402
 from quality import METHODS, aggregate, ci  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from service.catalog.formats import assessed_grade_files, parse_labels  # noqa: E402
+from service.catalog.formats import CHORUS_GAINS, assessed_grade_files, parse_labels  # noqa: E402
 from service.db.engine import session_scope  # noqa: E402
 from service.db.models import Product  # noqa: E402
 from service.domain import ExpansionEntry, RetrievalMode  # noqa: E402
@@ -62,7 +62,7 @@ from trainer.training.reward import RewardModel  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CHORUS = ROOT / "data" / "chorus_icecat" / "Broad_Query_Set_rated.csv"
 ANCHORS = 4  # human-graded products shown with their grade, per query (as the shipped pool)
-GRADE_OF_GAIN = {1.0: 3, 0.5: 2, 0.1: 1, 0.0: 0}  # Chorus gains back to the raters' scale
+GRADE_OF_GAIN = {gain: grade for grade, gain in CHORUS_GAINS.items()}  # back to the 0–3 scale
 DESCRIPTION_CHARS = 400
 
 
